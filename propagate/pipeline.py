@@ -1,0 +1,199 @@
+"""The main job, frame by frame: read -> extract -> propagate -> decode -> write.
+
+One frame flows through the whole chain before the next is read (features are extracted in small batches), so
+memory is bounded by the context queue, not by the video's length.
+"""
+from __future__ import annotations
+
+import datetime
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from propagate.config import Config
+from propagate.errors import PropagateError
+from propagate.features import FeatureExtractor, build_extractor
+from propagate.io import atomic_write_json, mark_complete, prepare_output_dir
+from propagate.labels import object_ids, read_mask, write_mask
+from propagate.propagation import LabelPropagator, labels_to_mask, mask_to_labels
+from propagate.video import Frame, VideoSource, open_video, processing_size, to_tensor
+
+
+def as_source(video: str | Path | VideoSource) -> VideoSource:
+    return video if isinstance(video, VideoSource) else open_video(video)
+
+
+def iter_features(
+    source: VideoSource, extractor: FeatureExtractor, config: Config, cache: Any = None
+) -> Iterator[tuple[Frame, torch.Tensor]]:
+    """Yield ``(frame, features [C, h, w])`` for every frame, extracting ``config.batch_frames`` frames at a time.
+
+    Frames are resized to :func:`propagate.video.processing_size`; ``cache`` (a :class:`propagate.cache.FeatureCache`
+    or None) supplies stored features instead of extracting them.
+    """
+    size = processing_size(source.native_size, config.resize)
+    if size[0] % extractor.stride or size[1] % extractor.stride:
+        raise PropagateError(
+            f"processing size {size[0]}x{size[1]} is not a multiple of the features' stride {extractor.stride}: "
+            "change resize.multiple or resize.size"
+        )
+    batch: list[Frame] = []
+    step = max(1, int(config.batch_frames))
+
+    def flush() -> Iterator[tuple[Frame, torch.Tensor]]:
+        if cache is not None:
+            feats = [cache.get(source, f) for f in batch]
+            missing = [i for i, f in enumerate(feats) if f is None]
+        else:
+            feats, missing = [None] * len(batch), list(range(len(batch)))
+        if missing:
+            images = torch.stack([to_tensor(batch[i].image, size) for i in missing])
+            new = extractor.extract(images, [batch[i].index for i in missing])
+            for j, i in enumerate(missing):
+                feats[i] = new[j]
+                if cache is not None:
+                    cache.put(source, batch[i], new[j])
+        for frame, feat in zip(batch, feats):
+            yield frame, feat
+        batch.clear()
+
+    for frame in source:
+        batch.append(frame)
+        if len(batch) >= step:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def check_first_mask(mask: np.ndarray, path: str | Path) -> list[int]:
+    """Object ids of a first-frame mask; an error if it holds none."""
+    ids = object_ids(mask)
+    if not ids:
+        raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N")
+    return ids
+
+
+def run_masks(
+    video: str | Path | VideoSource,
+    first_mask: np.ndarray,
+    config: Config,
+    extractor: FeatureExtractor | None = None,
+    cache: Any = None,
+    progress: bool = True,
+) -> Iterator[tuple[Frame, np.ndarray]]:
+    """Propagate ``first_mask [H, W]`` (uint8 indices) through ``video``; yield ``(frame, mask [H, W] uint8)``.
+
+    Frame 0 yields the given mask. The generator holds only the context queue between frames.
+
+    >>> for frame, mask in run_masks("frames/", read_mask("00000.png"), load_config("davis_sd")):
+    ...     write_mask(f"out/{frame.name}.png", mask)
+    """
+    source = as_source(video)
+    if len(source) < 2:
+        raise PropagateError(f"video {source.path} has {len(source)} frame: at least 2 are needed to propagate")
+    native_w, native_h = source.native_size
+    if first_mask.shape != (native_h, native_w):
+        raise PropagateError(
+            f"first mask is {first_mask.shape[1]}x{first_mask.shape[0]} but the frames of {source.path} are "
+            f"{native_w}x{native_h}: give the mask of the first frame"
+        )
+    num_objects = max(check_first_mask(first_mask, "first mask"))
+    extractor = extractor or build_extractor(config.features, config.extractor)
+    proc_w, proc_h = processing_size(source.native_size, config.resize)
+    propagator = LabelPropagator(config.propagation)
+    bar = tqdm(total=len(source), desc=f"propagate {Path(source.path).name}", unit="frame", disable=not progress,
+               leave=False, file=sys.stderr)
+    try:
+        for frame, feats in iter_features(source, extractor, config, cache):
+            if frame.index == 0:
+                labels = mask_to_labels(first_mask, num_objects, tuple(feats.shape[1:]), config.propagation.label_downsample)
+                propagator.start(feats, labels)
+                mask = first_mask
+            else:
+                soft = propagator.step(feats)
+                mask = labels_to_mask(soft, (proc_h, proc_w), (native_h, native_w), config.propagation.minmax_norm)
+            bar.update(1)
+            yield frame, mask
+    finally:
+        bar.close()
+
+
+def run_record(config: Config, extractor: FeatureExtractor, **extra: Any) -> dict[str, Any]:
+    """What produced a set of results: config, extractor settings, package versions, date, command line."""
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("propagate", "torch", "diffusers", "transformers", "numpy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "config": config.to_dict(),
+        "extractor": extractor.settings(),
+        "versions": versions,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        **extra,
+    }
+
+
+def run_video(
+    video: str | Path,
+    mask_path: str | Path,
+    out_dir: str | Path,
+    config: Config,
+    *,
+    extractor: FeatureExtractor | None = None,
+    cache: Any = None,
+    overwrite: bool = False,
+    render: bool = True,
+    progress: bool = True,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """The ``propagate run`` job: one indexed PNG per frame (named like the input frames) and ``overlay.mp4``.
+
+    Inputs are checked before anything is written. If the run fails midway, what it wrote is removed, so a folder
+    with results is always complete (it also holds a ``.complete`` mark, written last).
+
+    Returns a summary: frames written, output folder, overlay path, extractor description.
+    """
+    source = open_video(video)
+    mask = read_mask(mask_path, source.native_size)
+    check_first_mask(mask, mask_path)
+    if len(source) < 2:
+        raise PropagateError(f"video {video} has {len(source)} frame: at least 2 are needed to propagate")
+    extractor = extractor or build_extractor(config.features, config.extractor)
+    out = prepare_output_dir(out_dir, overwrite)
+    overlay = out / "overlay.mp4"
+    text = label or extractor.describe()
+    written = 0
+    try:
+        writer = None
+        if render:
+            from propagate.render import OverlayWriter, caption, overlay_mask
+
+            writer = OverlayWriter(overlay, source.fps, source.native_size).__enter__()
+        try:
+            for frame, frame_mask in run_masks(source, mask, config, extractor, cache=cache, progress=progress):
+                write_mask(out / f"{frame.name}.png", frame_mask)
+                written += 1
+                if writer is not None:
+                    writer.write(caption(overlay_mask(frame.image, frame_mask), f"{text} | frame {frame.index}"))
+        except BaseException as exc:
+            if writer is not None:
+                writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if writer is not None:
+            writer.__exit__(None, None, None)
+        atomic_write_json(out / "run_info.json", run_record(config, extractor, video=str(video), mask=str(mask_path)))
+        mark_complete(out, {"frames": written})
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return {"frames": written, "out": str(out), "overlay": str(overlay) if render else None, "features": text}

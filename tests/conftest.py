@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny random-weight SD model and small synthetic clips with known masks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from propagate.demo import demo_frames
+from propagate.labels import write_mask
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD-2.1-layout diffusers folder, built the same way as `scripts/make_tiny_model.py`."""
+    from propagate.features.tiny_sd import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+
+
+def write_clip(folder: Path, num_frames: int = 6, size: tuple[int, int] = (192, 128)) -> tuple[Path, Path, list[np.ndarray]]:
+    """A folder of jpg frames of the demo scene, its first-frame mask, and every frame's true mask."""
+    frames_dir = folder / "frames"
+    frames_dir.mkdir(parents=True)
+    masks = []
+    for index, (image, mask) in enumerate(demo_frames(num_frames, size, seed=1)):
+        Image.fromarray(image).save(frames_dir / f"{index:05d}.jpg", quality=95)
+        masks.append(mask)
+    mask_path = folder / "first.png"
+    write_mask(mask_path, masks[0])
+    return frames_dir, mask_path, masks
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> tuple[Path, Path, list[np.ndarray]]:
+    return write_clip(tmp_path)

@@ -1,0 +1,151 @@
+"""Windowed propagation against a plain dense reference written here (DINO/DIFT and CRW formulations)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from propagate.config import PropagationConfig
+import propagate.propagation as propagation
+from propagate.propagation import LabelPropagator, labels_to_mask, mask_to_labels, resize_nearest
+
+
+def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: PropagationConfig) -> list[torch.Tensor]:
+    """The dense formulation, as the reference scripts write it.
+
+    frames ``[T, C, h, w]``, labels0 ``[K, h, w]`` -> soft labels ``[K, h, w]`` for frames 1..T-1. Affinity
+    exp(q.k / T) over every key of every context frame, multiplied by the window mask (frame 0 included only if
+    window_first), top-k threshold over all context keys together (keep >= the k-th value), normalise, mix labels.
+    """
+    t_all, c, h, w = frames.shape
+    feats = F.normalize(frames.double(), dim=1).reshape(t_all, c, h * w)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy, dx = ys[None, :] - ys[:, None], xs[None, :] - xs[:, None]  # [query, key]
+    if cfg.window == "square":
+        win = (dy.abs() <= cfg.radius) & (dx.abs() <= cfg.radius)
+    elif cfg.window == "disk":
+        win = dy * dy + dx * dx <= cfg.radius**2
+    else:
+        win = torch.ones_like(dy, dtype=torch.bool)
+    first_feat, first_lab = feats[0], labels0.double().reshape(labels0.shape[0], -1)
+    queue: list[tuple[torch.Tensor, torch.Tensor]] = []
+    outputs = []
+    for t in range(1, t_all):
+        ctx_feats = [first_feat] + [f for f, _ in queue]
+        ctx_labs = [first_lab] + [l for _, l in queue]
+        aff = torch.stack([torch.exp(feats[t].T @ k / cfg.temperature) for k in ctx_feats])  # [n, q, k]
+        masks = [win if (i > 0 or cfg.window_first) else torch.ones_like(win) for i in range(len(ctx_feats))]
+        aff = aff * torch.stack(masks).double()
+        aff = aff.permute(0, 2, 1).reshape(-1, h * w)  # [n*k, q]
+        kth = torch.topk(aff, k=min(cfg.topk, aff.shape[0]), dim=0).values.min(dim=0).values
+        aff[aff < kth] = 0
+        aff = aff / aff.sum(0, keepdim=True)
+        labs = torch.cat([l.T for l in ctx_labs])  # [n*k, K]
+        out = (labs.T @ aff)  # [K, q]
+        outputs.append(out.reshape(-1, h, w).float())
+        if cfg.n_last_frames:
+            if len(queue) == cfg.n_last_frames:
+                queue.pop(0)
+            queue.append((feats[t], out))
+    return outputs
+
+
+def run_windowed(frames, labels0, cfg):
+    prop = LabelPropagator(cfg, device="cpu")
+    prop.start(frames[0], labels0)
+    return [prop.step(f) for f in frames[1:]]
+
+
+def smooth_frames(t, c, h, w, seed):
+    """Random features with spatial structure (so the window matters)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, c, h // 2 + 1, w // 2 + 1, generator=g)
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x + 0.3 * torch.randn(t, c, h, w, generator=g)
+
+
+@pytest.mark.parametrize("window", ["square", "disk", "none"])
+@pytest.mark.parametrize("window_first", [True, False])  # False with disk: the CRW variant
+@pytest.mark.parametrize("screen", ["on", "off"])
+def test_windowed_equals_dense(window, window_first, screen, monkeypatch):
+    monkeypatch.setattr(propagation, "TILE", (4, 5))  # several tiles and stripes, with partial ones at the edges
+    h, w, c = 13, 19, 24
+    frames = smooth_frames(6, c, h, w, seed=("square", "disk", "none").index(window) * 2 + window_first)
+    labels0 = F.one_hot(torch.randint(0, 3, (h, w), generator=torch.Generator().manual_seed(1)), 3).permute(2, 0, 1).float()
+    cfg = PropagationConfig(temperature=0.1, topk=7, n_last_frames=3, radius=4, window=window,
+                            window_first=window_first, screen=screen)
+    ours = run_windowed(frames, labels0, cfg)
+    ref = dense_reference(frames, labels0, cfg)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.argmax(0), b.argmax(0))
+        assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("candidates, max_candidates", [(1, 0), (1, 10_000), (64, 256)])
+@pytest.mark.parametrize("screen", ["on", "off"])
+def test_candidate_widening_and_fp32_fallback(candidates, max_candidates, screen, monkeypatch):
+    # Nearly identical features (as a low-discrimination extractor gives): the bf16 screen cannot separate keys,
+    # so queries need more candidates than the first cut (widened), or are rescored in fp32 (fallback).
+    monkeypatch.setattr(propagation, "CANDIDATES", candidates)
+    monkeypatch.setattr(propagation, "MAX_CANDIDATES_PER_QUERY", max_candidates)
+    monkeypatch.setattr(propagation, "TILE", (5, 4))
+    h, w, c = 9, 11, 16
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(c, 1, 1, generator=g)
+    frames = base + 0.01 * smooth_frames(5, c, h, w, seed=4)
+    labels0 = torch.rand(3, h, w, generator=g)
+    cfg = PropagationConfig(temperature=0.01, topk=5, n_last_frames=2, radius=3, window="square", screen=screen)
+    for a, b in zip(run_windowed(frames, labels0, cfg), dense_reference(frames, labels0, cfg)):
+        assert torch.equal(a.argmax(0), b.argmax(0))
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_ties_in_topk_keep_every_tied_key():
+    # Identical key vectors make exact ties at the k-th value: every tied key is kept, by both formulations.
+    h, w, c = 6, 7, 8
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(c, h, w, generator=g)
+    frames = torch.stack([base, base.clone(), base.clone(), base.clone()])
+    frames[:, :, :, 3:] = frames[:, :, :, :1].expand(-1, -1, -1, w - 3)  # many equal columns -> ties
+    labels0 = torch.rand(4, h, w, generator=g)
+    for screen in ("on", "off"):
+        cfg = PropagationConfig(temperature=0.2, topk=5, n_last_frames=2, radius=2, window="square", screen=screen)
+        for a, b in zip(run_windowed(frames, labels0, cfg), dense_reference(frames, labels0, cfg)):
+            assert (a - b).abs().max() < 1e-5
+
+
+def test_fewer_keys_than_topk_keeps_all_window_keys():
+    h, w, c = 3, 3, 4
+    frames = torch.randn(3, c, h, w, generator=torch.Generator().manual_seed(5))
+    labels0 = torch.rand(2, h, w)
+    cfg = PropagationConfig(temperature=0.5, topk=12, n_last_frames=1, radius=1, screen="off")  # corner windows: 8 keys
+    for a, b in zip(run_windowed(frames, labels0, cfg), dense_reference(frames, labels0, cfg)):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_resize_nearest_matches_pil():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 5, size=(48, 85), dtype=np.uint8)
+    for size in [(13, 6), (104, 60), (200, 97)]:
+        ours = resize_nearest(mask, size)
+        pil = np.array(Image.fromarray(mask).resize(size, Image.NEAREST))
+        assert np.array_equal(ours, pil)
+
+
+def test_mask_labels_round_trip_and_void():
+    mask = np.zeros((32, 48), dtype=np.uint8)
+    mask[8:24, 8:24] = 1
+    mask[0:8, 40:48] = 2
+    mask[30:32, :] = 255  # void counts as background
+    labels = mask_to_labels(mask, 2, (4, 6), "nearest")
+    assert labels.shape == (3, 4, 6)
+    assert torch.equal(labels.sum(0), torch.ones(4, 6))
+    back = labels_to_mask(labels * 10, (32, 48), (32, 48), minmax=False)
+    assert back[12, 12] == 1 and back[2, 44] == 2 and back[31, 0] == 0
+    soft = mask_to_labels(mask, 2, (4, 6), "area")
+    assert torch.allclose(soft.sum(0), torch.ones(4, 6))
+    assert soft[1, 1, 1] == 1.0  # cell (8..16, 8..16) lies inside object 1
