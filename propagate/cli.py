@@ -106,8 +106,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
-                             render=not args.no_video)
-        print(f"wrote keypoints of {summary.get('frames')} frames to {args.out}")
+                             render=not args.no_video, cache=cache)
+        print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
+              + (f" and {summary['overlay']}" if summary.get("overlay") else "") + f" [{summary['features']}]")
 
 
 def _open_cache(args: argparse.Namespace):
@@ -137,7 +138,8 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
     from propagate.datasets.jhmdb import evaluate_jhmdb, format_pck_table
 
     config = config_from_args(args, "jhmdb")
-    result = evaluate_jhmdb(args.root, args.split_file, args.out, config)
+    result = evaluate_jhmdb(args.root, args.split_file, args.out, config, preset=args.config,
+                            command=" ".join(sys.argv), cache=_open_cache(args))
     print(format_pck_table(result))
 
 

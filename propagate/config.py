@@ -53,6 +53,7 @@ class KeypointConfig:
 
     sigma: float = 0.5  # Gaussian heatmap sigma in grid cells
     decode_topk: int = 3  # cells averaged per joint when decoding
+    cell_convention: str = "centre"  # pixel <-> grid mapping: centre (pixel-centre aligned) or crw (u = x * w / W)
 
 
 @dataclass

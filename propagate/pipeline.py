@@ -37,9 +37,10 @@ def iter_features(
     or None) supplies stored features instead of extracting them.
     """
     size = processing_size(source.native_size, config.resize)
-    if size[0] % extractor.stride or size[1] % extractor.stride:
+    multiple = getattr(extractor, "size_multiple", extractor.stride)  # ADM needs 32 even where its stride is 8
+    if size[0] % multiple or size[1] % multiple:
         raise PropagateError(
-            f"processing size {size[0]}x{size[1]} is not a multiple of the features' stride {extractor.stride}: "
+            f"processing size {size[0]}x{size[1]} is not a multiple of {multiple}, as {extractor.name} features need: "
             "change resize.multiple or resize.size"
         )
     batch: list[Frame] = []
