@@ -154,14 +154,20 @@ class FeatureCache:
             return None
         return feats.float()
 
-    def put(self, source: VideoSource, frame: Frame, feats: torch.Tensor) -> None:
-        """Store ``feats [C, h, w]`` of ``frame`` as float16 (atomically)."""
+    def put(self, source: VideoSource, frame: Frame, feats: torch.Tensor) -> torch.Tensor:
+        """Store ``feats [C, h, w]`` of ``frame`` as float16 (atomically).
+
+        Returns what :meth:`get` will return for it later (float32 values of the fp16 copy, on ``feats``' device), so
+        a caller can use the same values on the run that fills the cache as on the runs that reuse it.
+        """
         self._require_check()
         if feats.dim() != 3:
             raise ValueError(f"features of one frame must be [C, h, w], got {tuple(feats.shape)}")
+        half = feats.detach().to(torch.float16)
         path = self._frame_path(source, frame)
         with atomic_path(path) as tmp:
-            torch.save(feats.detach().to("cpu", torch.float16).contiguous().clone(), tmp)
+            torch.save(half.cpu().contiguous().clone(), tmp)
+        return half.float()
 
     def has(self, source: VideoSource, frame_name: str) -> bool:
         return (self.folder / video_key(source) / f"{frame_name}.pt").is_file()

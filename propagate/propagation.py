@@ -7,15 +7,20 @@ kept) and the kept ones are normalised to sum to 1 -- a softmax over the kept lo
 are the weighted sum of the context labels.
 
 The reference implementations build the dense ``n_ctx x HW x HW`` affinity (4.5 GB per frame at DIFT's DAVIS
-settings). Here queries are processed in small tiles, and each tile is compared only with the keys of the window's
-union for that tile, so memory is the context buffers plus a few MB. With ``screen`` on, a tile's affinities are
-first computed in bfloat16 (about 3x faster on CPUs with AVX512-BF16 and on GPUs); the bf16 error is bounded
-(|s_bf16 - s| <= SCREEN_MARGIN for unit vectors), so every key that can reach the exact top-k is kept as a candidate
-and re-computed in float32. The result equals the dense fp32 computation (same kept set, weights equal to float
-rounding).
+settings). Here queries are processed in tiles, and each tile is compared only with the keys of its window's union
+(one matmul per tile), so memory is the context buffers plus one column stripe of keys and one tile's scores. Per
+query only the top ``CANDIDATES`` keys go on to the top-k step (checked to hold every key that can reach the top-k;
+widened for the queries where they do not).
+
+With ``screen`` on (CPUs with AVX512-BF16, and GPUs), scores are first computed in bfloat16, about 3x faster. The
+error of a bf16 score is bounded (see :func:`_screen_threshold`), so every key that can reach the exact top-k is
+kept as a candidate and re-scored in float32; where features are too alike for the screen, a query is scored in
+float32 instead. Either way the result is the dense float32 computation's: the same kept set, and weights equal to
+float rounding (``scripts/bench_propagation.py`` measures both side by side).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,6 +34,8 @@ BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 CANDIDATES = 64  # keys per query kept from the bf16 screen (at least 4 * topk); more only where a query needs them
 MAX_CANDIDATES_PER_QUERY = 256  # beyond this many bf16 candidates, a query's scores are recomputed in fp32 instead
 TILE = (16, 16)  # query tile (rows, cols) in grid cells
+SCREEN_GIVE_UP = 0.25  # if more than this share of a frame's queries had to be rescored, the next frames skip the
+SCREEN_RETRY = 16  # bf16 screen (features too alike for it: it only costs time), trying it again every 16 frames
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -137,7 +144,7 @@ def _screen_threshold(kth: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
 
 def propagate_frame(
     query_hwc: torch.Tensor, queue: ContextQueue, cfg: PropagationConfig, screen: bool,
-    tile: tuple[int, int] | None = None,
+    tile: tuple[int, int] | None = None, stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Soft labels of one frame from the context in ``queue``.
 
@@ -155,6 +162,7 @@ def propagate_frame(
         cfg: window, radius, topk, temperature, window_first.
         screen: pre-screen in bf16 and re-check candidates in fp32 (same result, faster where bf16 is fast).
         tile: query tile ``(rows, cols)``; default :data:`TILE`.
+        stats: if given, ``queries`` and ``rescored`` (queries whose first candidates did not suffice) are added up.
 
     Returns:
         ``[h, w, K]`` soft labels.
@@ -189,7 +197,6 @@ def propagate_frame(
     rows_t, cols_t = tile or TILE
     # one buffer for the column stripes of keys (reused: a step allocates no more than this and one tile's scores)
     stripe_buf = torch.empty(h * n_w * min(w, cols_t + 2 * radius) * c, dtype=keysrc.dtype, device=device) if n_w else None
-    bias_cache: dict[tuple, torch.Tensor] = {}
 
     for tx0 in range(0, w, cols_t):
         tx1 = min(w, tx0 + cols_t)
@@ -208,9 +215,7 @@ def propagate_frame(
             q = query_src[ty0:ty1, tx0:tx1].reshape(nq, c)
             q32 = query_hwc[ty0:ty1, tx0:tx1].reshape(nq, c)
             geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry1 - ry0, sw)
-            if n_w and geometry not in bias_cache:
-                bias_cache[geometry] = _window_bias(geometry, cfg.window, radius, keysrc.dtype, device)
-            bias = bias_cache.get(geometry)
+            bias = _window_bias(geometry, cfg.window, radius, keysrc.dtype, device) if n_w else None
             decoders = []
             if n_w:
                 decoders.append(_region_decoder(ry0, rx0, n_w, sw, w_slots[0], w, hw))
@@ -239,8 +244,12 @@ def propagate_frame(
                 exact = _exact_scores(q32, flat, vals, keys32_flat, thr)
             else:
                 exact = vals
+            if stats is not None:
+                stats["queries"] = stats.get("queries", 0) + nq
             if not bool(ok.all()):
                 bad = (~ok).nonzero(as_tuple=True)[0]
+                if stats is not None:
+                    stats["rescored"] = stats.get("rescored", 0) + len(bad)
                 need = max(int((p[bad] >= thr[bad, None]).sum(1).max()) for p in parts)
                 if not screen or need <= MAX_CANDIDATES_PER_QUERY:
                     v2, f2 = _topk_parts(parts, decoders, bad, need)
@@ -261,8 +270,10 @@ def propagate_frame(
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _window_bias(geometry: tuple, window: str, radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[nq, ry, sw]``: 0 where a region key lies in the query's window, -inf elsewhere."""
+    """``[nq, ry, sw]``: 0 where a region key lies in the query's window, -inf elsewhere (cached: a grid has only
+    a few distinct tile geometries, the same on every frame)."""
     th, tw, oy, ox, ry, sw = geometry
     qy = torch.arange(th, device=device).repeat_interleave(tw) + oy  # query rows/cols in region coordinates
     qx = torch.arange(tw, device=device).repeat(th) + ox
@@ -322,7 +333,8 @@ def _exact_scores(
     screened = vals.float()
     rows, cols = ((screened >= thr[:, None]) & torch.isfinite(screened)).nonzero(as_tuple=True)
     exact = torch.full(vals.shape, -math.inf, dtype=torch.float32, device=vals.device)
-    exact[rows, cols] = (keys32_flat[flat[rows, cols]] * q32[rows]).sum(1)
+    keys = keys32_flat.index_select(0, flat[rows, cols])  # [n_cand, C]
+    exact[rows, cols] = torch.bmm(keys.unsqueeze(1), q32.index_select(0, rows).unsqueeze(2)).view(-1)
     return exact
 
 
@@ -368,6 +380,7 @@ class LabelPropagator:
         else:
             self.screen = cfg.screen in ("on", True)
         self.queue: ContextQueue | None = None
+        self._frames_unscreened = 0  # > 0 while the screen is paused (see SCREEN_GIVE_UP)
 
     @staticmethod
     def _hwc(feats: torch.Tensor) -> torch.Tensor:
@@ -388,7 +401,14 @@ class LabelPropagator:
         query = self._hwc(feats.to(self.device))
         if query.shape != self.queue.keys.shape[1:]:
             raise ValueError(f"features {tuple(feats.shape)} do not match frame 0's grid {tuple(self.queue.keys.shape[1:])}")
-        labels = propagate_frame(query, self.queue, self.cfg, self.screen)
+        screen = self.screen and self._frames_unscreened == 0
+        stats: dict[str, int] = {}
+        labels = propagate_frame(query, self.queue, self.cfg, screen, stats=stats)
+        if screen:
+            if stats.get("rescored", 0) > SCREEN_GIVE_UP * stats.get("queries", 1):
+                self._frames_unscreened = 1  # features too alike for the bf16 screen: fp32 is faster
+        elif self._frames_unscreened:
+            self._frames_unscreened = (self._frames_unscreened + 1) % SCREEN_RETRY
         self.queue.push(query, labels)
         return labels.permute(2, 0, 1)
 

@@ -11,6 +11,18 @@ from propagate.demo import demo_frames
 from propagate.labels import write_mask
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models' ops are far too small for intra-op threads: one thread is as fast, and much faster when other
+    jobs share the cores. Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD-2.1-layout diffusers folder, built the same way as `scripts/make_tiny_model.py`."""

@@ -31,13 +31,7 @@ SMALL_CHANNELS = [64, 64, 64, 64, 32, 32]
 SMALL_STRIDES = [4, 2, 2, 1, 1, 1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,7 @@ def test_round_trip_and_no_extraction_on_reuse(tmp_path):
         assert torch.equal(a, b.half().float())
     stored = torch.load(tmp_path / "cache" / "clip" / "00003.pt", weights_only=True)
     assert stored.dtype == torch.float16
+    assert torch.equal(cache.put(source, next(iter(source)), direct[0]), direct[0].half().float())
 
 
 def test_extract_to_cache_is_resumable_and_handles_davis_roots(tmp_path):

@@ -13,19 +13,7 @@ from propagate.features.dift_sd import DiftSDExtractor, SkippedUpBlock, frame_ge
 from propagate.features.tiny_sd import TINY_UNET_CONFIG, make_tiny_sd
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model's ops are far too small for intra-op threads: on a busy 2-core machine, OpenMP threads
-    waiting for each other cost 10-50x the work itself."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="session")
-def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
