@@ -130,7 +130,8 @@ def cmd_eval_davis(args: argparse.Namespace) -> None:
 
     config = config_from_args(args, "davis")
     sequences = args.sequences.split(",") if args.sequences else None
-    result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences)
+    result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences, preset=args.config,
+                            command=" ".join(sys.argv), cache=_open_cache(args))
     print(format_table(result))
 
 
@@ -186,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--split", default="val")
     ed.add_argument("--out", required=True, help="results folder (resumable)")
     ed.add_argument("--sequences", help="comma-separated subset of the split")
+    ed.add_argument("--cache", help="feature cache folder made by `propagate extract`")
     add_config_flags(ed)
     ed.set_defaults(func=cmd_eval_davis)
     ej = ev_sub.add_parser("jhmdb", help="JHMDB keypoints: propagate every video, then PCK@0.1/0.2")
     ej.add_argument("--root", required=True, help="JHMDB root (Rename_Images/, joint_positions/)")
     ej.add_argument("--split-file", required=True, help="list of videos")
     ej.add_argument("--out", required=True, help="results folder (resumable)")
+    ej.add_argument("--cache", help="feature cache folder made by `propagate extract`")
     add_config_flags(ej)
     ej.set_defaults(func=cmd_eval_jhmdb)
 

@@ -6,10 +6,11 @@ memory is bounded by the context queue, not by the video's length.
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +125,37 @@ def run_masks(
         bar.close()
 
 
+RUN_INFO = "run_info.json"
+
+# Options that change speed but not results: left out when checking that a resumed run uses the same settings.
+SPEED_ONLY = {("batch_frames",), ("extractor",), ("propagation", "device"), ("propagation", "screen")}
+
+
+def result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The config without the options that only change speed (what resumed results must agree on)."""
+    kept = {k: v for k, v in config_dict.items() if (k,) not in SPEED_ONLY}
+    for section, value in list(kept.items()):
+        if isinstance(value, dict):
+            kept[section] = {k: v for k, v in value.items() if (section, k) not in SPEED_ONLY}
+    return kept
+
+
+def check_resume(out: Path, info: dict[str, Any], keys: Sequence[str]) -> None:
+    """Refuse to mix results made with other settings into ``out`` (compares ``keys`` of run_info.json)."""
+    path = out / RUN_INFO
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PropagateError(f"{path} is unreadable: delete it (and the results beside it) or choose another --out") from None
+    for key in keys:
+        if old.get(key) != info.get(key):
+            what = {"extractor": "extractor settings", "settings": "settings", "features": "features"}.get(key, key)
+            raise PropagateError(f"{out} holds results made with other {what} (see {path}): "
+                                 "choose another --out, or delete that folder to start over")
+
+
 def run_record(config: Config, extractor: FeatureExtractor, **extra: Any) -> dict[str, Any]:
     """What produced a set of results: config, extractor settings, package versions, date, command line."""
     import importlib.metadata as md
@@ -192,7 +224,7 @@ def run_video(
             raise
         if writer is not None:
             writer.__exit__(None, None, None)
-        atomic_write_json(out / "run_info.json", run_record(config, extractor, video=str(video), mask=str(mask_path)))
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), mask=str(mask_path)))
         mark_complete(out, {"frames": written})
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

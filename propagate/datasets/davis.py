@@ -35,7 +35,6 @@ from propagate.io import atomic_write_json, atomic_write_text, is_complete, mark
 from propagate.labels import read_mask, write_mask
 
 RESOLUTION = "480p"
-RUN_INFO = "run_info.json"
 
 
 def global_csv_name(split: str) -> str:
@@ -240,34 +239,6 @@ def format_table(scores: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The whole protocol: propagate every sequence's first mask, write the results, score them.
 
-# Options that change speed but not results: left out when checking that a resumed run uses the same settings.
-_SPEED_ONLY = {("batch_frames",), ("extractor",), ("propagation", "device"), ("propagation", "screen")}
-
-
-def _result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in config_dict.items() if (k,) not in _SPEED_ONLY}
-    for section, value in list(kept.items()):
-        if isinstance(value, dict):
-            kept[section] = {k: v for k, v in value.items() if (section, k) not in _SPEED_ONLY}
-    return kept
-
-
-def _check_resume(out: Path, info: dict[str, Any], keys: Sequence[str]) -> None:
-    """Refuse to mix results made with other settings into ``out`` (compares ``keys`` of run_info.json)."""
-    path = out / RUN_INFO
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise PropagateError(f"{path} is unreadable: delete it (and the results beside it) or choose another --out") from None
-    for key in keys:
-        if old.get(key) != info.get(key):
-            what = {"extractor": "extractor settings", "settings": "settings", "features": "features"}.get(key, key)
-            raise PropagateError(f"{out} holds results made with other {what} (see {path}): "
-                                 "choose another --out, or delete that folder to start over")
-
-
 def evaluate_davis(root: str | Path, out: str | Path, config: Any, split: str = "val",
                    sequences: Sequence[str] | str | None = None, extractor: Any = None, progress: bool = True,
                    preset: str | None = None, command: str | None = None, cache: Any = None) -> dict[str, Any]:
@@ -290,7 +261,7 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Any, split: str = 
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
-    from propagate.pipeline import run_masks, run_record
+    from propagate.pipeline import RUN_INFO, check_resume, result_settings, run_masks, run_record
     from propagate.video import open_video
 
     dataset = DavisDataset(root, split)
@@ -299,8 +270,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Any, split: str = 
     if out.exists() and not out.is_dir():
         raise PropagateError(f"output {out} exists and is not a folder: choose another --out")
     config_dict = config.to_dict()
-    settings = json.loads(json.dumps(_result_settings(config_dict), default=str))
-    _check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
+    settings = json.loads(json.dumps(result_settings(config_dict), default=str))
+    check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
     if extractor is None:
         from propagate.features import build_extractor
 
@@ -320,7 +291,7 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Any, split: str = 
     if command is not None:
         info["command"] = command
     info = json.loads(json.dumps(info, default=str))  # as it will read back (tuples -> lists, paths -> str)
-    _check_resume(out, info, ["settings", "extractor", "features"])
+    check_resume(out, info, ["settings", "extractor", "features"])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_INFO, info)
 

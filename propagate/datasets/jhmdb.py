@@ -40,7 +40,7 @@ import scipy.io
 from tqdm import tqdm
 
 from propagate import pck as pck_lib
-from propagate.datasets.davis import RUN_INFO, _check_resume, _result_settings
+from propagate.pipeline import RUN_INFO, check_resume, result_settings
 from propagate.errors import PropagateError
 from propagate.io import atomic_write_json, atomic_write_text, is_complete, mark_complete
 from propagate.keypoints import KeypointTracker, cell_convention, points_record
@@ -308,9 +308,9 @@ def evaluate_jhmdb(
         raise PropagateError(f"output {out} exists and is not a folder: choose another --out")
     pred_root = out / "videos"
     config_dict = config.to_dict()
-    settings = _result_settings(config_dict) | {"cell_convention": cell_convention(config)}
+    settings = result_settings(config_dict) | {"cell_convention": cell_convention(config)}
     settings = json.loads(json.dumps(settings, default=str))
-    _check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
+    check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
     todo = [v for v in videos if not is_complete(pred_root / v.name)]
     if extractor is None and todo:
         from propagate.features import build_extractor
@@ -331,7 +331,7 @@ def evaluate_jhmdb(
         if command is not None:
             info["command"] = command
         info = json.loads(json.dumps(info, default=str))  # as it will read back
-        _check_resume(out, info, ["settings", "extractor", "features"])
+        check_resume(out, info, ["settings", "extractor", "features"])
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_INFO, info)
     else:  # every video is complete: nothing is extracted, the results keep their record
