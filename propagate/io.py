@@ -76,3 +76,15 @@ def prepare_output_dir(folder: str | Path, overwrite: bool = False) -> Path:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@contextlib.contextmanager
+def results_folder(folder: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """An empty output folder (see :func:`prepare_output_dir`) that is removed if the body fails, so a run that
+    stops midway never leaves results that look complete."""
+    out = prepare_output_dir(folder, overwrite)
+    try:
+        yield out
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise

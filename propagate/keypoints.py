@@ -51,7 +51,6 @@ import contextlib
 import csv
 import json
 import math
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +64,8 @@ from tqdm import tqdm
 from propagate.config import Config, KeypointConfig, PropagationConfig
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
-from propagate.io import atomic_write_json, mark_complete, prepare_output_dir
-from propagate.pipeline import iter_features, run_record
+from propagate.io import atomic_write_json, mark_complete, results_folder
+from propagate.pipeline import RUN_INFO, check_length, iter_features, run_record
 from propagate.propagation import LabelPropagator
 from propagate.render import OverlayWriter, caption
 from propagate.video import Frame, VideoSource, open_video
@@ -467,13 +466,11 @@ def run_points(
     source = open_video(video)
     points = read_points(points_path)
     check_points_inside(points, source.native_size, points_path)
-    if len(source) < 2:
-        raise PropagateError(f"video {video} has {len(source)} frame: at least 2 are needed to propagate")
+    check_length(source)
     extractor = extractor or build_extractor(config.features, config.extractor)
-    out = prepare_output_dir(out_dir, overwrite)
     text = extractor.describe()
     frames: list[dict[str, Any]] = []
-    try:
+    with results_folder(out_dir, overwrite) as out:
         overlay = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else contextlib.nullcontext()
         with overlay as writer:
             stream = track_points(source, points.xy, extractor, config, cache)
@@ -493,11 +490,8 @@ def run_points(
             "cell_convention": cell_convention(config),
             "frames": frames,
         })
-        atomic_write_json(out / "run_info.json", run_record(config, extractor, video=str(video), points=str(points_path)))
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), points=str(points_path)))
         lost = sum(1 for p in frames[-1]["points"].values() if p["x"] is None)
         mark_complete(out, {"frames": len(frames), "points": len(points.names)})
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     return {"frames": len(frames), "points": len(points.names), "lost_last_frame": lost, "out": str(out),
             "overlay": str(out / "overlay.mp4") if render else None, "features": text}

@@ -5,9 +5,9 @@ memory is bounded by the context queue, not by the video's length.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -19,9 +19,10 @@ from tqdm import tqdm
 from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
-from propagate.io import atomic_write_json, mark_complete, prepare_output_dir
+from propagate.io import atomic_write_json, mark_complete, results_folder
 from propagate.labels import object_ids, read_mask, write_mask
 from propagate.propagation import LabelPropagator, labels_to_mask, mask_to_labels
+from propagate.render import OverlayWriter, caption, overlay_mask
 from propagate.video import Frame, VideoSource, open_video, processing_size, to_tensor
 
 
@@ -72,6 +73,12 @@ def iter_features(
         yield from flush()
 
 
+def check_length(source: VideoSource) -> None:
+    """Propagation needs a first frame and at least one more."""
+    if len(source) < 2:
+        raise PropagateError(f"video {source.path} has {len(source)} frame: at least 2 are needed to propagate")
+
+
 def check_first_mask(mask: np.ndarray, path: str | Path) -> list[int]:
     """Object ids of a first-frame mask; an error if it holds none."""
     ids = object_ids(mask)
@@ -96,8 +103,7 @@ def run_masks(
     ...     write_mask(f"out/{frame.name}.png", mask)
     """
     source = as_source(video)
-    if len(source) < 2:
-        raise PropagateError(f"video {source.path} has {len(source)} frame: at least 2 are needed to propagate")
+    check_length(source)
     native_w, native_h = source.native_size
     if first_mask.shape != (native_h, native_w):
         raise PropagateError(
@@ -199,34 +205,18 @@ def run_video(
     source = open_video(video)
     mask = read_mask(mask_path, source.native_size)
     check_first_mask(mask, mask_path)
-    if len(source) < 2:
-        raise PropagateError(f"video {video} has {len(source)} frame: at least 2 are needed to propagate")
+    check_length(source)
     extractor = extractor or build_extractor(config.features, config.extractor)
-    out = prepare_output_dir(out_dir, overwrite)
-    overlay = out / "overlay.mp4"
     text = label or extractor.describe()
     written = 0
-    try:
-        writer = None
-        if render:
-            from propagate.render import OverlayWriter, caption, overlay_mask
-
-            writer = OverlayWriter(overlay, source.fps, source.native_size).__enter__()
-        try:
+    with results_folder(out_dir, overwrite) as out:
+        overlay = out / "overlay.mp4"
+        with (OverlayWriter(overlay, source.fps, source.native_size) if render else contextlib.nullcontext()) as writer:
             for frame, frame_mask in run_masks(source, mask, config, extractor, cache=cache, progress=progress):
                 write_mask(out / f"{frame.name}.png", frame_mask)
                 written += 1
                 if writer is not None:
                     writer.write(caption(overlay_mask(frame.image, frame_mask), f"{text} | frame {frame.index}"))
-        except BaseException as exc:
-            if writer is not None:
-                writer.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        if writer is not None:
-            writer.__exit__(None, None, None)
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), mask=str(mask_path)))
         mark_complete(out, {"frames": written})
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     return {"frames": written, "out": str(out), "overlay": str(overlay) if render else None, "features": text}
