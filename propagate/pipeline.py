@@ -38,6 +38,8 @@ def iter_features(
     Frames are resized to :func:`propagate.video.processing_size`; ``cache`` (a :class:`propagate.cache.FeatureCache`
     or None) supplies stored features instead of extracting them.
     """
+    if cache is not None:
+        cache.check(extractor, config)  # refuses a cache made with other extractor or resize settings
     size = processing_size(source.native_size, config.resize)
     multiple = getattr(extractor, "size_multiple", extractor.stride)  # ADM needs 32 even where its stride is 8
     if size[0] % multiple or size[1] % multiple:
@@ -58,9 +60,8 @@ def iter_features(
             images = torch.stack([to_tensor(batch[i].image, size) for i in missing])
             new = extractor.extract(images, [batch[i].index for i in missing])
             for j, i in enumerate(missing):
-                feats[i] = new[j]
-                if cache is not None:
-                    cache.put(source, batch[i], new[j])
+                # with a cache, use what later runs will read back (fp16-rounded), so every run sees the same
+                feats[i] = cache.put(source, batch[i], new[j]) if cache is not None else new[j]
         for frame, feat in zip(batch, feats):
             yield frame, feat
         batch.clear()

@@ -10,8 +10,8 @@ labels already in the queue, then ``--frames`` query frames propagated one after
   supported).
 
 Each side runs in its own child process. Memory is read from Linux's ``VmHWM`` (peak resident set size of the
-child): the peak is reset (``/proc/self/clear_refs``) after the inputs are built, so "step peak" is the memory a
-propagation step adds over its inputs; "process peak" is the whole child's peak (Python, torch, inputs included).
+child): the peak is reset (``/proc/self/clear_refs``, after ``malloc_trim``) once the inputs are built, so "step
+peak" is the memory the propagation steps add over their inputs; "process peak" is the whole child's peak (Python, torch, inputs included).
 The script then checks that both sides give the same argmax everywhere and reports the largest soft-label gap.
 
     python scripts/bench_propagation.py                          # DIFT DAVIS: 60x104, 640 ch, 1+28 ctx, r 15, k 15
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -33,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+FP32_TIE = 1e-6  # score gap at the k-th value below which fp32 rounding (~1e-7 over 640 channels) decides the set
 
 
 def rss_kib(field: str) -> int:
@@ -129,6 +132,12 @@ def child(args: argparse.Namespace) -> None:
         for f, l in context:
             prop.queue.push(prop._hwc(f), l.permute(1, 2, 0))
     del context
+    try:  # hand memory freed while building the inputs back to the OS, so the steps' own growth is what is measured
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     base = rss_kib("VmRSS")
     peak_reset = reset_peak()
     times, cpu_times, outs = [], [], []
@@ -202,39 +211,70 @@ def main() -> None:
     print(f"parity: argmax identical on every frame: {same}; max |soft label difference| {gap:.2e} "
           f"(windowed screening {'on' if win.get('screen') else 'off'}, {win['threads']} threads); "
           f"load average after: {load:.1f}")
-    # Where the two differ by more than 1e-5, a key sits at the k-th value within fp32 rounding, so the two fp32
-    # computations may keep different sets. Arbitrate on the first query frame (same context for both) in float64.
-    first_d, first_w = dense["out"][0], win["out"][0]
-    diff = (first_d - first_w).abs().amax(0).reshape(-1)
-    flagged = (diff > 1e-5).nonzero().flatten()
-    sample = torch.randperm(diff.numel(), generator=torch.Generator().manual_seed(1))[:200]
-    check = torch.unique(torch.cat([flagged, sample]))
-    ref = float64_queries(args, check)  # [K, n]
-    err_w = (first_w.reshape(first_w.shape[0], -1)[:, check] - ref).abs().amax(0)
-    err_d = (first_d.reshape(first_d.shape[0], -1)[:, check] - ref).abs().amax(0)
-    print(f"frame 1: {len(flagged)} of {diff.numel()} positions differ by > 1e-5 (fp32 near-ties at the k-th value); "
-          f"against float64 on them and 200 random positions: windowed max error {err_w.max():.2e}, "
-          f"dense max error {err_d.max():.2e}")
-    if not same or err_w.max() > 1e-5:
+    # Where the two differ by more than 1e-5, a key sits at the k-th value within fp32 rounding, so two fp32
+    # computations may keep different key sets. Arbitrate those positions (and 200 random ones per frame) in float64,
+    # with the windowed side's earlier outputs as context labels (the features are the same on both sides).
+    worst_w = worst_d = 0.0
+    undecided = 0
+    for t in range(args.frames):
+        d_out, w_out = dense["out"][t], win["out"][t]
+        diff = (d_out - w_out).abs().amax(0).reshape(-1)
+        flagged = (diff > 1e-5).nonzero().flatten()
+        sample = torch.randperm(diff.numel(), generator=torch.Generator().manual_seed(t))[:200]
+        check = torch.unique(torch.cat([flagged, sample]))
+        ref, gap = float64_queries(args, t, check, win["out"])  # [K, n], [n]
+        tied = gap < FP32_TIE
+        err_w = (w_out.reshape(w_out.shape[0], -1)[:, check] - ref).abs().amax(0)
+        err_d = (d_out.reshape(d_out.shape[0], -1)[:, check] - ref).abs().amax(0)
+        decided_w = err_w[~tied].max().item() if bool((~tied).any()) else 0.0
+        worst_w, worst_d = max(worst_w, decided_w), max(worst_d, err_d[~tied].max().item() if bool((~tied).any()) else 0.0)
+        n_tied = int(tied[torch.isin(check, flagged)].sum())
+        undecided += n_tied
+        print(f"query frame {t + 1}: {len(flagged)} of {diff.numel()} positions differ by > 1e-5, {n_tied} of them with "
+              f"k-th and (k+1)-th scores within {FP32_TIE:g} in float64 (fp32 cannot decide which is kept); against "
+              f"float64 elsewhere (and at 200 random positions): windowed max error {decided_w:.2e}, dense "
+              f"{err_d[~tied].max().item() if bool((~tied).any()) else 0.0:.2e}")
+        if not same:  # argmax may differ only where the kept set is undecidable in fp32
+            moved = (d_out.argmax(0) != w_out.argmax(0)).reshape(-1).nonzero().flatten()
+            if not bool(torch.isin(moved, check[tied]).all()):
+                raise SystemExit("argmax differs at positions that are not fp32 near-ties")
+    if worst_w > 1e-5:
         raise SystemExit("windowed results differ from the dense formulation")
+    print(f"result: windowed equals dense (argmax, soft labels within 1e-5) except at {undecided} fp32 near-tie "
+          f"position(s), where neither fp32 computation can match float64 in general")
 
 
-def float64_queries(args: argparse.Namespace, positions: torch.Tensor) -> torch.Tensor:
-    """Soft labels ``[K, n]`` of the first query frame at flat ``positions``, computed in float64 (dense rule)."""
+def float64_queries(
+    args: argparse.Namespace, t: int, positions: torch.Tensor, outputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft labels ``[K, n]`` of query frame ``t`` at flat ``positions`` by the dense rule in float64, and ``[n]``
+    the gap between the k-th and (k+1)-th scores (below ~1e-6, fp32 rounding alone can change the kept set).
+
+    The context is frame 0, the prepared frames and the earlier query frames (labels from ``outputs [T, K, h, w]``),
+    the last ``args.context`` of them kept besides frame 0, as both propagators do.
+    """
     frame0, labels0, context, queries = make_inputs(args)
     h, w = args.height, args.width
-    keys = torch.stack([F.normalize(f.double().reshape(f.shape[0], -1), dim=0) for f in [frame0] + [f for f, _ in context]])
-    labels = torch.cat([labels0.double().reshape(labels0.shape[0], -1)] + [l.double().reshape(l.shape[0], -1) for _, l in context], 1)
-    q = F.normalize(queries[0].double().reshape(queries[0].shape[0], -1), dim=0)[:, positions]  # [C, n]
+    recent = (list(context) + [(queries[i], outputs[i]) for i in range(t)])[-args.context:] if args.context else []
+    ctx = [(frame0, labels0)] + recent
+    keys = torch.stack([F.normalize(f.double().reshape(f.shape[0], -1), dim=0) for f, _ in ctx])
+    labels = torch.cat([l.double().reshape(l.shape[0], -1) for _, l in ctx], 1)
+    q = F.normalize(queries[t].double().reshape(queries[t].shape[0], -1), dim=0)[:, positions]  # [C, n]
     ys, xs = torch.arange(h * w) // w, torch.arange(h * w) % w
-    out = []
-    for j, pos in enumerate(positions.tolist()):
-        inside = ((ys - pos // w).abs() <= args.radius) & ((xs - pos % w).abs() <= args.radius)  # [hw]
-        aff = torch.exp(torch.einsum("nck,c->nk", keys, q[:, j]) / args.temperature) * inside.double()
-        aff = aff.reshape(-1)
-        aff = torch.where(aff >= torch.topk(aff, args.topk).values[-1], aff, torch.zeros((), dtype=aff.dtype))
-        out.append(labels @ (aff / aff.sum()))
-    return torch.stack(out, 1)
+    keys_t = keys.transpose(1, 2).contiguous()  # [n, hw, C]
+    out, gaps = [], []
+    for start in range(0, len(positions), 32):
+        chunk = positions[start:start + 32]
+        scores = torch.matmul(keys_t, q[:, start:start + 32])  # [n, hw, 32]
+        for j, pos in enumerate(chunk.tolist()):
+            inside = ((ys - pos // w).abs() <= args.radius) & ((xs - pos % w).abs() <= args.radius)  # [hw]
+            aff = (torch.exp(scores[:, :, j] / args.temperature) * inside.double()).reshape(-1)
+            logits = torch.where(inside, scores[:, :, j], torch.full_like(scores[:, :, j], -math.inf)).reshape(-1)
+            top = torch.topk(logits, args.topk + 1).values
+            gaps.append(float(top[args.topk - 1] - top[args.topk]))
+            aff = torch.where(aff >= torch.topk(aff, args.topk).values[-1], aff, torch.zeros((), dtype=aff.dtype))
+            out.append(labels @ (aff / aff.sum()))
+    return torch.stack(out, 1), torch.tensor(gaps, dtype=torch.float64)
 
 
 if __name__ == "__main__":
