@@ -79,13 +79,13 @@ def config_from_args(args: argparse.Namespace, task: str) -> Config:
         overrides["extractor.device"] = args.device
         overrides["propagation.device"] = args.device
     data = base.to_dict()
-    from propagate.config import _parse_overrides, _set_dotted, config_from_dict
+    from propagate.config import parse_overrides, set_dotted, config_from_dict
 
-    for key, value in {**overrides, **_parse_overrides(args.set)}.items():
+    for key, value in {**overrides, **parse_overrides(args.set)}.items():
         if key == "extractor" and value == {}:
             data["extractor"] = {}
         else:
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
     return config_from_dict(data, str(preset))
 
 

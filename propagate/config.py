@@ -128,12 +128,12 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | dict[st
             raise PropagateError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from None
         if not isinstance(data, dict):
             raise PropagateError(f"{path}: a preset must be a YAML mapping")
-    for key, value in _parse_overrides(overrides).items():
-        _set_dotted(data, key, value)
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(data, key, value)
     return config_from_dict(data, source)
 
 
-def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
@@ -147,7 +147,7 @@ def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, 
     return parsed
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
