@@ -1,0 +1,22 @@
+"""propagate: carry first-frame masks and keypoints through a video with DIFT diffusion features.
+
+The Python API in five lines::
+
+    from propagate import load_config, read_mask, run_masks, write_mask
+    config = load_config("davis_sd")              # or "davis_baseline"; overrides={"propagation.topk": 10}
+    for frame, mask in run_masks("frames/", read_mask("first.png"), config):
+        write_mask(f"out/{frame.name}.png", mask)
+"""
+from propagate.config import Config, load_config
+from propagate.errors import PropagateError
+from propagate.features import build_extractor
+from propagate.labels import read_mask, write_mask
+from propagate.pipeline import iter_features, run_masks, run_video
+from propagate.propagation import LabelPropagator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config", "LabelPropagator", "PropagateError", "build_extractor", "iter_features", "load_config", "read_mask",
+    "run_masks", "run_video", "write_mask",
+]

@@ -125,3 +125,14 @@ def test_console_script_prints_no_traceback(tmp_path):
     result = subprocess.run([str(exe), "run", str(tmp_path / "missing"), "--mask", "m.png", "--out", str(tmp_path / "o")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "missing" in result.stderr
+
+
+def test_demo_offline_falls_back_to_labelled_baseline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without the DIFT weights
+    code, stdout, err = run_cli(["demo", "--out", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    assert "DIFT weights unavailable" in stdout and "BASELINE" in stdout
+    result = tmp_path / "demo" / "result"
+    assert len(list(result.glob("*.png"))) == 36 and (result / "overlay.mp4").is_file() and (result / ".complete").is_file()
+    info = json.loads((result / "run_info.json").read_text())
+    assert info["config"]["features"] == "baseline"
