@@ -117,7 +117,12 @@ def test_other_video_with_same_name_is_refused(tmp_path):
         list(iter_features(other, ext, cfg, FeatureCache(tmp_path / "cache", ext, cfg)))
 
 
-def test_unchecked_cache_cannot_be_used(tmp_path):
+def test_unchecked_cache_cannot_be_used_and_the_pipeline_checks_it(tmp_path):
     source = open_video(make_video(tmp_path / "clip", n=2))
+    cache = FeatureCache(tmp_path / "cache")
     with pytest.raises(RuntimeError, match="check"):
-        list(iter_features(source, CountingExtractor(), config(), FeatureCache(tmp_path / "cache")))
+        cache.get(source, next(iter(source)))
+    # iter_features checks the cache against its extractor and config before using it
+    extractor = CountingExtractor()
+    assert len(list(iter_features(source, extractor, config(), cache))) == 2
+    assert (tmp_path / "cache" / "settings.json").is_file() and extractor.calls == 2  # frames extracted
