@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from propagate.config import Config, load_config
+from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
 
 PRESET_SUFFIX = {"dift_sd": "sd", "adm": "adm", "baseline": "baseline"}
@@ -79,8 +79,6 @@ def config_from_args(args: argparse.Namespace, task: str) -> Config:
         overrides["extractor.device"] = args.device
         overrides["propagation.device"] = args.device
     data = base.to_dict()
-    from propagate.config import parse_overrides, set_dotted, config_from_dict
-
     for key, value in {**overrides, **parse_overrides(args.set)}.items():
         if key == "extractor" and value == {}:
             data["extractor"] = {}
