@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted

@@ -111,9 +111,6 @@ class ContextQueue:
         self.count = min(self.count + 1, self.n_last)
         self.next_slot = self.next_slot % self.n_last + 1
 
-    def recent_slots(self) -> list[int]:
-        return list(range(1, 1 + self.count))
-
 
 def _topk_weights(scores: torch.Tensor, topk: int, temperature: float) -> torch.Tensor:
     """Per row, keep every finite score >= the k-th largest; softmax over the kept ones.
