@@ -10,13 +10,15 @@ The Python API in five lines::
 from propagate.config import Config, load_config
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
+from propagate.features.stream import iter_features
 from propagate.labels import read_mask, write_mask
-from propagate.pipeline import iter_features, run_masks, run_video
+from propagate.pipeline import run_masks, track_points
 from propagate.propagation import LabelPropagator
+from propagate.runs import run_points, run_video
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Config", "LabelPropagator", "PropagateError", "build_extractor", "iter_features", "load_config", "read_mask",
-    "run_masks", "run_video", "write_mask",
+    "run_masks", "run_points", "run_video", "track_points", "write_mask",
 ]

@@ -11,41 +11,44 @@ dataset serves runs on any of its sequences. Extraction is resumable: frames alr
 Propagation settings are not part of the key, so a sweep over them costs no extraction.
 
 >>> cache = FeatureCache("cache/")
->>> cache.check(extractor, config)                      # refuses a cache made with other extractor settings
->>> for frame, feats in iter_features(source, extractor, config, cache): ...
+>>> for frame, mask in run_masks(video, first_mask, config, cache=cache): ...   # checks the settings first
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
-from propagate.config import Config
+from propagate.config import Config, ResizeConfig
 from propagate.errors import PropagateError
+from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.stream import iter_features
 from propagate.io import atomic_path, atomic_write_json
 from propagate.video import Frame, VideoSource, open_video
+
+JSON = dict[str, object]
 
 SETTINGS_FILE = "settings.json"
 VIDEO_FILE = "video.json"
 CACHE_VERSION = 1
 
 
-def cache_settings(extractor: Any, config: Config) -> dict[str, Any]:
+def cache_settings(extractor: FeatureExtractor, resize: ResizeConfig) -> JSON:
     """What determines the cached features: the extractor's settings and the resize policy (JSON-normalised)."""
     settings = {
         "version": CACHE_VERSION,
-        "features": getattr(extractor, "name", config.features),
+        "features": extractor.name,
         "extractor": extractor.settings(),
-        "resize": dataclasses.asdict(config.resize),
+        "resize": dataclasses.asdict(resize),
     }
     return json.loads(json.dumps(settings))  # tuples -> lists, so a fresh dict equals one read back from disk
 
 
-def _differences(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
+def _differences(stored: object, wanted: object, prefix: str = "") -> list[str]:
     """Human-readable list of the keys whose values differ between two nested dicts."""
     if isinstance(stored, dict) and isinstance(wanted, dict):
         out: list[str] = []
@@ -70,20 +73,19 @@ def video_key(source: VideoSource) -> str:
 class FeatureCache:
     """Features of frames stored as fp16 tensors, one file per frame, under a folder keyed by extractor settings.
 
-    Call :meth:`check` (or pass ``extractor`` and ``config``) before :meth:`get` / :meth:`put`: it writes
-    ``settings.json`` into a new cache and refuses an existing one made with other settings.
+    A :class:`propagate.features.stream.FeatureStore`. Call :meth:`check` before :meth:`get` / :meth:`put` (the
+    feature stream does): it writes ``settings.json`` into a new cache and refuses an existing one made with other
+    settings.
     """
 
-    def __init__(self, folder: str | Path, extractor: Any = None, config: Config | None = None):
+    def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise PropagateError(f"cache {self.folder} is not a folder: give a folder made by `propagate extract`")
-        self.settings: dict[str, Any] | None = None
+        self.settings: JSON | None = None
         self._videos: dict[str, Path] = {}
-        if extractor is not None and config is not None:
-            self.check(extractor, config)
 
-    def stored_settings(self) -> dict[str, Any] | None:
+    def stored_settings(self) -> JSON | None:
         """The settings the cache was made with, or None for an empty cache."""
         path = self.folder / SETTINGS_FILE
         if not path.is_file():
@@ -93,9 +95,9 @@ class FeatureCache:
         except (OSError, json.JSONDecodeError):
             raise PropagateError(f"cache {path} is unreadable: delete the cache folder and run `propagate extract` again") from None
 
-    def check(self, extractor: Any, config: Config) -> None:
-        """Bind the cache to ``extractor`` and ``config.resize``; refuse it if it was made with other settings."""
-        wanted = cache_settings(extractor, config)
+    def check(self, extractor: FeatureExtractor, resize: ResizeConfig) -> None:
+        """Bind the cache to ``extractor`` and ``resize``; refuse it if it was made with other settings."""
+        wanted = cache_settings(extractor, resize)
         stored = self.stored_settings()
         if stored is None:
             if self.folder.is_dir() and any(p.name != SETTINGS_FILE for p in self.folder.iterdir()):
@@ -115,7 +117,7 @@ class FeatureCache:
 
     def _require_check(self) -> None:
         if self.settings is None:
-            raise RuntimeError("FeatureCache.check(extractor, config) must be called before get/put")
+            raise RuntimeError("FeatureCache.check(extractor, resize) must be called before get/put")
 
     def _video_dir(self, source: VideoSource) -> Path:
         """The video's folder in the cache; created (with video.json) on first use, checked against the video after."""
@@ -173,49 +175,29 @@ class FeatureCache:
         return (self.folder / video_key(source) / f"{frame_name}.pt").is_file()
 
 
-def cache_inputs(input_path: str | Path) -> list[Path]:
-    """The videos of ``input_path``: itself, or every sequence of a DAVIS root (``JPEGImages/480p/<seq>``)."""
-    path = Path(input_path)
-    if not path.exists():
-        raise PropagateError(f"{path} does not exist: give a video (folder of frames or file) or a DAVIS root")
-    davis = path / "JPEGImages" / "480p"
-    if davis.is_dir():
-        sequences = sorted(p for p in davis.iterdir() if p.is_dir())
-        if not sequences:
-            raise PropagateError(f"DAVIS root {path} has no sequence folders under JPEGImages/480p")
-        return sequences
-    return [path]
-
-
 def extract_to_cache(
-    input_path: str | Path, out: str | Path, config: Config, extractor: Any = None, progress: bool = True
-) -> dict[str, Any]:
-    """The ``propagate extract`` job: features of a video or of every DAVIS sequence into the cache ``out``.
+    videos: Sequence[str | Path], out: str | Path, config: Config, extractor: FeatureExtractor | None = None,
+    progress: bool = True,
+) -> JSON:
+    """The ``propagate extract`` job: features of ``videos`` (frame folders or video files) into the cache ``out``.
 
     Resumable: frames already in the cache are skipped (a video whose frames are all stored is not even decoded).
-    Returns ``{"frames": frames now stored, "extracted": frames computed by this call, "videos": n}``.
+    Returns ``{"frames": frames now stored, "extracted": frames computed by this call, "videos": n, "cache"}``.
     """
-    from propagate.features import build_extractor
-    from propagate.pipeline import iter_features
-
-    videos = cache_inputs(input_path)
+    sources = [open_video(path) for path in videos]  # every video checked before any work
     extractor = extractor or build_extractor(config.features, config.extractor)
-    cache = FeatureCache(out, extractor, config)
+    cache = FeatureCache(out)
+    cache.check(extractor, config.resize)
     stored = extracted = 0
-    bar = tqdm(total=None, desc="extract", unit="frame", disable=not progress)
-    try:
-        for path in videos:
-            source = open_video(path)
+    with tqdm(total=sum(len(s) for s in sources), desc="extract", unit="frame", disable=not progress) as bar:
+        for source in sources:
             bar.set_description(f"extract {video_key(source)}")
-            if all(cache.has(source, name) for name in source.names):
-                stored += len(source)
-                bar.update(len(source))
-                continue
             before = sum(cache.has(source, name) for name in source.names)
-            for _frame, _feats in iter_features(source, extractor, config, cache):
-                bar.update(1)
+            if before < len(source):
+                for _frame, _feats in iter_features(source, extractor, config.resize, config.batch_frames, cache):
+                    bar.update(1)
+            else:
+                bar.update(len(source))
             stored += len(source)
             extracted += len(source) - before
-    finally:
-        bar.close()
-    return {"frames": stored, "extracted": extracted, "videos": len(videos), "cache": str(cache.folder)}
+    return {"frames": stored, "extracted": extracted, "videos": len(sources), "cache": str(cache.folder)}

@@ -1,18 +1,23 @@
 """The ``propagate`` command: a thin layer over the Python API.
 
-Every option lives in a YAML preset (``configs/``); flags override it. Errors a user can act on are printed as one
-line (``error: ...``) with exit status 2, never as a traceback.
+Every option lives in a YAML preset (``propagate/configs/``); flags override it. Errors a user can act on are
+printed as one line (``error: ...``) with exit status 2, never as a traceback (``--debug`` or ``PROPAGATE_DEBUG=1``
+shows it, for bug reports).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
+from propagate.features import preset_name
 
-PRESET_SUFFIX = {"dift_sd": "sd", "adm": "adm", "baseline": "baseline"}
+if TYPE_CHECKING:
+    from propagate.cache import FeatureCache
 
 # flag -> dotted config key; each is also reachable as --set KEY=VALUE
 FLAG_KEYS = {
@@ -36,7 +41,7 @@ FLAG_KEYS = {
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (a preset, then flags on top)")
     g.add_argument("--config", help="preset name in configs/ (davis_sd, davis_adm, davis_baseline, jhmdb_sd, ...) or a YAML file")
-    g.add_argument("--features", help="extractor: dift_sd, adm or baseline (weight-free, not DIFT)")
+    g.add_argument("--features", help="extractor: dift_sd, adm, baseline (weight-free, not DIFT), or another registered one")
     g.add_argument("--model", help="DIFT-SD: hub id or local diffusers folder; ADM: checkpoint file")
     g.add_argument("--t", type=int, help="noise timestep")
     g.add_argument("--up-ft-index", type=int, help="up block (SD) / output block (ADM) whose output is the feature")
@@ -58,14 +63,11 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, task: str) -> Config:
     """Preset (``--config``, else ``<task>_<features>``), then ``--features``, the flags, and ``--set``."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, object] = {}
     preset = args.config
     features = args.features
     if preset is None:
-        suffix = PRESET_SUFFIX.get(features or "dift_sd")
-        if suffix is None:
-            raise PropagateError(f"unknown features {features!r}: choose one of {', '.join(PRESET_SUFFIX)}")
-        preset = f"{task}_{suffix}"
+        preset = preset_name(task, features or "dift_sd")
     base = load_config(preset)
     if features and features != base.features:
         overrides["features"] = features
@@ -89,26 +91,25 @@ def config_from_args(args: argparse.Namespace, task: str) -> Config:
 def cmd_run(args: argparse.Namespace) -> None:
     if (args.mask is None) == (args.points is None):
         raise PropagateError("give exactly one of --mask FIRST.png (masks) or --points FIRST.json (keypoints)")
-    cache = _open_cache(args)
-    if args.mask is not None:
-        from propagate.pipeline import run_video
+    from propagate.runs import run_points, run_video
 
+    cache = _open_cache(args)
+    inputs = [cache.folder] if cache is not None else []
+    if args.mask is not None:
         config = config_from_args(args, "davis")
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
-                            render=not args.no_video, cache=cache)
+                            render=not args.no_video, cache=cache, inputs=inputs)
         print(f"wrote {summary['frames']} masks to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
     else:
-        from propagate.keypoints import run_points
-
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
-                             render=not args.no_video, cache=cache)
+                             render=not args.no_video, cache=cache, inputs=inputs)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
-              + (f" and {summary['overlay']}" if summary.get("overlay") else "") + f" [{summary['features']}]")
+              + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 
 
-def _open_cache(args: argparse.Namespace):
+def _open_cache(args: argparse.Namespace) -> FeatureCache | None:
     if getattr(args, "cache", None) is None:
         return None
     from propagate.cache import FeatureCache
@@ -119,7 +120,7 @@ def _open_cache(args: argparse.Namespace):
 def cmd_demo(args: argparse.Namespace) -> None:
     from propagate.demo import run_demo
 
-    run_demo(args.out, overwrite=args.overwrite, model=args.model)
+    run_demo(args.out, overwrite=args.overwrite, model=args.model, num_frames=args.frames)
 
 
 def cmd_eval_davis(args: argparse.Namespace) -> None:
@@ -150,14 +151,19 @@ def cmd_score_davis(args: argparse.Namespace) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from propagate.cache import extract_to_cache
+    from propagate.datasets.davis import is_davis_root, sequence_folders
+    from propagate.runs import check_not_input
 
     config = config_from_args(args, "davis")
-    summary = extract_to_cache(args.input, args.out, config)
+    videos = sequence_folders(args.input) if is_davis_root(args.input) else [Path(args.input)]
+    check_not_input(args.out, [args.input])
+    summary = extract_to_cache(videos, args.out, config)
     print(f"cached features of {summary['frames']} frames in {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="propagate", description="Carry first-frame labels through a video with DIFT features.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also PROPAGATE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     demo.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
     demo.add_argument("--model", help="DIFT-SD model to try first (hub id or local diffusers folder)")
+    demo.add_argument("--frames", type=int, default=36, help="frames of the demo clip (default 36)")
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="run a benchmark protocol end to end (DAVIS-2017 or JHMDB)")
@@ -214,13 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
     except PropagateError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a read-only folder, a full disk, too many open files...
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}: nothing was marked complete; fix this and run again",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing was marked complete; run the same command again to start over or resume",
+              file=sys.stderr)
         return 130
     return 0
 

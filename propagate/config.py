@@ -1,21 +1,25 @@
-"""Run configuration: plain dataclasses, YAML presets under ``configs/``, and ``key=value`` overrides.
+"""Run configuration: plain dataclasses, YAML presets shipped in ``propagate/configs/``, and ``key=value`` overrides.
 
 A preset is a YAML file whose top-level keys are the fields of :class:`Config`; sections it leaves out keep
 their defaults, which are DIFT's DAVIS settings for Stable Diffusion. Command-line flags are applied on top as
-dotted overrides (``propagation.topk=10``), so every option is reachable from the CLI.
+dotted overrides (``propagation.topk=10``), so every option is reachable from the CLI. Every value is checked
+(type and range) when a :class:`Config` is built from data, so a bad preset or flag fails before any work.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from propagate.errors import PropagateError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The presets are package data, so an installed wheel has them too; the repository's top-level ``configs`` is a
+# symlink to this folder.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -74,8 +78,69 @@ class Config:
 _SECTIONS = {"resize": ResizeConfig, "propagation": PropagationConfig, "keypoints": KeypointConfig}
 
 
+# What each field accepts: a test and the words that tell the user what to give. Keys are dotted as in overrides.
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML true is a bool, and bool is an int
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(low: int) -> Check:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
+
+
+def _one_of(*choices: str) -> Check:
+    return (lambda v: isinstance(v, str) and v in choices), ", ".join(choices[:-1]) + f" or {choices[-1]}"
+
+
+_POSITIVE_NUMBER: Check = (lambda v: _is_number(v) and v > 0), "a finite number > 0"
+_BOOL: Check = (lambda v: isinstance(v, bool)), "true or false"
+_STRING: Check = (lambda v: isinstance(v, str) and v != ""), "a non-empty string"
+_SIZE: Check = (
+    lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v))
+), "null or [W, H] with two integers >= 1"
+_SCREEN: Check = (lambda v: isinstance(v, bool) or (isinstance(v, str) and v in ("auto", "on", "off"))), "auto, on or off (or true/false)"
+
+CHECKS: dict[str, Check] = {
+    "features": _STRING,
+    "batch_frames": _int_at_least(1),
+    "resize.short_side": _int_at_least(1),
+    "resize.multiple": _int_at_least(1),
+    "resize.size": _SIZE,
+    "propagation.temperature": _POSITIVE_NUMBER,
+    "propagation.topk": _int_at_least(1),
+    "propagation.n_last_frames": _int_at_least(0),
+    "propagation.radius": _int_at_least(0),
+    "propagation.window": _one_of("square", "disk", "none"),
+    "propagation.window_first": _BOOL,
+    "propagation.label_downsample": _one_of("nearest", "area"),
+    "propagation.minmax_norm": _BOOL,
+    "propagation.screen": _SCREEN,
+    "propagation.device": _STRING,
+    "keypoints.sigma": _POSITIVE_NUMBER,
+    "keypoints.decode_topk": _int_at_least(1),
+    "keypoints.cell_convention": _one_of("centre", "crw"),
+}
+
+
+def check_config(config: Config, source: str = "config") -> Config:
+    """Check every field of ``config`` against :data:`CHECKS`; the first bad one is a :class:`PropagateError`."""
+    values = config.to_dict()
+    for key, (accepts, what) in CHECKS.items():
+        section, _, name = key.rpartition(".")
+        value = values[section][name] if section else values[name]
+        if not accepts(value):
+            raise PropagateError(f"{source}: {key}={value!r} is not valid: give {what}")
+    return config
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    """Build a :class:`Config` from nested dicts; unknown keys are an error naming ``source``."""
+    """Build a :class:`Config` from nested dicts; unknown keys and bad values (:data:`CHECKS`) are an error naming ``source``."""
     data = dict(data or {})
     top = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - top)
@@ -100,11 +165,11 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
             kwargs[key] = dict(value)
         else:
             kwargs[key] = value
-    return Config(**kwargs)
+    return check_config(Config(**kwargs), source)
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
-    """A preset path: an existing file, or a name looked up in ``configs/`` (``davis_sd`` or ``davis_sd.yaml``)."""
+    """A preset path: an existing file, or a name looked up in :data:`CONFIG_DIR` (``davis_sd`` or ``davis_sd.yaml``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -122,15 +187,34 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | dict[st
     if preset is not None:
         path = resolve_preset(preset)
         source = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise PropagateError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from None
-        if not isinstance(data, dict):
-            raise PropagateError(f"{path}: a preset must be a YAML mapping")
-    for key, value in parse_overrides(overrides).items():
+        data = _read_preset(path)
+    parsed = parse_overrides(overrides)
+    for key, value in parsed.items():
         set_dotted(data, key, value)
-    return config_from_dict(data, source)
+    return config_from_dict(data, f"{source} with overrides" if parsed else source)
+
+
+def _read_preset(path: Path) -> dict[str, Any]:
+    """A preset's YAML mapping; one-line errors for a file that is not UTF-8 text, not YAML or not a mapping."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PropagateError(f"{path}: not UTF-8 text (byte {exc.start}): save the preset as UTF-8") from None
+    except OSError as exc:
+        raise PropagateError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise PropagateError(f"{path}: not valid YAML ({problem}{where}): fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PropagateError(f"{path}: a preset must be a YAML mapping of sections (features, resize, ...), "
+                             f"got {type(data).__name__}")
+    return data
 
 
 def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
@@ -143,7 +227,10 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
         if "=" not in item:
             raise PropagateError(f"override {item!r} is not KEY=VALUE (for example propagation.topk=10)")
         key, raw = item.split("=", 1)
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise PropagateError(f"override {item!r}: the value is not valid YAML (quote a string, e.g. {key}='...')") from None
     return parsed
 
 

@@ -13,8 +13,10 @@ import numpy as np
 
 from propagate.config import load_config
 from propagate.errors import PropagateError
+from propagate.features import build_extractor
 from propagate.labels import write_mask
 from propagate.render import OverlayWriter
+from propagate.runs import run_video
 
 DEMO_SIZE = (512, 288)
 DEMO_FRAMES = 36
@@ -54,26 +56,26 @@ def demo_frames(num_frames: int = DEMO_FRAMES, size: tuple[int, int] = DEMO_SIZE
         yield image, mask
 
 
-def make_demo_clip(folder: str | Path) -> tuple[Path, Path]:
+def make_demo_clip(folder: str | Path, num_frames: int = DEMO_FRAMES) -> tuple[Path, Path]:
     """Write ``clip.mp4`` and its first-frame mask ``first_mask.png`` into ``folder``; return both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     video, mask_path = folder / "clip.mp4", folder / "first_mask.png"
     with OverlayWriter(video, 24, DEMO_SIZE) as writer:
-        for index, (image, mask) in enumerate(demo_frames()):
+        for index, (image, mask) in enumerate(demo_frames(num_frames)):
             writer.write(image)
             if index == 0:
                 write_mask(mask_path, mask)
     return video, mask_path
 
 
-def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | None = None) -> dict:
+def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | None = None,
+             num_frames: int = DEMO_FRAMES) -> dict[str, object]:
     """Make the demo clip under ``out/input`` and propagate its mask into ``out/result`` (PNGs + overlay.mp4)."""
-    from propagate.features import build_extractor
-    from propagate.pipeline import run_video
-
+    if num_frames < 2:
+        raise PropagateError(f"--frames {num_frames}: the demo needs at least 2 frames")
     out = Path(out)
-    video, mask = make_demo_clip(out / "input")
+    video, mask = make_demo_clip(out / "input", num_frames)
     demo_resize = {"resize.short_side": DEMO_SIZE[1]}
     config = load_config("davis_sd", demo_resize)
     if model:

@@ -1,4 +1,7 @@
-"""Keypoints through a video: points given on the first frame, carried by label propagation (CRW protocol).
+"""Keypoints: point files, and points <-> heatmap labels on the feature grid (CRW protocol, DESIGN section 5).
+
+The stage that carries them through a video is :func:`propagate.pipeline.track_points`; the job that writes a
+results folder is :func:`propagate.runs.run_points`.
 
 Points file
 -----------
@@ -16,7 +19,7 @@ JSON (``.json``)::
 CSV (``.csv``): one point per line, ``name,x,y``; a header line ``name,x,y`` and ``#`` comment lines are
 allowed; no edges.
 
-Output of :func:`run_points` (in ``--out``)
+Output of ``propagate run --points`` (in ``--out``)
 -------------------------------------------
 ``points.json``::
 
@@ -47,28 +50,18 @@ cell outside the grid. Pass ``convention="crw"`` to the functions here to get CR
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from propagate.config import Config, KeypointConfig, PropagationConfig
+from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
-from propagate.io import atomic_write_json, mark_complete, results_folder
-from propagate.pipeline import RUN_INFO, check_length, iter_features, run_record
-from propagate.propagation import LabelPropagator
-from propagate.render import OverlayWriter, caption
-from propagate.video import Frame, VideoSource, open_video
 
 CONVENTIONS = ("centre", "crw")
 
@@ -122,7 +115,7 @@ def read_points(path: str | Path) -> PointSet:
     return PointSet(list(names), np.asarray(xy, dtype=np.float64).reshape(-1, 2), pairs)
 
 
-def _number(value: Any, what: str, path: Path) -> float:
+def _number(value: object, what: str, path: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise PropagateError(f"points file {path}: {what} is {value!r}, not a number")
     try:
@@ -300,130 +293,7 @@ def decode_keypoints(
     return xy, confidence
 
 
-# ---------------------------------------------------------------------------------------------- tracking
-
-
-class KeypointTracker:
-    """Carries points through a video one frame at a time (a :class:`LabelPropagator` plus label encode/decode).
-
-    >>> tracker = KeypointTracker(config.propagation, config.keypoints, native_wh=(320, 240))
-    >>> tracker.start(feats0, xy0)              # [C, h, w] features, [J, 2] native pixels
-    >>> xy, confidence = tracker.step(feats1)   # [J, 2], [J] for frame 1, and so on
-    """
-
-    def __init__(
-        self,
-        propagation: PropagationConfig,
-        keypoints: KeypointConfig,
-        native_wh: tuple[int, int],
-        device: str | torch.device | None = None,
-        convention: str = "centre",
-    ):
-        if keypoints.decode_topk < 1:
-            raise PropagateError(f"keypoints.decode_topk must be >= 1, got {keypoints.decode_topk}")
-        if convention not in CONVENTIONS:
-            raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
-        self.keypoints = keypoints
-        self.native_wh = tuple(native_wh)
-        self.convention = convention
-        self.propagator = LabelPropagator(propagation, device=device)
-        self.labels: torch.Tensor | None = None  # [1 + J, h, w] soft labels of the latest frame
-
-    def start(self, feats: torch.Tensor, xy: np.ndarray) -> None:
-        """Frame 0: features ``[C, h, w]`` and points ``[J, 2]`` in native pixels (NaN rows: no label)."""
-        grid_hw = tuple(feats.shape[-2:])
-        uv = pixels_to_grid(xy, self.native_wh, grid_hw, self.convention)
-        self.labels = keypoint_heatmaps(uv, grid_hw, self.keypoints.sigma)
-        self.propagator.start(feats, self.labels)
-
-    def step(self, feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Points ``[J, 2]`` (NaN if lost) and confidences ``[J]`` of the next frame from its features ``[C, h, w]``."""
-        self.labels = self.propagator.step(feats)
-        return decode_keypoints(self.labels, self.native_wh, self.keypoints.decode_topk, self.convention)
-
-
-def track_points(
-    source: VideoSource,
-    xy: np.ndarray,
-    extractor: FeatureExtractor,
-    config: Config,
-    cache: Any = None,
-    convention: str | None = None,
-) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
-    """Yield ``(frame, xy [J, 2], confidence [J])`` for every frame; frame 0 gives ``xy`` back with confidence 1.
-
-    Features come from :func:`propagate.pipeline.iter_features` (resized per ``config.resize``); one frame flows
-    through before the next is read.
-
-    >>> for frame, xy, confidence in track_points(open_video("clip.mp4"), first_xy, extractor, config):
-    ...     print(frame.index, xy[0], confidence[0])
-    """
-    convention = convention or cell_convention(config)
-    tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size, convention=convention)
-    xy = np.asarray(xy, dtype=np.float64)
-    for frame, feats in iter_features(source, extractor, config, cache):
-        if frame.index == 0:
-            tracker.start(feats, xy)
-            yield frame, xy.copy(), np.where(np.isfinite(xy).all(axis=1), 1.0, 0.0)
-        else:
-            pred, confidence = tracker.step(feats)
-            yield frame, pred, confidence
-
-
-def cell_convention(config: Config) -> str:
-    """The grid convention of ``config`` (``keypoints.cell_convention`` if the config has it, else ``centre``)."""
-    return getattr(config.keypoints, "cell_convention", "centre")
-
-
-# ---------------------------------------------------------------------------------------------- drawing
-
-
-def point_colours(count: int) -> list[tuple[int, int, int]]:
-    """``count`` distinct RGB colours, hues evenly spread (point ``j`` always gets the same colour)."""
-    hues = np.linspace(0, 180, num=max(count, 1), endpoint=False).astype(np.uint8)
-    hsv = np.stack([hues, np.full_like(hues, 230), np.full_like(hues, 255)], axis=1)[None]
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
-    return [tuple(int(c) for c in row) for row in rgb[:count]]
-
-
-def draw_points(
-    image: np.ndarray,
-    xy: np.ndarray,
-    names: Sequence[str] | None = None,
-    edges: Sequence[tuple[int, int]] = (),
-    confidence: np.ndarray | None = None,
-) -> np.ndarray:
-    """Draw points, their names and the skeleton on a copy of ``image`` ``[H, W, 3]`` uint8 RGB.
-
-    Each point has its own colour (:func:`point_colours`); an edge takes the colour of its first point. Lost
-    points (NaN) and edges touching them are not drawn; a point with confidence below 0.1 is drawn hollow.
-    """
-    canvas = np.ascontiguousarray(image.copy())
-    height, width = canvas.shape[:2]
-    unit = max(1, round(min(height, width) / 240))  # line width and radius scale with the frame
-    colours = point_colours(len(xy))
-    ok = np.isfinite(xy).all(axis=1)
-    pix = [(int(round(x)), int(round(y))) if good else None for (x, y), good in zip(xy, ok)]
-    for a, b in edges:
-        if pix[a] is not None and pix[b] is not None:
-            cv2.line(canvas, pix[a], pix[b], colours[a], 2 * unit, cv2.LINE_AA)
-    for j, p in enumerate(pix):
-        if p is None:
-            continue
-        faint = confidence is not None and confidence[j] < 0.1
-        cv2.circle(canvas, p, 3 * unit, colours[j], unit if faint else -1, cv2.LINE_AA)
-        cv2.circle(canvas, p, 3 * unit, (0, 0, 0), 1, cv2.LINE_AA)
-        if names is not None:
-            org = (p[0] + 4 * unit, p[1] - 2 * unit)
-            cv2.putText(canvas, names[j], org, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * unit, (0, 0, 0), 2 * unit, cv2.LINE_AA)
-            cv2.putText(canvas, names[j], org, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * unit, colours[j], unit, cv2.LINE_AA)
-    return canvas
-
-
-# ---------------------------------------------------------------------------------------------- the job
-
-
-def points_record(names: Sequence[str], xy: np.ndarray, confidence: np.ndarray) -> dict[str, dict[str, Any]]:
+def points_record(names: Sequence[str], xy: np.ndarray, confidence: np.ndarray) -> dict[str, dict[str, float | None]]:
     """One frame's points as written in ``points.json``: ``{name: {"x", "y", "confidence"}}`` (lost: nulls, 0)."""
     record = {}
     for name, (x, y), c in zip(names, np.asarray(xy, dtype=np.float64), confidence):
@@ -434,64 +304,6 @@ def points_record(names: Sequence[str], xy: np.ndarray, confidence: np.ndarray) 
     return record
 
 
-def run_points(
-    video: str | Path,
-    points_path: str | Path,
-    out_dir: str | Path,
-    config: Config,
-    *,
-    extractor: FeatureExtractor | None = None,
-    cache: Any = None,
-    overwrite: bool = False,
-    render: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The ``propagate run --points`` job: ``points.json``, ``overlay.mp4``, ``run_info.json`` and ``.complete``.
-
-    Inputs are checked before anything is written; if the run fails midway, the output folder is removed, so a
-    folder with results is always complete.
-
-    Args:
-        video: a folder of frames or a video file.
-        points_path: the first frame's points (JSON or CSV; see the module docstring).
-        out_dir: output folder (must be empty unless ``overwrite``).
-        config: run configuration (``configs/jhmdb_sd.yaml`` holds CRW's keypoint propagation settings).
-        extractor: a built feature extractor; built from ``config`` if None.
-        cache: a feature cache for :func:`propagate.pipeline.iter_features`, or None.
-        render: write the overlay video. progress: show a progress bar.
-
-    Returns:
-        A summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features"}``.
-    """
-    source = open_video(video)
-    points = read_points(points_path)
-    check_points_inside(points, source.native_size, points_path)
-    check_length(source)
-    extractor = extractor or build_extractor(config.features, config.extractor)
-    text = extractor.describe()
-    frames: list[dict[str, Any]] = []
-    with results_folder(out_dir, overwrite) as out:
-        overlay = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else contextlib.nullcontext()
-        with overlay as writer:
-            stream = track_points(source, points.xy, extractor, config, cache)
-            for frame, xy, confidence in tqdm(stream, total=len(source), desc=f"points {Path(source.path).name}",
-                                              unit="frame", disable=not progress, leave=False, file=sys.stderr):
-                frames.append({"index": frame.index, "name": frame.name,
-                               "points": points_record(points.names, xy, confidence)})
-                if writer is not None:
-                    image = draw_points(frame.image, xy, points.names, points.edges, confidence)
-                    writer.write(caption(image, f"{text} | frame {frame.index}"))
-        atomic_write_json(out / "points.json", {
-            "video": str(source.path),
-            "size": list(source.native_size),
-            "names": points.names,
-            "edges": points.edge_names(),
-            "features": text,
-            "cell_convention": cell_convention(config),
-            "frames": frames,
-        })
-        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), points=str(points_path)))
-        lost = sum(1 for p in frames[-1]["points"].values() if p["x"] is None)
-        mark_complete(out, {"frames": len(frames), "points": len(points.names)})
-    return {"frames": len(frames), "points": len(points.names), "lost_last_frame": lost, "out": str(out),
-            "overlay": str(out / "overlay.mp4") if render else None, "features": text}
+def cell_convention(config: Config) -> str:
+    """The grid convention of ``config`` (``keypoints.cell_convention``)."""
+    return config.keypoints.cell_convention

@@ -1,12 +1,16 @@
-"""Mask label files: indexed PNGs with the DAVIS palette.
+"""Masks: label files (indexed PNGs with the DAVIS palette) and their encoding as soft labels on the feature grid.
 
 Indices: 0 = background, 1..N = objects, 255 = void (not scored; treated as background when propagating).
+A first mask becomes one-hot labels ``[N+1, h, w]`` on the grid (:func:`mask_to_labels`); propagated soft labels
+become a mask at native size again (:func:`labels_to_mask`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from propagate.errors import PropagateError
@@ -89,6 +93,14 @@ def object_ids(mask: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(mask) if v not in (0, VOID)]
 
 
+def require_objects(mask: np.ndarray, path: str | Path) -> list[int]:
+    """Object ids of a mask that must label something; a PropagateError naming ``path`` if it holds none."""
+    ids = object_ids(mask)
+    if not ids:
+        raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N")
+    return ids
+
+
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
     """Write ``[H, W]`` uint8 indices as an indexed PNG with the DAVIS palette, atomically."""
     mask = np.asarray(mask)
@@ -98,3 +110,65 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     img.putpalette(DAVIS_PALETTE.flatten().tolist())
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------------------------------------- encode / decode
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel, as PIL's NEAREST resize computes it (a running double sum of the scale
+    starting at half a step, truncated), so masks resize bit-identically to the reference scripts' PIL calls."""
+    scale = n_in / n_out
+    steps = np.full(n_out, scale)
+    steps[0] = 0.5 * scale
+    return np.minimum(np.add.accumulate(steps).astype(np.int64), n_in - 1)
+
+
+def resize_nearest(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an index image ``[H, W]`` to ``size_wh`` (W, H), identical to PIL's NEAREST."""
+    rows = _nearest_index(mask.shape[0], size_wh[1])
+    cols = _nearest_index(mask.shape[1], size_wh[0])
+    return mask[rows][:, cols]
+
+
+def mask_to_labels(mask: np.ndarray, num_objects: int, grid_hw: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """First-frame mask ``[H, W]`` (0 background, 1..N objects, 255 void -> background) -> labels ``[N+1, h, w]``.
+
+    ``nearest``: the mask is resized to the grid with nearest sampling, then one-hot (DINO/DIFT). ``area``: the
+    one-hot mask is area-averaged into each cell (soft fractions).
+    """
+    mask = np.where(mask == 255, 0, mask).astype(np.int64)
+    if mask.max() > num_objects:
+        raise ValueError(f"mask holds index {mask.max()} > num_objects {num_objects}")
+    h, w = grid_hw
+    if mode == "nearest":
+        small = torch.from_numpy(resize_nearest(mask.astype(np.uint8), (w, h)).astype(np.int64))
+        return F.one_hot(small, num_objects + 1).permute(2, 0, 1).float()
+    if mode == "area":
+        one_hot = F.one_hot(torch.from_numpy(mask), num_objects + 1).permute(2, 0, 1).float()
+        return F.adaptive_avg_pool2d(one_hot[None], (h, w))[0]
+    raise PropagateError(f"unknown label_downsample {mode!r}: choose nearest or area")
+
+
+def labels_to_mask(
+    soft: torch.Tensor, proc_hw: tuple[int, int], native_hw: tuple[int, int], minmax: bool = True
+) -> np.ndarray:
+    """Soft labels ``[K, h, w]`` -> index mask ``[H, W]`` uint8 at native size.
+
+    Bilinear upsampling to the processing size, optional per-channel min-max normalisation (DINO's ``norm_mask``),
+    argmax, then a nearest resize to the native size.
+    """
+    up = F.interpolate(soft[None].float(), size=tuple(proc_hw), mode="bilinear", align_corners=False)[0]
+    if minmax:
+        flat = up.reshape(up.shape[0], -1)
+        lo = flat.min(dim=1, keepdim=True).values
+        span = flat.max(dim=1, keepdim=True).values - lo
+        scale = torch.where(span > 0, span, torch.ones_like(span))
+        top = flat.max(dim=1, keepdim=True).values
+        # channels whose max is 0 stay as they are (DINO leaves them untouched)
+        flat = torch.where(top > 0, (flat - lo) / scale, flat)
+        up = flat.reshape(up.shape)
+    index = up.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    if index.shape != tuple(native_hw):
+        index = resize_nearest(index, (native_hw[1], native_hw[0]))
+    return index

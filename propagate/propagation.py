@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from propagate.config import PropagationConfig
 from propagate.errors import PropagateError
+from propagate.features.common import resolve_device
 
 BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 CANDIDATES = 64  # keys per query kept from the bf16 screen (at least 4 * topk); more only where a query needs them
@@ -36,15 +38,6 @@ MAX_CANDIDATES_PER_QUERY = 256  # beyond this many bf16 candidates, a query's sc
 TILE = (15, 26)  # query tile (rows, cols) in grid cells (divides the 60x104 DAVIS grid; measured fastest there)
 SCREEN_GIVE_UP = 0.25  # if more than this share of a frame's queries had to be rescored, the next frames skip the
 SCREEN_RETRY = 16  # bf16 screen (features too alike for it: it only costs time), trying it again every 16 frames
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> cuda if available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PropagateError("device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
-    return torch.device(device)
 
 
 def screening_supported(device: torch.device) -> bool:
@@ -143,128 +136,190 @@ def propagate_frame(
     query_hwc: torch.Tensor, queue: ContextQueue, cfg: PropagationConfig, screen: bool,
     tile: tuple[int, int] | None = None, stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
-    """Soft labels of one frame from the context in ``queue``.
+    """Soft labels ``[h, w, K]`` of one frame from the context in ``queue``.
 
-    Queries are processed in tiles of ``tile = (rows, cols)`` cells. For each column stripe the windowed keys of the
-    stripe's column range are copied once into a buffer laid out ``[h, n_frames, cols, C]``, so the keys of a tile's
-    window union (its rows) are one contiguous matrix and a tile's scores are a single matmul.
-
-    Per query only a few candidates are carried on: the top ``CANDIDATES`` keys of each part (checked to contain
-    every key that can reach the top-k, and widened for the queries where they do not). With ``screen`` the scores
-    are bf16 and the candidates are recomputed exactly in fp32 (see :func:`_screen_threshold`).
+    Queries go in tiles of ``tile = (rows, cols)`` cells (default :data:`TILE`); each tile is scored against the
+    keys of its window union in one matmul (:class:`_ContextKeys`). Per query only a few candidates go on: the top
+    ``CANDIDATES`` keys of each part, checked to contain every key that can reach the top-k and widened where they
+    do not. With ``screen`` the scores are bf16 and the candidates are rescored exactly in fp32
+    (:func:`_screened_candidates`); either way the kept set and weights are those of the dense fp32 computation.
 
     Args:
         query_hwc: ``[h, w, C]`` l2-normalised features of the new frame.
         queue: the context (frame 0 and recent frames) on the same device.
         cfg: window, radius, topk, temperature, window_first.
         screen: pre-screen in bf16 and re-check candidates in fp32 (same result, faster where bf16 is fast).
-        tile: query tile ``(rows, cols)``; default :data:`TILE`.
         stats: if given, ``queries`` and ``rescored`` (queries whose first candidates did not suffice) are added up.
-
-    Returns:
-        ``[h, w, K]`` soft labels.
     """
     h, w, c = query_hwc.shape
-    hw = h * w
-    device = query_hwc.device
-    num_labels = queue.labels.shape[-1]
-    recent = queue.count
-    if cfg.window == "none":
-        w_slots, full_slots, radius = (0, 0), list(range(0, 1 + recent)), 0
-    elif cfg.window_first:
-        w_slots, full_slots, radius = (0, 1 + recent), [], int(cfg.radius)
-    else:
-        w_slots, full_slots, radius = (1, 1 + recent), [0], int(cfg.radius)
-    n_w = w_slots[1] - w_slots[0]
-    k = int(cfg.topk)
-    m = max(CANDIDATES, 4 * k)
-    keysrc = queue.keys_bf16 if screen else queue.keys
-    keys32_flat = queue.keys.view(-1, c)
-    labels_flat = queue.labels.view(-1, num_labels)
-    fslots = torch.tensor(full_slots, dtype=torch.long, device=device)
-    full_keys = keysrc[fslots].reshape(-1, c) if full_slots else None  # [Nf*hw, C], shared by all tiles
-    full_keys32 = queue.keys[fslots].reshape(-1, c) if (full_slots and screen) else full_keys
-    query_src = query_hwc.to(torch.bfloat16) if screen else query_hwc
-    slots_used = list(range(w_slots[0], w_slots[1])) + full_slots
-    if screen:
-        key_err = float(queue.bf16_error[slots_used].max())
-        acc = c * 2.0**-23 + (BF16_UNIT if device.type == "cuda" else 0.0)  # fp32 accumulation (cuBLAS may reduce in bf16)
-        query_err = _bf16_residual(query_hwc)  # [h, w]
-    out = torch.empty((h, w, num_labels), dtype=torch.float32, device=device)
+    keys = _ContextKeys(queue, cfg, screen)
+    k, m = int(cfg.topk), max(CANDIDATES, 4 * int(cfg.topk))
+    query_err = _bf16_residual(query_hwc) if screen else None  # [h, w]
+    out = torch.empty((h, w, keys.num_labels), dtype=torch.float32, device=query_hwc.device)
     rows_t, cols_t = tile or TILE
-    # one buffer for the column stripes of keys (reused: a step allocates no more than this and one tile's scores)
-    stripe_buf = torch.empty(h * n_w * min(w, cols_t + 2 * radius) * c, dtype=keysrc.dtype, device=device) if n_w else None
-
     for tx0 in range(0, w, cols_t):
-        tx1 = min(w, tx0 + cols_t)
-        rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
-        sw = rx1 - rx0
-        # [h, Nw, sw, C]: the rows of any tile's window union are one contiguous block
-        stripe = None
-        if n_w:
-            stripe = stripe_buf[: h * n_w * sw * c].view(h, n_w, sw, c)
-            stripe.copy_(keysrc[w_slots[0]:w_slots[1], :, rx0:rx1].permute(1, 0, 2, 3))
-        stripe32 = None if screen else stripe  # fp32 copy, made only if a tile needs the fp32 fallback
+        keys.load_stripe(tx0, min(w, tx0 + cols_t))
         for ty0 in range(0, h, rows_t):
-            ty1 = min(h, ty0 + rows_t)
-            ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
-            nq = (ty1 - ty0) * (tx1 - tx0)
-            q = query_src[ty0:ty1, tx0:tx1].reshape(nq, c)
-            q32 = query_hwc[ty0:ty1, tx0:tx1].reshape(nq, c)
-            geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry1 - ry0, sw)
-            bias = _window_bias(geometry, cfg.window, radius, keysrc.dtype, device) if n_w else None
-            decoders = []
-            if n_w:
-                decoders.append(_region_decoder(ry0, rx0, n_w, sw, w_slots[0], w, hw))
-            if full_slots:
-                decoders.append(lambda i: fslots[i // hw] * hw + i % hw)
-
-            def scores_of(qm: torch.Tensor, region_src: torch.Tensor | None, full_src: torch.Tensor | None,
-                          rows: torch.Tensor | None) -> list[torch.Tensor]:
-                parts = []
-                if region_src is not None:
-                    region = region_src[ry0:ry1].view(-1, c)  # [ry*Nw*sw, C], a view of the stripe
-                    s = qm @ region.T
-                    b = bias if rows is None else bias[rows]
-                    s.view(qm.shape[0], ry1 - ry0, n_w, sw).add_(b.to(s.dtype)[:, :, None, :])
-                    parts.append(s)
-                if full_src is not None:
-                    parts.append(qm @ full_src.T)
-                return parts
-
-            parts = scores_of(q, stripe, full_keys, None)
-            vals, flat, ok, thr = _candidates(parts, decoders, None, k, m)
-            if screen:
-                err = key_err + query_err[ty0:ty1, tx0:tx1].reshape(nq) * (1 + key_err) + acc
-                thr = _screen_threshold(vals.float().topk(min(k, vals.shape[1]), dim=1).values[:, -1], err)
-                ok = _covers(parts, vals, thr, m)
-                exact = _exact_scores(q32, flat, vals, keys32_flat, thr)
-            else:
-                exact = vals
+            t = keys.tile(ty0, min(h, ty0 + rows_t))
+            q32 = query_hwc[t.y0:t.y1, t.x0:t.x1].reshape(-1, c)
             if stats is not None:
-                stats["queries"] = stats.get("queries", 0) + nq
-            if not bool(ok.all()):
-                bad = (~ok).nonzero(as_tuple=True)[0]
-                if stats is not None:
-                    stats["rescored"] = stats.get("rescored", 0) + len(bad)
-                need = max(int((p[bad] >= thr[bad, None]).sum(1).max()) for p in parts)
-                if not screen or need <= MAX_CANDIDATES_PER_QUERY:
-                    v2, f2 = _topk_parts(parts, decoders, bad, need)
-                    e2 = _exact_scores(q32[bad], f2, v2, keys32_flat, thr[bad]) if screen else v2
-                else:  # features too alike for the screen: score these queries in fp32
-                    if stripe32 is None and n_w:
-                        stripe32 = queue.keys[w_slots[0]:w_slots[1], :, rx0:rx1].permute(1, 0, 2, 3).contiguous()
-                    parts32 = scores_of(q32[bad], stripe32, full_keys32, bad)
-                    v2, f2, ok2, kth2 = _candidates(parts32, decoders, None, k, m)
-                    if not bool(ok2.all()):  # ties beyond m: take every key >= the k-th value
-                        need = max(int((p >= kth2[:, None]).sum(1).max()) for p in parts32)
-                        v2, f2 = _topk_parts(parts32, decoders, None, need)
-                    e2 = v2
-                exact, flat = _merge_rows(exact, flat, bad, e2, f2)
+                stats["queries"] = stats.get("queries", 0) + q32.shape[0]
+            if query_err is not None:
+                err = query_err[t.y0:t.y1, t.x0:t.x1].reshape(-1)
+                exact, flat = _screened_candidates(keys, t, q32, err, k, m, stats)
+            else:
+                exact, flat = _exact_candidates(keys, t, q32, None, k, m, stats)
             weights = _topk_weights(exact.float(), k, cfg.temperature)  # [nq, M]
-            tile_out = torch.bmm(weights.unsqueeze(1), labels_flat[flat]).squeeze(1)  # [nq, K]
-            out[ty0:ty1, tx0:tx1] = tile_out.view(ty1 - ty0, tx1 - tx0, num_labels)
+            labels = torch.bmm(weights.unsqueeze(1), keys.labels_flat[flat]).squeeze(1)  # [nq, K]
+            out[t.y0:t.y1, t.x0:t.x1] = labels.view(t.y1 - t.y0, t.x1 - t.x0, keys.num_labels)
     return out
+
+
+def _exact_candidates(keys: "_ContextKeys", t: "_Tile", q32: torch.Tensor, rows: torch.Tensor | None, k: int,
+                      m: int, stats: dict[str, int] | None, widen_all: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 scores of queries ``q32 [n, C]`` (tile rows ``rows``, default all): the top ``m`` candidates per part,
+    widened to every key >= the k-th value where ties or a crowded window need it -> ``(scores, flat key ids)``."""
+    parts = keys.scores(t, q32, rows, fp32=True)
+    decoders = keys.decoders(t)
+    vals, flat, ok, kth = _candidates(parts, decoders, None, k, m)
+    if bool(ok.all()):
+        return vals, flat
+    bad = None if widen_all else (~ok).nonzero(as_tuple=True)[0]
+    if stats is not None and bad is not None:
+        stats["rescored"] = stats.get("rescored", 0) + len(bad)
+    sel = (lambda p: p) if bad is None else (lambda p: p[bad])
+    need = max(int((sel(p) >= sel(kth)[:, None]).sum(1).max()) for p in parts)
+    v2, f2 = _topk_parts(parts, decoders, bad, need)
+    return (v2, f2) if bad is None else _merge_rows(vals, flat, bad, v2, f2)
+
+
+def _screened_candidates(keys: "_ContextKeys", t: "_Tile", q32: torch.Tensor, query_err: torch.Tensor, k: int,
+                         m: int, stats: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 scores of ``q32 [n, C]``, then every candidate that can reach the exact top-k (see
+    :func:`_screen_threshold`) rescored in fp32; queries whose candidates are too many are scored in fp32."""
+    parts = keys.scores(t, q32.to(torch.bfloat16), None, fp32=False)
+    decoders = keys.decoders(t)
+    vals, flat = _topk_parts(parts, decoders, None, m)
+    err = keys.key_err + query_err * (1 + keys.key_err) + keys.accumulation_err
+    thr = _screen_threshold(vals.float().topk(min(k, vals.shape[1]), dim=1).values[:, -1], err)
+    ok = _covers(parts, vals, thr, m)
+    exact = _exact_scores(q32, flat, vals, keys.keys32_flat, thr)
+    if bool(ok.all()):
+        return exact, flat
+    bad = (~ok).nonzero(as_tuple=True)[0]
+    if stats is not None:
+        stats["rescored"] = stats.get("rescored", 0) + len(bad)
+    need = max(int((p[bad] >= thr[bad, None]).sum(1).max()) for p in parts)
+    if need <= MAX_CANDIDATES_PER_QUERY:
+        v2, f2 = _topk_parts(parts, decoders, bad, need)
+        e2 = _exact_scores(q32[bad], f2, v2, keys.keys32_flat, thr[bad])
+    else:  # features too alike for the screen: score these queries in fp32
+        e2, f2 = _exact_candidates(keys, t, q32[bad], bad, k, m, None, widen_all=True)
+    return _merge_rows(exact, flat, bad, e2, f2)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """A query tile (rows y0:y1, cols x0:x1) and its window union (rows ry0:ry1 of the current column stripe)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    ry0: int
+    ry1: int
+
+
+class _ContextKeys:
+    """The context's keys laid out so that a tile's scores are one matmul.
+
+    Windowed slots (``w_slots``) are copied, per column stripe (a tile column plus the radius on each side), into a
+    buffer laid out ``[h, n_slots, stripe_w, C]``: the keys of any tile's window union (its rows) are then one
+    contiguous matrix, and a cached bias sets keys outside each query's window to -inf. Unwindowed slots
+    (``full_slots``: frame 0 with ``window_first: false``, everything with ``window: none``) are one flat matrix.
+    """
+
+    def __init__(self, queue: ContextQueue, cfg: PropagationConfig, screen: bool):
+        recent = queue.count
+        if cfg.window == "none":
+            self.w_slots, self.full_slots, self.radius = (0, 0), list(range(0, 1 + recent)), 0
+        elif cfg.window_first:
+            self.w_slots, self.full_slots, self.radius = (0, 1 + recent), [], int(cfg.radius)
+        else:
+            self.w_slots, self.full_slots, self.radius = (1, 1 + recent), [0], int(cfg.radius)
+        self.window = cfg.window
+        self.queue = queue
+        _, self.h, self.w, self.c = queue.keys.shape
+        self.hw = self.h * self.w
+        self.n_w = self.w_slots[1] - self.w_slots[0]
+        self.num_labels = queue.labels.shape[-1]
+        self.device = queue.keys.device
+        self.keysrc = queue.keys_bf16 if screen else queue.keys  # what the first scores use
+        self.keys32_flat = queue.keys.view(-1, self.c)
+        self.labels_flat = queue.labels.view(-1, self.num_labels)
+        self.fslots = torch.tensor(self.full_slots, dtype=torch.long, device=self.device)
+        self.full = {False: self.keysrc[self.fslots].reshape(-1, self.c) if self.full_slots else None}
+        self.full[True] = queue.keys[self.fslots].reshape(-1, self.c) if (self.full_slots and screen) else self.full[False]
+        if screen:
+            slots_used = list(range(*self.w_slots)) + self.full_slots
+            self.key_err = float(queue.bf16_error[slots_used].max())
+            # fp32 accumulation (cuBLAS may reduce in bf16)
+            self.accumulation_err = self.c * 2.0**-23 + (BF16_UNIT if self.device.type == "cuda" else 0.0)
+        self.screen = screen
+        # one buffer for the column stripes (reused: a step allocates no more than this and one tile's scores)
+        self._buf = torch.empty(0, dtype=self.keysrc.dtype, device=self.device)
+        self.stripe: dict[bool, torch.Tensor | None] = {}
+
+    def load_stripe(self, tx0: int, tx1: int) -> None:
+        """Copy the windowed keys of the columns tx0 - r .. tx1 + r (the stripe of tiles in columns tx0:tx1)."""
+        self.tx0, self.tx1 = tx0, tx1
+        self.rx0, self.rx1 = max(0, tx0 - self.radius), min(self.w, tx1 + self.radius)
+        self.sw = self.rx1 - self.rx0
+        self.stripe = {}
+        if not self.n_w:
+            self.stripe = {False: None, True: None}
+            return
+        size = self.h * self.n_w * self.sw * self.c
+        if self._buf.numel() < size:
+            self._buf = torch.empty(size, dtype=self.keysrc.dtype, device=self.device)
+        stripe = self._buf[:size].view(self.h, self.n_w, self.sw, self.c)
+        stripe.copy_(self.keysrc[self.w_slots[0]:self.w_slots[1], :, self.rx0:self.rx1].permute(1, 0, 2, 3))
+        self.stripe[not self.screen] = stripe  # fp32 scores use it directly when not screening
+
+    def _stripe(self, fp32: bool) -> torch.Tensor | None:
+        if fp32 not in self.stripe:  # the fp32 copy, made only if a tile needs the fp32 fallback
+            self.stripe[True] = self.queue.keys[self.w_slots[0]:self.w_slots[1], :, self.rx0:self.rx1].permute(
+                1, 0, 2, 3).contiguous()
+        return self.stripe[fp32]
+
+    def tile(self, ty0: int, ty1: int) -> _Tile:
+        return _Tile(ty0, ty1, self.tx0, self.tx1, max(0, ty0 - self.radius), min(self.h, ty1 + self.radius))
+
+    def decoders(self, t: _Tile) -> list:
+        """Per part, a function from a score column to the flat key index ``slot * hw + y * w + x``."""
+        decoders = []
+        if self.n_w:
+            decoders.append(_region_decoder(t.ry0, self.rx0, self.n_w, self.sw, self.w_slots[0], self.w, self.hw))
+        if self.full_slots:
+            decoders.append(lambda i: self.fslots[i // self.hw] * self.hw + i % self.hw)
+        return decoders
+
+    def scores(self, t: _Tile, qm: torch.Tensor, rows: torch.Tensor | None, fp32: bool) -> list[torch.Tensor]:
+        """Scores of queries ``qm [n, C]`` (the tile's ``rows``, default all): the window-union part
+        ``[n, ry * n_slots * sw]`` (-inf outside each query's window), then the unwindowed part ``[n, Nf * hw]``."""
+        parts = []
+        stripe = self._stripe(fp32) if self.n_w else None
+        if stripe is not None:
+            region = stripe[t.ry0:t.ry1].view(-1, self.c)  # [ry*Nw*sw, C], a view of the stripe
+            s = qm @ region.T
+            geometry = (t.y1 - t.y0, t.x1 - t.x0, t.y0 - t.ry0, t.x0 - self.rx0, t.ry1 - t.ry0, self.sw)
+            bias = _window_bias(geometry, self.window, self.radius, self.keysrc.dtype, self.device)
+            b = bias if rows is None else bias[rows]
+            s.view(qm.shape[0], t.ry1 - t.ry0, self.n_w, self.sw).add_(b.to(s.dtype)[:, :, None, :])
+            parts.append(s)
+        if self.full[fp32] is not None:
+            parts.append(qm @ self.full[fp32].T)
+        return parts
 
 
 @functools.lru_cache(maxsize=64)
@@ -408,62 +463,3 @@ class LabelPropagator:
             self._frames_unscreened = (self._frames_unscreened + 1) % SCREEN_RETRY
         self.queue.push(query, labels)
         return labels.permute(2, 0, 1)
-
-
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each output pixel, as PIL's NEAREST resize computes it (a running double sum of the scale
-    starting at half a step, truncated), so masks resize bit-identically to the reference scripts' PIL calls."""
-    scale = n_in / n_out
-    steps = np.full(n_out, scale)
-    steps[0] = 0.5 * scale
-    return np.minimum(np.add.accumulate(steps).astype(np.int64), n_in - 1)
-
-
-def resize_nearest(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an index image ``[H, W]`` to ``size_wh`` (W, H), identical to PIL's NEAREST."""
-    rows = _nearest_index(mask.shape[0], size_wh[1])
-    cols = _nearest_index(mask.shape[1], size_wh[0])
-    return mask[rows][:, cols]
-
-
-def mask_to_labels(mask: np.ndarray, num_objects: int, grid_hw: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
-    """First-frame mask ``[H, W]`` (0 background, 1..N objects, 255 void -> background) -> labels ``[N+1, h, w]``.
-
-    ``nearest``: the mask is resized to the grid with nearest sampling, then one-hot (DINO/DIFT). ``area``: the
-    one-hot mask is area-averaged into each cell (soft fractions).
-    """
-    mask = np.where(mask == 255, 0, mask).astype(np.int64)
-    if mask.max() > num_objects:
-        raise ValueError(f"mask holds index {mask.max()} > num_objects {num_objects}")
-    h, w = grid_hw
-    if mode == "nearest":
-        small = torch.from_numpy(resize_nearest(mask.astype(np.uint8), (w, h)).astype(np.int64))
-        return F.one_hot(small, num_objects + 1).permute(2, 0, 1).float()
-    if mode == "area":
-        one_hot = F.one_hot(torch.from_numpy(mask), num_objects + 1).permute(2, 0, 1).float()
-        return F.adaptive_avg_pool2d(one_hot[None], (h, w))[0]
-    raise PropagateError(f"unknown label_downsample {mode!r}: choose nearest or area")
-
-
-def labels_to_mask(
-    soft: torch.Tensor, proc_hw: tuple[int, int], native_hw: tuple[int, int], minmax: bool = True
-) -> np.ndarray:
-    """Soft labels ``[K, h, w]`` -> index mask ``[H, W]`` uint8 at native size.
-
-    Bilinear upsampling to the processing size, optional per-channel min-max normalisation (DINO's ``norm_mask``),
-    argmax, then a nearest resize to the native size.
-    """
-    up = F.interpolate(soft[None].float(), size=tuple(proc_hw), mode="bilinear", align_corners=False)[0]
-    if minmax:
-        flat = up.reshape(up.shape[0], -1)
-        lo = flat.min(dim=1, keepdim=True).values
-        span = flat.max(dim=1, keepdim=True).values - lo
-        scale = torch.where(span > 0, span, torch.ones_like(span))
-        top = flat.max(dim=1, keepdim=True).values
-        # channels whose max is 0 stay as they are (DINO leaves them untouched)
-        flat = torch.where(top > 0, (flat - lo) / scale, flat)
-        up = flat.reshape(up.shape)
-    index = up.argmax(dim=0).to(torch.uint8).cpu().numpy()
-    if index.shape != tuple(native_hw):
-        index = resize_nearest(index, (native_hw[1], native_hw[0]))
-    return index

@@ -1,7 +1,9 @@
-"""Overlay videos: masks blended in palette colours with contours, written as H.264 mp4 that players open."""
+"""Rendering: masks blended in palette colours with contours, points with names and skeleton, captions, and the
+H.264 mp4 writer that players open."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -31,6 +33,51 @@ def caption(image: np.ndarray, text: str) -> np.ndarray:
     cv2.rectangle(image, (0, 0), (min(image.shape[1], tw + 8), th + base + 8), (0, 0, 0), thickness=-1)
     cv2.putText(image, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return image
+
+
+# ---------------------------------------------------------------------------------------------- points
+
+
+def point_colours(count: int) -> list[tuple[int, int, int]]:
+    """``count`` distinct RGB colours, hues evenly spread (point ``j`` always gets the same colour)."""
+    hues = np.linspace(0, 180, num=max(count, 1), endpoint=False).astype(np.uint8)
+    hsv = np.stack([hues, np.full_like(hues, 230), np.full_like(hues, 255)], axis=1)[None]
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+    return [tuple(int(c) for c in row) for row in rgb[:count]]
+
+
+def draw_points(
+    image: np.ndarray,
+    xy: np.ndarray,
+    names: Sequence[str] | None = None,
+    edges: Sequence[tuple[int, int]] = (),
+    confidence: np.ndarray | None = None,
+) -> np.ndarray:
+    """Draw points, their names and the skeleton on a copy of ``image`` ``[H, W, 3]`` uint8 RGB.
+
+    Each point has its own colour (:func:`point_colours`); an edge takes the colour of its first point. Lost
+    points (NaN) and edges touching them are not drawn; a point with confidence below 0.1 is drawn hollow.
+    """
+    canvas = np.ascontiguousarray(image.copy())
+    height, width = canvas.shape[:2]
+    unit = max(1, round(min(height, width) / 240))  # line width and radius scale with the frame
+    colours = point_colours(len(xy))
+    ok = np.isfinite(xy).all(axis=1)
+    pix = [(int(round(x)), int(round(y))) if good else None for (x, y), good in zip(xy, ok)]
+    for a, b in edges:
+        if pix[a] is not None and pix[b] is not None:
+            cv2.line(canvas, pix[a], pix[b], colours[a], 2 * unit, cv2.LINE_AA)
+    for j, p in enumerate(pix):
+        if p is None:
+            continue
+        faint = confidence is not None and confidence[j] < 0.1
+        cv2.circle(canvas, p, 3 * unit, colours[j], unit if faint else -1, cv2.LINE_AA)
+        cv2.circle(canvas, p, 3 * unit, (0, 0, 0), 1, cv2.LINE_AA)
+        if names is not None:
+            org = (p[0] + 4 * unit, p[1] - 2 * unit)
+            cv2.putText(canvas, names[j], org, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * unit, (0, 0, 0), 2 * unit, cv2.LINE_AA)
+            cv2.putText(canvas, names[j], org, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * unit, colours[j], unit, cv2.LINE_AA)
+    return canvas
 
 
 class OverlayWriter:

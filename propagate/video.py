@@ -1,10 +1,14 @@
 """Frame sources: a folder of images or a video file, streamed one frame at a time.
 
 A :class:`VideoSource` knows its frame count, names and native size up front (from file names or the container),
-and decodes a frame only when iteration reaches it, so memory never grows with the video's length.
+and decodes a frame only when iteration reaches it, so memory never grows with the video's length. Video files
+are read with decord where it is installed and with PyAV elsewhere (:func:`choose_reader`); both give the same
+frames.
 """
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,46 +102,146 @@ class FolderSource(VideoSource):
             yield Frame(index, self.names[index], image)
 
 
-class VideoFileSource(VideoSource):
-    """A video file decoded with decord, one frame at a time; frames are named 00000, 00001, ..."""
+# Video file readers. decord has wheels only for x86-64 Linux and Windows; PyAV (``av``) has them everywhere. Both
+# decode with FFmpeg and convert to RGB with swscale: on 8-bit H.264 mp4 their frames are byte-identical.
+VIDEO_READERS = ("decord", "pyav")
+READER_ENV = "PROPAGATE_VIDEO_READER"  # decord or pyav: overrides reader="auto" (for tests and odd installs)
+_READER_MODULES = {"decord": "decord", "pyav": "av"}
+
+
+def reader_installed(reader: str) -> bool:
+    """Whether the video reader ``reader`` (``decord`` or ``pyav``) can be imported here."""
+    try:
+        importlib.import_module(_READER_MODULES[reader])
+    except ImportError:
+        return False
+    return True
+
+
+def choose_reader(reader: str = "auto") -> str:
+    """The reader to use: ``reader`` if named, else ``$PROPAGATE_VIDEO_READER``, else decord if installed, else pyav."""
+    reader = reader.strip().lower()
+    if reader == "auto":
+        reader = os.environ.get(READER_ENV, "").strip().lower() or "auto"
+    if reader == "auto":
+        return "decord" if reader_installed("decord") else "pyav"
+    if reader not in VIDEO_READERS:
+        raise PropagateError(f"video reader {reader!r} is unknown: give auto, {' or '.join(VIDEO_READERS)} (reader= or ${READER_ENV})")
+    if not reader_installed(reader):
+        raise PropagateError(f"video reader {reader} is not installed: pip install {_READER_MODULES[reader]}, or choose another")
+    return reader
+
+
+def _first_line(exc: BaseException) -> str:
+    """A reader's error in a few words: FFmpeg's own text (PyAV), or decord's first line without its log prefix."""
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    line = text.splitlines()[0] if text else exc.__class__.__name__
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", line)[:120]
+
+
+class _DecordFile:
+    """decord's reader: count and fps from the container, frames read in order with ``next()``."""
 
     def __init__(self, path: Path):
         import decord  # imported here: only video files need it
 
-        self.path = path
         try:
             self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            self.count = len(self._reader)
+            height, width = self._reader[0].shape[:2] if self.count else (0, 0)
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
-            raise PropagateError(f"video {path} cannot be decoded ({str(exc).splitlines()[0][:120]}): check the file") from None
-        count = len(self._reader)
-        if count == 0:
-            raise PropagateError(f"video {path} has no frames")
-        height, width = self._reader[0].shape[:2]
+            raise PropagateError(f"video {path} cannot be decoded ({_first_line(exc)}): check the file") from None
+        self.size = (int(width), int(height))
+        self.fps = float(self._reader.get_avg_fps() or 0)
+
+    def frames(self) -> Iterator[np.ndarray]:
         self._reader.seek(0)
-        self.native_size = (int(width), int(height))
-        self.names = [f"{i:05d}" for i in range(count)]
-        fps = float(self._reader.get_avg_fps() or 0)
-        self.fps = fps if fps > 0 else 25.0
+        for _ in range(self.count):
+            yield self._reader.next().asnumpy()
+
+
+class _PyAVFile:
+    """PyAV's reader: the count is the video stream's packets (one per frame; exact, found without decoding)."""
+
+    def __init__(self, path: Path):
+        import av  # imported here: only video files need it
+
+        self.path = path
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise PropagateError(f"video {path} cannot be decoded (it holds no video stream): check the file")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                self.fps = float(rate) if rate else 0.0
+                self.count = sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
+            frames = self.frames()
+            first = next(frames, None)  # decoded now, so a file that cannot be decoded fails here
+            frames.close()
+        except PropagateError:
+            raise
+        except Exception as exc:  # av.FFmpegError (InvalidDataError, ...) and OSError
+            raise PropagateError(f"video {path} cannot be decoded ({_first_line(exc)}): check the file") from None
+        if first is None and self.count:
+            raise PropagateError(f"video {path} cannot be decoded (no frame in its {self.count} packets): check the file")
+        self.size = (first.shape[1], first.shape[0]) if first is not None else (0, 0)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        import av
+
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame threads: faster, same pixels; one frame in flight per thread
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+
+
+_READER_CLASSES = {"decord": _DecordFile, "pyav": _PyAVFile}
+
+
+class VideoFileSource(VideoSource):
+    """A video file decoded one frame at a time (decord or PyAV, see :func:`choose_reader`); frames are named
+    00000, 00001, ...; ``reader`` says which reader decodes it."""
+
+    def __init__(self, path: Path, reader: str = "auto"):
+        self.path = Path(path)
+        self.reader = choose_reader(reader)
+        self._file = _READER_CLASSES[self.reader](self.path)
+        if self._file.count == 0 or self._file.size == (0, 0):
+            raise PropagateError(f"video {path} has no frames")
+        self.native_size = self._file.size
+        self.names = [f"{i:05d}" for i in range(self._file.count)]
+        self.fps = self._file.fps if self._file.fps > 0 else 25.0
 
     def __iter__(self) -> Iterator[Frame]:
-        self._reader.seek(0)
-        for index in range(len(self.names)):
+        frames = self._file.frames()
+        for index in range(len(self.names)):  # the count announced up front; a reader's extra frames are dropped
             try:
-                image = self._reader.next().asnumpy()
+                image = next(frames)
+            except StopIteration:
+                raise PropagateError(
+                    f"video {self.path}: frame {index} cannot be decoded (the stream ended after {index} of "
+                    f"{len(self.names)} frames): check the file"
+                ) from None
             except Exception as exc:
                 raise PropagateError(f"video {self.path}: frame {index} cannot be decoded ({exc.__class__.__name__})") from None
             yield Frame(index, self.names[index], image)
+        frames.close()
 
 
-def open_video(path: str | Path) -> VideoSource:
-    """Open a frame folder or a video file; a clear error for anything else."""
+def open_video(path: str | Path, reader: str = "auto") -> VideoSource:
+    """Open a frame folder or a video file; a clear error for anything else.
+
+    ``reader`` picks the video file reader: ``auto`` (``$PROPAGATE_VIDEO_READER`` if set, else decord where it is
+    installed, else PyAV), ``decord`` or ``pyav``. Folders ignore it.
+    """
     path = Path(path)
     if not path.exists():
         raise PropagateError(f"video {path} does not exist: give a folder of frames or a video file")
     if path.is_dir():
         return FolderSource(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFileSource(path)
+        return VideoFileSource(path, reader)
     raise PropagateError(
         f"{path} is neither a folder of frames nor a video file ({', '.join(sorted(VIDEO_SUFFIXES))})"
     )

@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from propagate.features.dift_sd import DiftSDExtractor, frame_generator  # noqa: E402
+from propagate.features.common import frame_generator  # noqa: E402
+from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions  # noqa: E402
 from propagate.features.tiny_sd import SD21_SCHEDULER_CONFIG  # noqa: E402
 
 # stabilityai/stable-diffusion-2-1 unet/config.json (the 768 v-prediction model).
@@ -175,9 +176,10 @@ def parity_and_speed(args: argparse.Namespace, device: torch.device) -> None:
     ref, plain_s = time_plain(plain, images, device)
     plain.close()
 
-    ext = DiftSDExtractor.from_modules(unet, vae, scheduler, prompt, model="random SD-2.1", t=args.t,
-                                       up_ft_index=args.up_ft_index, ensemble_size=args.ensemble, dtype="fp32",
-                                       device=str(device), seed=args.seed, batch_size=args.batch_size)
+    options = DiftSDOptions(model="random SD-2.1", t=args.t, up_ft_index=args.up_ft_index,
+                            ensemble_size=args.ensemble, dtype="fp32", device=str(device), seed=args.seed,
+                            batch_size=args.batch_size)
+    ext = DiftSDExtractor.from_modules(unet, vae, scheduler, prompt, options)
     ext.extract(images[:1, :, :64, :64], [0])  # warm-up
     ours, ours_s = time_ours(ext, images, args.frames_per_call, device)
 
@@ -210,10 +212,10 @@ def gpu_throughput(args: argparse.Namespace, device: torch.device) -> None:
             print(f"  plain fp16: {frames / plain_s:.2f} frames/s")
             del plain
         for batch_size in args.gpu_batch_sizes:
-            ext = DiftSDExtractor.from_modules(copy.deepcopy(unet), copy.deepcopy(vae), scheduler, prompt,
-                                               t=args.t, up_ft_index=args.up_ft_index, ensemble_size=ensemble,
-                                               dtype=dtype, device=str(device), seed=args.seed,
-                                               batch_size=batch_size)
+            options = DiftSDOptions(model="random SD-2.1", t=args.t, up_ft_index=args.up_ft_index,
+                                    ensemble_size=ensemble, dtype=dtype, device=str(device), seed=args.seed,
+                                    batch_size=batch_size)
+            ext = DiftSDExtractor.from_modules(copy.deepcopy(unet), copy.deepcopy(vae), scheduler, prompt, options)
             if args.channels_last:
                 ext.unet.to(memory_format=torch.channels_last)
                 ext.vae.to(memory_format=torch.channels_last)

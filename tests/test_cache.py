@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from propagate.cache import FeatureCache, extract_to_cache
 from propagate.config import Config, ResizeConfig
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.pipeline import iter_features
+from propagate.features.stream import iter_features
 from propagate.video import open_video
 
 
@@ -27,7 +27,7 @@ class CountingExtractor(FeatureExtractor):
         self.model, self.t, self.calls = model, t, 0
         self.proj = torch.randn(5, 3 * 64, generator=torch.Generator().manual_seed(t))
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         return {"features": self.name, "model": self.model, "t": self.t}
 
     def extract(self, images: torch.Tensor, frame_ids: Sequence[int]) -> torch.Tensor:
@@ -50,20 +50,30 @@ def config(**resize) -> Config:
                   batch_frames=2)
 
 
+def stream(source, extractor, cfg, cache=None):
+    return iter_features(source, extractor, cfg.resize, cfg.batch_frames, cache)
+
+
+def checked(folder, extractor, cfg) -> FeatureCache:
+    cache = FeatureCache(folder)
+    cache.check(extractor, cfg.resize)
+    return cache
+
+
 def test_round_trip_and_no_extraction_on_reuse(tmp_path):
     source = open_video(make_video(tmp_path / "clip"))
     cfg, ext = config(), CountingExtractor()
-    direct = [f.clone() for _, f in iter_features(source, ext, cfg, None)]
+    direct = [f.clone() for _, f in stream(source, ext, cfg)]
     assert ext.calls == 5
 
-    first = FeatureCache(tmp_path / "cache", ext, cfg)
-    list(iter_features(source, ext, cfg, first))
+    first = checked(tmp_path / "cache", ext, cfg)
+    list(stream(source, ext, cfg, first))
     assert ext.calls == 10
     assert json.loads((tmp_path / "cache" / "settings.json").read_text())["extractor"]["model"] == "m1"
 
     reuse = CountingExtractor()
-    cache = FeatureCache(tmp_path / "cache", reuse, cfg)
-    cached = [f for _, f in iter_features(source, reuse, cfg, cache)]
+    cache = checked(tmp_path / "cache", reuse, cfg)
+    cached = [f for _, f in stream(source, reuse, cfg, cache)]
     assert reuse.calls == 0
     for a, b in zip(cached, direct):
         assert a.shape == b.shape == (5, 4, 6)
@@ -73,20 +83,19 @@ def test_round_trip_and_no_extraction_on_reuse(tmp_path):
     assert torch.equal(cache.put(source, next(iter(source)), direct[0]), direct[0].half().float())
 
 
-def test_extract_to_cache_is_resumable_and_handles_davis_roots(tmp_path):
+def test_extract_to_cache_is_resumable_and_serves_each_sequence(tmp_path):
     root = tmp_path / "davis"
-    make_video(root / "JPEGImages" / "480p" / "seqA", n=3)
-    make_video(root / "JPEGImages" / "480p" / "seqB", n=4)
+    videos = [make_video(root / "JPEGImages" / "480p" / "seqA", n=3), make_video(root / "JPEGImages" / "480p" / "seqB", n=4)]
     cfg, ext = config(), CountingExtractor()
-    summary = extract_to_cache(root, tmp_path / "cache", cfg, extractor=ext, progress=False)
+    summary = extract_to_cache(videos, tmp_path / "cache", cfg, extractor=ext, progress=False)
     assert summary["frames"] == 7 and summary["extracted"] == 7 and ext.calls == 7
     (tmp_path / "cache" / "seqB" / "00002.pt").unlink()  # an interrupted run
-    summary = extract_to_cache(root, tmp_path / "cache", cfg, extractor=ext, progress=False)
+    summary = extract_to_cache(videos, tmp_path / "cache", cfg, extractor=ext, progress=False)
     assert summary["frames"] == 7 and summary["extracted"] == 1 and ext.calls == 8
     # a run on one sequence reuses the dataset's cache
     reuse = CountingExtractor()
-    cache = FeatureCache(tmp_path / "cache", reuse, cfg)
-    list(iter_features(open_video(root / "JPEGImages" / "480p" / "seqA"), reuse, cfg, cache))
+    cache = checked(tmp_path / "cache", reuse, cfg)
+    list(stream(open_video(root / "JPEGImages" / "480p" / "seqA"), reuse, cfg, cache))
     assert reuse.calls == 0
 
 
@@ -101,20 +110,20 @@ def test_extract_to_cache_is_resumable_and_handles_davis_roots(tmp_path):
 def test_mismatched_cache_is_refused(tmp_path, other, wanted):
     source = open_video(make_video(tmp_path / "clip", n=2))
     cfg, ext = config(), CountingExtractor()
-    list(iter_features(source, ext, cfg, FeatureCache(tmp_path / "cache", ext, cfg)))
+    list(stream(source, ext, cfg, checked(tmp_path / "cache", ext, cfg)))
     ext2, cfg2 = other()
     with pytest.raises(PropagateError, match=wanted.replace(".", r"\.")) as info:
-        FeatureCache(tmp_path / "cache", ext2, cfg2)
+        checked(tmp_path / "cache", ext2, cfg2)
     assert "other feature settings" in str(info.value) and str(tmp_path / "cache") in str(info.value)
 
 
 def test_other_video_with_same_name_is_refused(tmp_path):
     cfg, ext = config(), CountingExtractor()
-    cache = FeatureCache(tmp_path / "cache", ext, cfg)
-    list(iter_features(open_video(make_video(tmp_path / "a" / "clip", n=3)), ext, cfg, cache))
+    cache = checked(tmp_path / "cache", ext, cfg)
+    list(stream(open_video(make_video(tmp_path / "a" / "clip", n=3)), ext, cfg, cache))
     other = open_video(make_video(tmp_path / "b" / "clip", n=4))
     with pytest.raises(PropagateError, match="another video"):
-        list(iter_features(other, ext, cfg, FeatureCache(tmp_path / "cache", ext, cfg)))
+        list(stream(other, ext, cfg, checked(tmp_path / "cache", ext, cfg)))
 
 
 def test_unchecked_cache_cannot_be_used_and_the_pipeline_checks_it(tmp_path):
@@ -124,5 +133,5 @@ def test_unchecked_cache_cannot_be_used_and_the_pipeline_checks_it(tmp_path):
         cache.get(source, next(iter(source)))
     # iter_features checks the cache against its extractor and config before using it
     extractor = CountingExtractor()
-    assert len(list(iter_features(source, extractor, config(), cache))) == 2
+    assert len(list(stream(source, extractor, config(), cache))) == 2
     assert (tmp_path / "cache" / "settings.json").is_file() and extractor.calls == 2  # frames extracted

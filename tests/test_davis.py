@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,8 @@ from propagate.config import Config
 from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table, score_davis
 from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
-from propagate.io import is_complete
+from propagate.features.base import FeatureExtractor
+from propagate.runs import STAGING_MARK, ResultsFolder
 from propagate.labels import VOID, read_mask, write_mask
 
 NUM_FRAMES = 12  # 10 scored frames per sequence: decay bins (0, 2), (2, 5), (5, 7), (7, 9)
@@ -128,16 +132,16 @@ def test_a_subset_of_sequences(davis_root, gt_results):
     assert [o["Sequence"] for o in scores["per_object"]] == ["synth-01_1", "synth-01_2", "synth-01_3"]
 
 
-def test_stale_csvs_are_replaced_and_removed_on_failure(davis_root, gt_results):
+def test_stale_csvs_are_never_read_replaced_when_whole_and_kept_on_failure(davis_root, gt_results):
     for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
         (gt_results / name).write_text("stale\n")
     score_davis(davis_root, gt_results, progress=False)
-    assert (gt_results / "global_results-val.csv").read_text().startswith("J&F-Mean")
+    good = (gt_results / "global_results-val.csv").read_text()
+    assert good.startswith("J&F-Mean")
     (gt_results / "synth-02" / "00005.png").unlink()
     with pytest.raises(PropagateError):
         score_davis(davis_root, gt_results, progress=False)
-    assert not (gt_results / "global_results-val.csv").exists()
-    assert not (gt_results / "per-sequence_results-val.csv").exists()
+    assert (gt_results / "global_results-val.csv").read_text() == good  # a failed scoring touches nothing
 
 
 # ---------------------------------------------------------------- bad results: errors name sequence and frame
@@ -199,12 +203,15 @@ def test_dataset_errors(davis_root, tmp_path):
 # ---------------------------------------------------------------- the eval protocol (resume, run_info)
 
 
-class StubExtractor:
+class StubExtractor(FeatureExtractor):
     name = "stub"
     stride = 8
 
     def __init__(self, tag: str = "a"):
         self.tag = tag
+
+    def extract(self, images, frame_ids):
+        raise AssertionError("the oracle pipeline never extracts")
 
     def settings(self):
         return {"tag": self.tag}
@@ -215,7 +222,8 @@ class StubExtractor:
 
 @pytest.fixture()
 def oracle_pipeline(monkeypatch, davis_root):
-    """A stand-in for propagate.pipeline.run_masks that yields the ground truth (void as background)."""
+    """A stand-in for the pipeline's run_masks (as the run job calls it) that yields the ground truth (void as
+    background)."""
     from propagate.video import open_video
 
     calls: list[str] = []
@@ -228,7 +236,7 @@ def oracle_pipeline(monkeypatch, davis_root):
             mask = read_mask(davis_root / "Annotations" / "480p" / seq / f"{frame.name}.png")
             yield frame, np.where(mask == VOID, 0, mask)
 
-    monkeypatch.setattr("propagate.pipeline.run_masks", run_masks)
+    monkeypatch.setattr("propagate.runs.run_masks", run_masks)
     return calls
 
 
@@ -239,7 +247,7 @@ def test_evaluate_writes_results_run_info_and_scores(davis_root, tmp_path, oracl
     assert scores["global"]["J&F-Mean"] == 1.0
     assert oracle_pipeline == ["synth-00", "synth-01", "synth-02"]
     for seq in oracle_pipeline:
-        assert is_complete(out / seq)
+        assert ResultsFolder.is_complete(out / seq)
         assert len(list((out / seq).glob("*.png"))) == NUM_FRAMES
     info = json.loads((out / "run_info.json").read_text())
     assert info["preset"] == "davis_sd"
@@ -255,14 +263,33 @@ def test_evaluate_resumes_per_sequence(davis_root, tmp_path, oracle_pipeline):
     out = tmp_path / "eval"
     evaluate_davis(davis_root, out, Config(), sequences=["synth-00", "synth-01"], extractor=StubExtractor(),
                    progress=False)
-    # An interrupted sequence: folder without the completion mark and with a stray file.
-    (out / "synth-02").mkdir()
-    (out / "synth-02" / "stray.png").write_bytes(b"partial")
+    # A sequence interrupted by a kill: its staging folder (ours, marked, its process gone) beside the results.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    staging = out / ".synth-02.propagate-0000"
+    staging.mkdir()
+    (staging / "00000.png").write_bytes(b"partial")
+    (staging / STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     oracle_pipeline.clear()
     scores = evaluate_davis(davis_root, out, Config(), extractor=StubExtractor(), progress=False)
     assert oracle_pipeline == ["synth-02"]  # finished ones skipped, the unfinished one redone
-    assert not (out / "synth-02" / "stray.png").exists()
-    assert len(scores["per_object"]) == 9
+    assert not staging.exists() and len(scores["per_object"]) == 9
+
+
+def test_evaluate_refuses_a_sequence_folder_it_did_not_write_and_empties_nothing(davis_root, tmp_path,
+                                                                              oracle_pipeline):
+    out = tmp_path / "eval"
+    (out / "synth-01").mkdir(parents=True)
+    (out / "synth-01" / "notes.txt").write_text("mine")
+    with pytest.raises(PropagateError, match="synth-01 holds files propagate did not write"):
+        evaluate_davis(davis_root, out, Config(), extractor=StubExtractor(), progress=False)
+    assert (out / "synth-01" / "notes.txt").read_text() == "mine" and oracle_pipeline == []
+
+
+def test_evaluate_refuses_an_output_inside_the_dataset(davis_root, oracle_pipeline):
+    with pytest.raises(PropagateError, match="lies inside the input"):
+        evaluate_davis(davis_root, davis_root / "Annotations" / "480p", Config(), extractor=StubExtractor(),
+                       progress=False)
+    assert oracle_pipeline == []
 
 
 def test_evaluate_refuses_to_mix_settings(davis_root, tmp_path, oracle_pipeline):

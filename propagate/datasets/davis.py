@@ -13,15 +13,13 @@ Layout of a results folder (the same as the official tool reads)::
     <results>/per-sequence_results-<split>.csv
 
 Scoring follows ``davis2017-evaluation`` (see :mod:`propagate.metrics`); unlike it, a results folder is always
-scored afresh (stale CSVs are deleted first, never reused) and bad results are a clear error naming the sequence
+scored afresh (existing CSVs are never read, and are replaced only once the new numbers are whole) and bad results are a clear error naming the sequence
 and frame instead of a crash or a silent exit.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,9 +28,14 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from propagate import metrics
+from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.io import atomic_write_json, atomic_write_text, is_complete, mark_complete
-from propagate.labels import read_mask, write_mask
+from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.stream import FeatureStore
+from propagate.io import atomic_write_text
+from propagate.labels import read_mask
+from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, read_json, result_settings, run_record, run_units
+from propagate.video import IMAGE_SUFFIXES, natural_key
 
 RESOLUTION = "480p"
 
@@ -116,6 +119,20 @@ class DavisDataset:
         return np.stack(masks), [f.stem for f in files]
 
 
+def is_davis_root(path: str | Path) -> bool:
+    """Whether ``path`` looks like a DAVIS root (it holds ``JPEGImages/480p``)."""
+    return (Path(path) / "JPEGImages" / RESOLUTION).is_dir()
+
+
+def sequence_folders(root: str | Path) -> list[Path]:
+    """The frame folders of every sequence of a DAVIS root (``JPEGImages/480p/<seq>``), sorted by name."""
+    folder = Path(root) / "JPEGImages" / RESOLUTION
+    sequences = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not sequences:
+        raise PropagateError(f"DAVIS root {root} has no sequence folders under JPEGImages/{RESOLUTION}")
+    return sequences
+
+
 def read_result_mask(path: Path, sequence: str, frame: str, size_hw: tuple[int, int], num_objects: int) -> np.ndarray:
     """One result PNG as ``[H, W]`` uint8 indices, checked against the ground truth of that frame."""
     if not path.is_file():
@@ -148,8 +165,8 @@ def score_davis(root: str | Path, results: str | Path, split: str = "val",
                 sequences: Sequence[str] | str | None = None, progress: bool = True) -> dict[str, Any]:
     """Score a results folder against DAVIS ground truth and write the two official CSVs into it.
 
-    Any existing ``global_results-<split>.csv`` / ``per-sequence_results-<split>.csv`` is deleted before scoring
-    (so a failed run never leaves stale numbers behind); the new ones are written atomically.
+    Existing ``global_results-<split>.csv`` / ``per-sequence_results-<split>.csv`` are never read; they are replaced
+    (atomically) once the new numbers are whole, and left untouched when scoring fails.
 
     Args:
         root: DAVIS root. results: folder holding ``<seq>/<frame>.png``. split: split name.
@@ -169,8 +186,6 @@ def score_davis(root: str | Path, results: str | Path, split: str = "val",
                              "subfolder of PNGs per sequence")
     global_path = results / global_csv_name(split)
     sequence_path = results / sequence_csv_name(split)
-    for stale in (global_path, sequence_path):
-        stale.unlink(missing_ok=True)
 
     per_object: list[dict[str, Any]] = []
     for seq in tqdm(names, desc=f"scoring {split}", unit="seq", disable=not progress):
@@ -239,88 +254,69 @@ def format_table(scores: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The whole protocol: propagate every sequence's first mask, write the results, score them.
 
-def evaluate_davis(root: str | Path, out: str | Path, config: Any, split: str = "val",
-                   sequences: Sequence[str] | str | None = None, extractor: Any = None, progress: bool = True,
-                   preset: str | None = None, command: str | None = None, cache: Any = None) -> dict[str, Any]:
+def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str = "val",
+                   sequences: Sequence[str] | str | None = None, extractor: FeatureExtractor | None = None,
+                   progress: bool = True, preset: str | None = None, command: str | None = None,
+                   cache: FeatureStore | None = None, runner: Runner | None = None) -> dict[str, Any]:
     """Run the semi-supervised protocol over a DAVIS split, then score it.
 
-    For each sequence, its first annotation is propagated through its frames with
-    :func:`propagate.pipeline.run_masks` and every frame's mask is written to ``<out>/<seq>/<frame>.png``. A
-    sequence whose folder is marked complete is skipped; one without the mark is redone from scratch. The
-    extractor is built once (from ``config.features`` / ``config.extractor``) unless one is passed, and reused.
-    ``<out>/run_info.json`` records what produced the numbers; resuming with other settings is refused.
+    Each sequence is one :class:`propagate.runs.Unit`: its first annotation propagated through its frames and
+    every frame's mask written to ``<out>/<seq>/<frame>.png`` (by :func:`propagate.runs.run_video`, whole or not at
+    all). A finished sequence is skipped, so an interrupted run resumes; ``<out>/run_info.json`` records what
+    produced the numbers, and resuming with other settings is refused.
 
     Args:
         root: DAVIS root. out: results folder (created). config: a :class:`propagate.config.Config`.
         split: split name. sequences: subset of the split (list or ``"a,b"``).
-        extractor: a ready :class:`FeatureExtractor` (tests inject one); built from ``config`` if ``None``.
+        extractor: a ready extractor (tests inject one); built from ``config`` if ``None`` and needed.
         progress: progress bars over sequences and frames. preset: preset name, recorded in run_info.json.
         command: the command line, recorded in run_info.json (default ``sys.argv``).
-        cache: a feature cache (:class:`propagate.cache.FeatureCache`) handed to ``run_masks``, or ``None``.
+        cache: a feature store (:class:`propagate.cache.FeatureCache`), or ``None``.
+        runner: runs the pending units (default :func:`propagate.runs.run_units`, in this process; the cluster
+            passes one that spreads them over workers).
 
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
-    from propagate.pipeline import RUN_INFO, check_resume, result_settings, run_masks, run_record
-    from propagate.video import open_video
-
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PropagateError(f"output {out} exists and is not a folder: choose another --out")
-    config_dict = config.to_dict()
-    settings = json.loads(json.dumps(result_settings(config_dict), default=str))
-    check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
-    if extractor is None:
-        from propagate.features import build_extractor
-
-        extractor = build_extractor(config.features, config.extractor)
-
-    # run_record: config, extractor (its settings), versions, date, command.
-    info = run_record(
-        config, extractor,
-        task="DAVIS-2017 semi-supervised",
-        preset=preset,
-        features=getattr(extractor, "name", config.features),
-        model=config.extractor.get("model", extractor.settings().get("model")),
-        extractor_description=extractor.describe(),
-        settings=settings,
-        dataset={"root": str(Path(root).resolve()), "split": split, "sequences": names},
-    )
-    if command is not None:
-        info["command"] = command
-    info = json.loads(json.dumps(info, default=str))  # as it will read back (tuples -> lists, paths -> str)
-    check_resume(out, info, ["settings", "extractor", "features"])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_INFO, info)
-
-    seq_bar = tqdm(names, desc="sequences", unit="seq", disable=not progress, position=0)
-    for seq in seq_bar:
-        seq_bar.set_postfix_str(seq)
-        seq_dir = out / seq
-        if is_complete(seq_dir):
-            continue
-        if seq_dir.exists():
-            shutil.rmtree(seq_dir)  # unfinished: redo from scratch
-        seq_dir.mkdir(parents=True)
+    inputs = [dataset.root] + ([cache.folder] if cache is not None else [])
+    settings = result_settings(config)
+    run = ResumableRun(out, inputs=inputs, info={"settings": settings}, keys=["settings"])  # before a model load
+    pending = [seq for seq in names if not run.done(seq)]
+    units = []
+    for seq in pending:
         annotation = dataset.annotation_files(seq)[0]
-        video = open_video(dataset.image_dir(seq))
-        if video.names[0] != annotation.stem:
-            raise PropagateError(f"sequence {seq}: the first frame is {video.names[0]} but the first annotation is "
+        frames = dataset.image_dir(seq)
+        first_frame = min((p for p in frames.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                          key=lambda p: natural_key(p.name))
+        if first_frame.stem != annotation.stem:
+            raise PropagateError(f"sequence {seq}: the first frame is {first_frame.stem} but the first annotation is "
                                  f"{annotation.name}; the first frame must be annotated")
-        first_mask = read_mask(annotation, size_wh=video.native_size)
-        written = 0
-        with tqdm(total=len(video), desc=seq, unit="frame", disable=not progress, position=1, leave=False) as bar:
-            for frame, mask in run_masks(video, first_mask, config, extractor=extractor, cache=cache, progress=False):
-                write_mask(seq_dir / f"{frame.name}.png", mask)
-                written += 1
-                bar.update(1)
-        mark_complete(seq_dir, {"sequence": seq, "frames": written, "features": info["features"]})
-    seq_bar.close()
+        units.append(Unit(seq, frames, annotation, out / seq, render=False, inputs=tuple(inputs)))
+    if extractor is None and (units or not (out / RUN_INFO).is_file()):
+        extractor = build_extractor(config.features, config.extractor)
+    if extractor is not None:
+        info = run_record(
+            config, extractor,
+            task="DAVIS-2017 semi-supervised",
+            preset=preset,
+            features=extractor.name,
+            model=config.extractor.get("model", extractor.settings().get("model")),
+            extractor_description=extractor.describe(),
+            settings=settings,
+            dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
+            **({"command": command} if command is not None else {}),
+        )
+        run = ResumableRun(out, inputs=inputs, info=info, keys=["settings", "extractor", "features"])
+        run.record()
+    else:  # every sequence is done: nothing is extracted, the results keep their record
+        run.info = read_json(out / RUN_INFO, "run record")
+    (runner or run_units)(units, config, extractor, cache, progress)
 
     scores = score_davis(root, out, split=split, sequences=names, progress=False)
-    info["scores"] = scores["global"]
-    atomic_write_json(out / RUN_INFO, info)
+    run.info["scores"] = scores["global"]
+    run.record()
     scores["run_info"] = str(out / RUN_INFO)
     return scores

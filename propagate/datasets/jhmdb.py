@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import scipy.io
-from tqdm import tqdm
 
 from propagate import pck as pck_lib
-from propagate.pipeline import RUN_INFO, check_resume, result_settings
+from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.io import atomic_write_json, atomic_write_text, is_complete, mark_complete
-from propagate.keypoints import KeypointTracker, cell_convention, points_record
-from propagate.pipeline import iter_features, run_record
+from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.stream import FeatureStore
+from propagate.io import atomic_write_text
+from propagate.keypoints import PointSet
+from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, read_json, result_settings, run_record, run_units
 from propagate.video import open_video
 
 IMAGES = "Rename_Images"
@@ -231,129 +231,83 @@ def write_pck_csv(path: str | Path, scores: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- the protocol
 
 
-def predict_video(
-    video: JhmdbVideo, config: Any, extractor: Any, progress: bool = False, cache: Any = None
-) -> dict[str, Any]:
-    """Propagate a video's first-frame joints through its frames; the ``points.json`` record (not written)."""
-    gt = read_joints(video.mat_path)
-    source = open_video(video.frames_dir)
-    if gt.shape[0] < len(source):
-        raise PropagateError(f"joint file {video.mat_path} annotates {gt.shape[0]} frames but {video.frames_dir} "
-                             f"holds {len(source)}: every frame needs its joints; fix or drop video {video.name}")
-    if gt.shape[0] > len(source):
-        raise PropagateError(f"video {video.frames_dir} holds {len(source)} frames but {video.mat_path} annotates "
-                             f"{gt.shape[0]}: frames are missing; fix or drop video {video.name}")
-    convention = cell_convention(config)
-    tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size, convention=convention)
-    frames: list[dict[str, Any]] = []
-    tracked = [True] * len(JOINT_NAMES)
-    with tqdm(total=len(source), desc=video.name, unit="frame", disable=not progress, leave=False) as bar:
-        for frame, feats in iter_features(source, extractor, config, cache):
-            if frame.index == 0:
-                tracker.start(feats, gt[0])
-                tracked = [bool(v) for v in (tracker.labels[1:].flatten(1).sum(1) > 0)]
-                xy, confidence = gt[0].copy(), np.array(tracked, dtype=np.float64)
-                xy[~np.array(tracked)] = np.nan
-            else:
-                xy, confidence = tracker.step(feats)
-            frames.append({"index": frame.index, "name": frame.name,
-                           "points": points_record(JOINT_NAMES, xy, confidence)})
-            bar.update(1)
-    return {
-        "video": video.name,
-        "frames_dir": str(video.frames_dir),
-        "size": list(source.native_size),
-        "names": list(JOINT_NAMES),
-        "edges": [[JOINT_NAMES[a], JOINT_NAMES[b]] for a, b in SKELETON],
-        "tracked": tracked,
-        "features": extractor.describe(),
-        "cell_convention": convention,
-        "frames": frames,
-    }
-
-
 def evaluate_jhmdb(
     root: str | Path,
     split_file: str | Path,
     out: str | Path,
-    config: Any,
+    config: Config,
     *,
-    extractor: Any = None,
+    extractor: FeatureExtractor | None = None,
     progress: bool = True,
     preset: str | None = None,
     command: str | None = None,
-    cache: Any = None,
+    cache: FeatureStore | None = None,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """Run the CRW keypoint protocol over the videos of a split list, then score PCK@0.1 and @0.2.
 
-    Each video's predictions go to ``<out>/videos/<class>/<video>/points.json``; a video marked complete is not
-    redone (an unfinished one is redone from scratch), so an interrupted run resumes. The extractor is built
-    from ``config`` only if some video still needs it. ``<out>/pck.csv`` and ``<out>/run_info.json`` are written
-    at the end.
+    Each video is one :class:`propagate.runs.Unit`: its first-frame joints propagated through its frames and
+    written to ``<out>/videos/<class>/<video>/points.json`` (by :func:`propagate.runs.run_points`, whole or not at
+    all). A finished video is skipped, so an interrupted run resumes. The extractor is built from ``config`` only if
+    some video still needs it. ``<out>/pck.csv`` and ``<out>/run_info.json`` are written at the end.
 
     Args:
         root: JHMDB root (holds ``Rename_Images`` and ``joint_positions``).
         split_file: list of videos (see the module docstring).
-        out: results folder (created). config: a :class:`propagate.config.Config` (use ``configs/jhmdb_sd.yaml``).
+        out: results folder (created). config: a :class:`propagate.config.Config` (use ``jhmdb_sd``).
         extractor: a ready feature extractor (tests inject one); built from ``config`` if ``None``.
         progress: progress bars over videos and frames. preset, command: recorded in run_info.json.
-        cache: a feature cache (:class:`propagate.cache.FeatureCache`) for ``iter_features``, or ``None``.
+        cache: a feature store (:class:`propagate.cache.FeatureCache`), or ``None``.
+        runner: runs the pending units (default :func:`propagate.runs.run_units`).
 
     Returns:
         :func:`score_jhmdb`'s dict plus ``"csv"`` and ``"run_info"`` paths; print it with :func:`format_pck_table`.
     """
     videos = read_split(split_file, root)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PropagateError(f"output {out} exists and is not a folder: choose another --out")
     pred_root = out / "videos"
-    config_dict = config.to_dict()
-    settings = result_settings(config_dict) | {"cell_convention": cell_convention(config)}
-    settings = json.loads(json.dumps(settings, default=str))
-    check_resume(out, {"settings": settings}, ["settings"])  # before a possibly slow model load
-    todo = [v for v in videos if not is_complete(pred_root / v.name)]
-    if extractor is None and todo:
-        from propagate.features import build_extractor
-
+    inputs = [Path(root), Path(split_file)] + ([cache.folder] if cache is not None else [])
+    settings = result_settings(config)
+    run = ResumableRun(out, inputs=inputs, info={"settings": settings}, keys=["settings"])  # before a model load
+    units = [_unit(video, pred_root, inputs) for video in videos if not run.done(f"videos/{video.name}")]
+    if extractor is None and units:
         extractor = build_extractor(config.features, config.extractor)
-
     if extractor is not None:
-        # run_record: config, extractor (its settings), versions, date, command.
         info = run_record(
             config, extractor,
             task="JHMDB keypoint propagation (CRW protocol)",
             preset=preset,
-            features=getattr(extractor, "name", config.features),
+            features=extractor.name,
             settings=settings,
             dataset={"root": str(Path(root).resolve()), "split_file": str(Path(split_file).resolve()),
                      "videos": [v.name for v in videos]},
+            **({"command": command} if command is not None else {}),
         )
-        if command is not None:
-            info["command"] = command
-        info = json.loads(json.dumps(info, default=str))  # as it will read back
-        check_resume(out, info, ["settings", "extractor", "features"])
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / RUN_INFO, info)
-    else:  # every video is complete: nothing is extracted, the results keep their record
-        info = json.loads((out / RUN_INFO).read_text()) if (out / RUN_INFO).is_file() else {"settings": settings}
-
-    bar = tqdm(videos, desc="videos", unit="video", disable=not progress)
-    for video in bar:
-        bar.set_postfix_str(video.name)
-        video_dir = pred_root / video.name
-        if is_complete(video_dir):
-            continue
-        if video_dir.exists():
-            shutil.rmtree(video_dir)  # unfinished: redo from scratch
-        record = predict_video(video, config, extractor, progress=progress, cache=cache)
-        atomic_write_json(video_dir / "points.json", record)
-        mark_complete(video_dir, {"video": video.name, "frames": len(record["frames"]), "features": info["features"]})
-    bar.close()
+        run = ResumableRun(out, inputs=inputs, info=info, keys=["settings", "extractor", "features"])
+        run.record()
+    elif (out / RUN_INFO).is_file():  # every video is done: nothing is extracted, the results keep their record
+        run.info = read_json(out / RUN_INFO, "run record")
+    (runner or run_units)(units, config, extractor, cache, progress)
 
     scores = score_jhmdb(videos, pred_root)
     write_pck_csv(out / PCK_CSV, scores)
-    info["scores"] = scores["pck"]
-    atomic_write_json(out / RUN_INFO, info)
+    run.info["scores"] = scores["pck"]
+    run.record()
     scores["csv"] = str(out / PCK_CSV)
     scores["run_info"] = str(out / RUN_INFO)
     return scores
+
+
+def _unit(video: JhmdbVideo, pred_root: Path, inputs: Sequence[Path]) -> Unit:
+    """A video's points job: its ground-truth joints of frame 0, checked to cover every frame."""
+    gt = read_joints(video.mat_path)
+    count = len(open_video(video.frames_dir))
+    if gt.shape[0] < count:
+        raise PropagateError(f"joint file {video.mat_path} annotates {gt.shape[0]} frames but {video.frames_dir} "
+                             f"holds {count}: every frame needs its joints; fix or drop video {video.name}")
+    if gt.shape[0] > count:
+        raise PropagateError(f"video {video.frames_dir} holds {count} frames but {video.mat_path} annotates "
+                             f"{gt.shape[0]}: frames are missing; fix or drop video {video.name}")
+    points = PointSet(list(JOINT_NAMES), gt[0].copy(), [tuple(edge) for edge in SKELETON])
+    return Unit(video.name, video.frames_dir, points, pred_root / video.name, kind="points", render=False,
+                inputs=tuple(inputs), extra={"video": video.name, "frames_dir": str(video.frames_dir)})

@@ -1,48 +1,124 @@
 """Feature extractors and their registry.
 
-``build_extractor(name, options)`` is the one way to make an extractor. Each entry maps a ``--features`` name to
-``module:Class``; the module is imported only when that extractor is asked for, so a missing optional dependency
-of one backbone never breaks the others.
+``build_extractor(name, options)`` is the one way to make an extractor from a preset. Each registry entry maps a
+``--features`` name to ``module:Class`` and to the suffix of its presets (``configs/<task>_<suffix>.yaml``). The
+module is imported only when that extractor is asked for, so a missing optional dependency of one backbone never
+breaks the others. Adding a backbone: one module (an extractor class with a frozen options dataclass) and one entry.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import inspect
-from typing import Any
+import math
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Union
 
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
 
-EXTRACTORS: dict[str, str] = {
-    "dift_sd": "propagate.features.dift_sd:DiftSDExtractor",
-    "adm": "propagate.features.adm:DiftADMExtractor",
-    "baseline": "propagate.features.baseline:BaselineExtractor",
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registry entry: where the extractor class lives, and the suffix of its presets."""
+
+    target: str  # "package.module:Class"
+    preset_suffix: str  # configs/<task>_<preset_suffix>.yaml, e.g. davis_sd
+
+
+EXTRACTORS: dict[str, Backbone] = {
+    "dift_sd": Backbone("propagate.features.dift_sd:DiftSDExtractor", "sd"),
+    "adm": Backbone("propagate.features.adm:DiftADMExtractor", "adm"),
+    "baseline": Backbone("propagate.features.baseline:BaselineExtractor", "baseline"),
 }
+
+
+def _backbone(name: str) -> Backbone:
+    if name not in EXTRACTORS:
+        raise PropagateError(f"unknown features {name!r}: choose one of {', '.join(sorted(EXTRACTORS))}")
+    return EXTRACTORS[name]
 
 
 def extractor_class(name: str) -> type[FeatureExtractor]:
     """The class registered under ``name``; a PropagateError listing the choices if there is none."""
-    if name not in EXTRACTORS:
-        raise PropagateError(f"unknown features {name!r}: choose one of {', '.join(sorted(EXTRACTORS))}")
-    module_name, cls_name = EXTRACTORS[name].split(":")
+    module_name, cls_name = _backbone(name).target.split(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-def build_extractor(name: str, options: dict[str, Any] | None = None) -> FeatureExtractor:
-    """Build the extractor ``name`` from keyword ``options`` (the ``extractor:`` section of a preset).
+def preset_name(task: str, features: str) -> str:
+    """The preset of ``task`` (davis, jhmdb) for ``features``: ``preset_name("davis", "dift_sd") == "davis_sd"``."""
+    return f"{task}_{_backbone(features).preset_suffix}"
 
-    Options the extractor does not take are an error naming them, so a typo in a preset never goes unnoticed.
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options: a preset's ``extractor:`` section, checked against the fields of the extractor's options dataclass
+
+
+_TYPE_WORDS: dict[object, tuple[str, str]] = {  # type -> how an error message names one value, and a list of them
+    int: ("an integer", "integers"), float: ("a finite number", "finite numbers"), str: ("a string", "strings"),
+    bool: ("true or false", "booleans"), type(None): ("null", "nulls"), Path: ("a path", "paths"),
+}
+
+
+def _describe_type(hint: object) -> str:
+    """Words for a type hint, for error messages: ``int | None`` -> "an integer or null"."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) in (Sequence, list, tuple):
+        return f"a list of {_TYPE_WORDS[typing.get_args(hint)[0]][1]}"
+    return _TYPE_WORDS[hint][0]
+
+
+def _value_fits(value: object, hint: object) -> bool:
+    """Whether ``value`` (as YAML or Python gives it) is of type ``hint``. An int is a float, but a bool is neither
+    an int nor a float; floats must be finite; a sequence is a list or a tuple (not a string)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_value_fits(value, arg) for arg in typing.get_args(hint))
+    if origin in (Sequence, list, tuple):
+        item = typing.get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(_value_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)  # type: ignore[arg-type]
+
+
+def build_options(name: str, options: Mapping[str, object] | None = None) -> object:
+    """The options dataclass of extractor ``name`` made from ``options`` (the ``extractor:`` section of a preset).
+
+    An option the extractor does not take, or a value of the wrong type, is a one-line PropagateError naming it
+    (``extractor.<key>``), so a typo in a preset never goes unnoticed.
     """
-    cls = extractor_class(name)
+    options_type = extractor_class(name).options_type
+    fields = {f.name for f in dataclasses.fields(options_type)}
     options = dict(options or {})
-    params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(k for k in options if k not in params)
+    unknown = sorted(k for k in options if k not in fields)
     if unknown:
-        known = sorted(k for k in params if k != "self")
         raise PropagateError(
-            f"features {name!r} take no option(s) {', '.join(unknown)}; known options: {', '.join(known)}"
+            f"features {name!r} take no option(s) {', '.join(unknown)}; known options: {', '.join(sorted(fields))}"
         )
-    return cls(**options)
+    hints = typing.get_type_hints(options_type)
+    for key, value in options.items():
+        if not _value_fits(value, hints[key]):
+            raise PropagateError(f"extractor.{key}={value!r} is not valid for features {name!r}: use "
+                                 f"{_describe_type(hints[key])}")
+    return options_type(**options)
 
 
-__all__ = ["EXTRACTORS", "FeatureExtractor", "build_extractor", "extractor_class"]
+def build_extractor(name: str, options: Mapping[str, object] | None = None) -> FeatureExtractor:
+    """Build the extractor ``name`` from ``options`` (the ``extractor:`` section of a preset), checked by
+    :func:`build_options`."""
+    return extractor_class(name)(build_options(name, options))  # type: ignore[call-arg]
+
+
+__all__ = ["EXTRACTORS", "Backbone", "FeatureExtractor", "build_extractor", "build_options", "extractor_class",
+           "preset_name"]

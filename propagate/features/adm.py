@@ -1,652 +1,111 @@
-"""DIFT features from OpenAI's ADM UNet (guided-diffusion), implemented here natively.
+"""DIFT features from OpenAI's ADM UNet (guided-diffusion); the network itself is :mod:`propagate.features.adm_net`.
 
-The network is the ablated diffusion model of Dhariwal & Nichol (2021) as released in ``openai/guided-diffusion``;
-DIFT (Tang et al. 2023) reads features from it for label propagation. Only the parts needed for features are run:
+DIFT (Tang et al. 2023) reads features from the ablated diffusion model of Dhariwal & Nichol (2021) for label
+propagation (DESIGN section 3). Per batch of frames:
 
-    image [0, 1] -> [-1, 1] -> q_sample at timestep t (linear beta schedule) -> input blocks -> middle block
-    -> output blocks 0 .. up_ft_index -> stop; features = mean over ``ensemble_size`` noised copies
+    image [0, 1] -> [-1, 1] -> q_sample at timestep t (the checkpoint's beta schedule) -> input blocks
+    -> middle block -> output blocks 0 .. up_ft_index -> stop; features = mean over ``ensemble_size`` noised copies
 
-Parameter names follow the released checkpoints exactly (``input_blocks.1.0.in_layers.2.weight`` ...), so the
-official ``256x256_diffusion_uncond.pt`` loads with strict key and shape matching. The architecture options
-default to that model's values; other values describe other (e.g. tiny test) checkpoints. A checkpoint written
-by :func:`save_tiny_checkpoint` carries its options in a side-car ``<checkpoint>.json``, read automatically.
-
-Layer layout of the 256x256 model (channel_mult 1,1,2,2,4,4, two res blocks per level): the output blocks come
-in groups of three per level, coarsest first, and the last block of each group (but the finest) upsamples by 2.
-So output blocks 0-2 give 1024 channels at 1/32 (block 2 at 1/16 after its upsampling), 3-5 1024 at 1/16
-(block 5 at 1/8), 6-8 512 at 1/8 (8 at 1/4), ... DIFT's DAVIS setting, block 7, is 512 channels at 1/8.
+Noise: each frame's ``[ensemble_size, 3, H, W]`` noise is drawn with the rule DIFT-SD uses
+(:func:`propagate.features.common.frame_generator` of ``(seed, frame_id)``). Until this extractor moved to that
+shared rule it seeded its generator with ``seed * 2**31 + frame_id``, so ADM features differ from those of earlier
+versions (same distribution, other draws); feature caches and recorded results from before are not comparable.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from propagate.errors import PropagateError
+from propagate.features.adm_net import (
+    CHECKPOINT_URL,
+    ADMArch,
+    load_adm_checkpoint,
+    q_sample_coefficients,
+    read_sidecar,
+    set_compute_dtype,
+    sidecar_path,
+)
 from propagate.features.base import FeatureExtractor
-from propagate.io import atomic_path, atomic_write_json
-
-CHECKPOINT_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
-SIDECAR_SUFFIX = ".json"  # tiny.pt -> tiny.pt.json holds the architecture options of a saved checkpoint
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# Channel multipliers the reference derives from image_size when none are given.
-_DEFAULT_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
-    512: (0.5, 1, 1, 2, 2, 4, 4),
-    256: (1, 1, 2, 2, 4, 4),
-    128: (1, 1, 2, 3, 4),
-    64: (1, 2, 3, 4),
-}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Architecture options
-# --------------------------------------------------------------------------------------------------------------
+from propagate.features.common import DTYPES, check_int, frame_normals, resolve_device, resolve_dtype
 
 
 @dataclass(frozen=True)
-class ADMArch:
-    """The options that determine an ADM UNet's layers; defaults are those of ``256x256_diffusion_uncond.pt``.
+class DiftADMOptions(ADMArch):
+    """Options of :class:`DiftADMExtractor` (the ``extractor:`` section of the ``*_adm`` presets); the defaults are
+    DIFT's DAVIS settings: t 51, output block 7, ensemble 4.
 
-    ``attention_resolutions`` are feature-map sizes relative to ``image_size`` (as in the reference's flags):
-    "32,16,8" at image_size 256 means attention where the map is downsampled 8, 16 and 32 times.
-    ``channel_mult`` None derives the multipliers from ``image_size`` like the reference does.
-    """
-
-    image_size: int = 256
-    num_channels: int = 256
-    num_res_blocks: int = 2
-    channel_mult: str | None = None
-    num_heads: int = 4
-    num_head_channels: int = 64
-    num_heads_upsample: int = -1
-    attention_resolutions: str = "32,16,8"
-    dropout: float = 0.0
-    learn_sigma: bool = True
-    resblock_updown: bool = True
-    use_scale_shift_norm: bool = True
-    use_new_attention_order: bool = False
-    class_cond: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def describe(self) -> str:
-        """``name=value`` pairs on one line, for error messages."""
-        return ", ".join(f"{k}={v}" for k, v in self.to_dict().items())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "ADM options") -> "ADMArch":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise PropagateError(f"{source}: unknown ADM option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        values = dict(data)
-        for key in ("channel_mult", "attention_resolutions"):  # YAML lists are accepted as well as "a,b,c"
-            if isinstance(values.get(key), (list, tuple)):
-                values[key] = ",".join(str(v) for v in values[key])
-            elif isinstance(values.get(key), int):
-                values[key] = str(values[key])
-        arch = cls(**values)
-        arch.validate()
-        return arch
-
-    def multipliers(self) -> tuple[float, ...]:
-        """Channel multiplier per level (finest first)."""
-        if self.channel_mult in (None, ""):
-            if self.image_size not in _DEFAULT_CHANNEL_MULT:
-                raise PropagateError(
-                    f"ADM image_size {self.image_size} has no default channel_mult: give channel_mult "
-                    f"(for example '1,2,2') or use one of {', '.join(map(str, _DEFAULT_CHANNEL_MULT))}"
-                )
-            return _DEFAULT_CHANNEL_MULT[self.image_size]
-        try:
-            return tuple(float(v) for v in str(self.channel_mult).split(","))
-        except ValueError:
-            raise PropagateError(f"ADM channel_mult {self.channel_mult!r} is not a comma-separated list of numbers") from None
-
-    def attention_downsample_rates(self) -> set[int]:
-        """Downsampling rates (1, 2, 4, ...) at which attention blocks sit."""
-        try:
-            sizes = [int(v) for v in str(self.attention_resolutions).split(",") if v.strip()]
-        except ValueError:
-            raise PropagateError(
-                f"ADM attention_resolutions {self.attention_resolutions!r} is not a comma-separated list of integers"
-            ) from None
-        return {self.image_size // s for s in sizes}
-
-    @property
-    def levels(self) -> int:
-        return len(self.multipliers())
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (one halving per level but the last)."""
-        return 2 ** (self.levels - 1)
-
-    def validate(self) -> None:
-        mults = self.multipliers()
-        self.attention_downsample_rates()
-        if self.num_channels <= 0 or self.num_res_blocks < 1:
-            raise PropagateError(f"ADM num_channels ({self.num_channels}) and num_res_blocks ({self.num_res_blocks}) must be positive")
-        for m in mults:
-            ch = int(m * self.num_channels)
-            if ch <= 0 or ch % 32:
-                raise PropagateError(
-                    f"ADM num_channels {self.num_channels} x channel_mult {m} = {ch} channels: group norm needs a "
-                    "positive multiple of 32; change num_channels or channel_mult"
-                )
-            if self.num_head_channels != -1 and ch % self.num_head_channels:
-                raise PropagateError(
-                    f"ADM {ch} channels do not split into heads of num_head_channels {self.num_head_channels}; "
-                    "change num_head_channels"
-                )
-
-
-TINY_ARCH: dict[str, Any] = {
-    # The 256x256 layout (six levels, two res blocks each, attention at the same places, so output block 7 is again
-    # at 1/8) with 32 channels at every level: 1.4M parameters instead of 553M.
-    "num_channels": 32,
-    "channel_mult": "1,1,1,1,1,1",
-    "num_head_channels": 16,
-}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Noise schedule
-# --------------------------------------------------------------------------------------------------------------
-
-
-def beta_schedule(name: str, steps: int) -> np.ndarray:
-    """Betas of the named schedule, ``[steps]`` float64, as guided-diffusion defines them.
-
-    linear: evenly spaced from 1e-4 to 0.02, both scaled by 1000 / steps (so other step counts keep the shape).
-    cosine: betas from alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2, each capped at 0.999.
-    """
-    if steps < 1:
-        raise PropagateError(f"ADM diffusion_steps must be positive, got {steps}")
-    if name == "linear":
-        scale = 1000.0 / steps
-        return np.linspace(scale * 1e-4, scale * 0.02, steps, dtype=np.float64)
-    if name == "cosine":
-        def alpha_bar(s: float) -> float:
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        return np.array(
-            [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)], dtype=np.float64
-        )
-    raise PropagateError(f"unknown ADM noise_schedule {name!r}: use linear or cosine")
-
-
-def q_sample_coefficients(name: str, steps: int, t: int) -> tuple[float, float]:
-    """``(sqrt(abar_t), sqrt(1 - abar_t))`` so that ``x_t = a * x0 + b * eps``; abar_t = prod_{s<=t} (1 - beta_s)."""
-    if not 0 <= t < steps:
-        raise PropagateError(f"ADM timestep t={t} is outside the schedule: use 0 <= t < diffusion_steps ({steps})")
-    alphas_cumprod = np.cumprod(1.0 - beta_schedule(name, steps))
-    abar = float(alphas_cumprod[t])
-    # float64 then float32, like the reference's per-timestep lookup.
-    return float(np.float32(math.sqrt(abar))), float(np.float32(math.sqrt(1.0 - abar)))
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of ``timesteps`` ``[N]`` -> ``[N, dim]`` float32: cosines first, then sines."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(timesteps.device)
-    angles = timesteps.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Layers (attribute names are those of the released checkpoints)
-# --------------------------------------------------------------------------------------------------------------
-
-
-class GroupNorm32(nn.GroupNorm):
-    """Group norm with 32 groups, computed in float32 whatever the input dtype (fp16 statistics overflow)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(32, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
-        return out.to(x.dtype)
-
-
-class Downsample(nn.Module):
-    """Halve the resolution: a stride-2 3x3 conv (``op``), or 2x2 average pooling when ``use_conv`` is False."""
-
-    def __init__(self, channels: int, use_conv: bool) -> None:
-        super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
-
-
-class Upsample(nn.Module):
-    """Double the resolution by nearest-neighbour repetition, then an optional 3x3 conv (``conv``)."""
-
-    def __init__(self, channels: int, use_conv: bool) -> None:
-        super().__init__()
-        self.use_conv = use_conv
-        if use_conv:
-            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.use_conv else x
-
-
-class ResBlock(nn.Module):
-    """Residual block conditioned on the timestep embedding, optionally resampling (up or down) on the way.
-
-    ``in_layers``: norm, SiLU, 3x3 conv (a resampling block resamples after the SiLU, before the conv, and
-    resamples the skip path the same way). ``emb_layers``: SiLU, linear to ``out`` channels (twice that with
-    scale-shift norm). ``out_layers``: norm, [scale-shift], SiLU, dropout, 3x3 conv. The skip is the identity
-    or a 1x1 conv when the channel count changes.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        emb_channels: int,
-        dropout: float,
-        out_channels: int | None = None,
-        use_scale_shift_norm: bool = False,
-        up: bool = False,
-        down: bool = False,
-    ) -> None:
-        super().__init__()
-        out_channels = out_channels or channels
-        self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.resample = up or down
-        if up:
-            self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
-        elif down:
-            self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
-        else:
-            self.h_upd = self.x_upd = nn.Identity()
-        self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
-        )
-        self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        )
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[N, C, H, W]``, ``emb`` ``[N, E]`` float32 -> ``[N, C_out, H', W']``."""
-        if self.resample:
-            h = self.in_layers[1](self.in_layers[0](x))
-            h = self.in_layers[2](self.h_upd(h))
-            x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
-        cond = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        if self.use_scale_shift_norm:
-            scale, shift = cond.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            for layer in self.out_layers[1:]:
-                h = layer(h)
-        else:
-            h = self.out_layers(h + cond)
-        return self.skip_connection(x) + h
-
-
-class AttentionBlock(nn.Module):
-    """Self-attention over all spatial positions, added back to the input.
-
-    ``qkv`` (1x1 conv to 3C channels) is split into heads either head-first (the released models: per head a
-    contiguous [q, k, v] group of 3*d channels) or q/k/v-first (``new_order``). ``proj_out`` maps back to C.
-    """
-
-    def __init__(self, channels: int, num_heads: int, num_head_channels: int, new_order: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
-        if channels % self.num_heads:
-            raise PropagateError(f"ADM attention: {channels} channels do not split into {self.num_heads} heads; change num_heads")
-        self.new_order = new_order
-        self.norm = GroupNorm32(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj_out = nn.Conv1d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, C, H, W]`` -> ``[N, C, H, W]``."""
-        n, c, height, width = x.shape
-        flat = x.reshape(n, c, height * width)
-        qkv = self.qkv(self.norm(flat))  # [N, 3C, T]
-        d = c // self.num_heads
-        if self.new_order:
-            q, k, v = (part.reshape(n, self.num_heads, d, -1) for part in qkv.chunk(3, dim=1))
-        else:
-            q, k, v = qkv.reshape(n, self.num_heads, 3 * d, -1).split(d, dim=2)
-        # [N, heads, T, d]; softmax(q.k / sqrt(d)) v, with a fused kernel where one exists (memory: T is 6240 at 1/8)
-        out = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
-        out = out.transpose(2, 3).reshape(n, c, -1)
-        return (flat + self.proj_out(out)).reshape(n, c, height, width)
-
-
-class TimestepSequential(nn.Sequential):
-    """A sequence of layers where residual blocks also receive the timestep embedding."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
-        return x
-
-
-class ADMUNet(nn.Module):
-    """The ADM UNet, organised for feature extraction.
-
-    ``input_blocks`` (a conv, then per level ``num_res_blocks`` res blocks [+ attention] and a downsampling
-    block between levels), ``middle_block`` (res, attention, res), ``output_blocks`` (per level, coarsest first,
-    ``num_res_blocks + 1`` res blocks fed with the matching input block's output concatenated [+ attention], the
-    last one followed by an upsampling block except at the finest level), ``out`` (norm, SiLU, conv to 3 or 6
-    channels). ``out`` and ``label_emb`` exist so that checkpoints load strictly; :meth:`forward` never uses
-    ``out`` nor any output block after the one asked for.
+    The architecture options (``image_size`` ... ``class_cond``, inherited from :class:`ADMArch`) default to the
+    256x256_diffusion_uncond model. When ``<model>.json`` exists (written by
+    :func:`propagate.features.adm_net.save_tiny_checkpoint`) it supplies them; an option given here with a
+    non-default value overrides it.
 
     Attributes:
-        output_channels: channels of each output block's result.
-        output_strides: input pixels per cell of each output block's result.
-    """
-
-    def __init__(self, arch: ADMArch) -> None:
-        super().__init__()
-        arch.validate()
-        self.arch = arch
-        mults = arch.multipliers()
-        attn_rates = arch.attention_downsample_rates()
-        base = arch.num_channels
-        emb_dim = 4 * base
-        heads_up = arch.num_heads if arch.num_heads_upsample == -1 else arch.num_heads_upsample
-
-        def res(ch_in: int, ch_out: int | None = None, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(ch_in, emb_dim, arch.dropout, ch_out, arch.use_scale_shift_norm, up=up, down=down)
-
-        def attn(ch: int, heads: int) -> AttentionBlock:
-            return AttentionBlock(ch, heads, arch.num_head_channels, arch.use_new_attention_order)
-
-        self.time_embed = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if arch.class_cond:
-            self.label_emb = nn.Embedding(1000, emb_dim)
-
-        ch = first_ch = int(mults[0] * base)
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(3, ch, 3, padding=1))])
-        skip_channels = [ch]
-        rate = 1
-        for level, mult in enumerate(mults):
-            for _ in range(arch.num_res_blocks):
-                layers: list[nn.Module] = [res(ch, int(mult * base))]
-                ch = int(mult * base)
-                if rate in attn_rates:
-                    layers.append(attn(ch, arch.num_heads))
-                self.input_blocks.append(TimestepSequential(*layers))
-                skip_channels.append(ch)
-            if level != len(mults) - 1:
-                down = res(ch, ch, down=True) if arch.resblock_updown else Downsample(ch, use_conv=True)
-                self.input_blocks.append(TimestepSequential(down))
-                skip_channels.append(ch)
-                rate *= 2
-
-        self.middle_block = TimestepSequential(res(ch), attn(ch, arch.num_heads), res(ch))
-
-        self.output_blocks = nn.ModuleList()
-        self.output_channels: list[int] = []
-        self.output_strides: list[int] = []
-        for level, mult in reversed(list(enumerate(mults))):
-            for i in range(arch.num_res_blocks + 1):
-                layers = [res(ch + skip_channels.pop(), int(mult * base))]
-                ch = int(mult * base)
-                if rate in attn_rates:
-                    layers.append(attn(ch, heads_up))
-                if level and i == arch.num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if arch.resblock_updown else Upsample(ch, use_conv=True))
-                    rate //= 2
-                self.output_blocks.append(TimestepSequential(*layers))
-                self.output_channels.append(ch)
-                self.output_strides.append(rate)
-
-        out_channels = 6 if arch.learn_sigma else 3
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(first_ch, out_channels, 3, padding=1))
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, up_ft_index: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Features of output block ``up_ft_index``.
-
-        Args:
-            x: ``[N, 3, H, W]`` noised images in the convs' dtype; H, W multiples of ``arch.size_multiple``.
-            timesteps: ``[N]`` diffusion timesteps.
-            up_ft_index: the output block whose result is returned; later blocks are not run.
-            y: ``[N]`` class labels, only for class-conditional models.
-
-        Returns:
-            ``[N, output_channels[i], H / output_strides[i], W / output_strides[i]]`` in x's dtype.
-        """
-        if not 0 <= up_ft_index < len(self.output_blocks):
-            raise PropagateError(
-                f"ADM up_ft_index {up_ft_index} is out of range: this model has output blocks 0..{len(self.output_blocks) - 1}"
-            )
-        emb = self.time_embed(timestep_embedding(timesteps, self.arch.num_channels).to(self.time_embed[0].weight))
-        if self.arch.class_cond:
-            if y is None:
-                raise PropagateError("this ADM checkpoint is class-conditional and needs class labels; use an unconditional one")
-            emb = emb + self.label_emb(y)
-        skips = []
-        h = x
-        for block in self.input_blocks:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks[: up_ft_index + 1]:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return h
-
-
-def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Put convolutions in ``dtype`` and every other parameter in float32 (like the reference's fp16 mode:
-    timestep MLPs, embeddings and norms stay in full precision)."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            module.to(dtype)
-        elif isinstance(module, (nn.Linear, nn.GroupNorm, nn.Embedding)):
-            module.to(torch.float32)
-    return model
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------------------
-
-
-def sidecar_path(checkpoint: str | Path) -> Path:
-    """Where a checkpoint's architecture options are stored: ``<checkpoint>.json``."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
-
-
-def read_sidecar(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The architecture options saved beside ``checkpoint``, or None when there is no side-car file."""
-    path = sidecar_path(checkpoint)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PropagateError(f"{path}: not a readable JSON file of ADM options ({exc.__class__.__name__}); fix or delete it") from None
-    arch = data.get("arch") if isinstance(data, dict) else None
-    if not isinstance(arch, dict):
-        raise PropagateError(f"{path}: expected a JSON object with an 'arch' mapping of ADM options; fix or delete it")
-    return arch
-
-
-def _examples(names: Sequence[str], n: int = 2) -> str:
-    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
-
-
-def load_adm_checkpoint(path: str | Path, arch: ADMArch) -> ADMUNet:
-    """Build the UNet for ``arch`` and load ``path`` into it with strict key and shape matching (on the CPU,
-    float32). Any problem is a one-line PropagateError naming the file and what was expected."""
-    path = Path(path)
-    expected = f"expected guided-diffusion's 256x256_diffusion_uncond.pt ({CHECKPOINT_URL}) or another ADM checkpoint: pass --model PATH"
-    if not path.is_file():
-        raise PropagateError(f"ADM checkpoint {path} does not exist; {expected}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a checkpoint we can read"
-        raise PropagateError(f"ADM checkpoint {path} is not a readable PyTorch state dict ({exc.__class__.__name__}); {expected}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PropagateError(f"ADM checkpoint {path} does not hold a state dict of tensors; {expected}")
-
-    with torch.device("meta"):  # no memory and no random init for the real 550M-parameter model
-        model = ADMUNet(arch)
-    wanted = model.state_dict()
-    missing = [k for k in wanted if k not in state]
-    unexpected = [k for k in state if k not in wanted]
-    misshaped = [
-        f"{k} {list(state[k].shape)} vs {list(wanted[k].shape)}"
-        for k in wanted
-        if k in state and tuple(state[k].shape) != tuple(wanted[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) ({_examples(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) ({_examples(unexpected)})")
-        if misshaped:
-            parts.append(f"{len(misshaped)} mis-shaped (checkpoint vs model: {_examples(misshaped)})")
-        raise PropagateError(
-            f"ADM checkpoint {path} does not match the architecture: {'; '.join(parts)}; expected a checkpoint of the "
-            f"ADM options {arch.describe()} (the 256x256_diffusion_uncond.pt defaults unless a side-car "
-            f"{sidecar_path(path).name} or extractor options say otherwise): set the extractor's ADM options to the "
-            "checkpoint's, e.g. --set extractor.num_channels=..."
-        )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def save_tiny_checkpoint(path: str | Path, seed: int = 0, **arch: Any) -> Path:
-    """Save a randomly initialised ADM state dict to ``path`` and its options to ``<path>.json``.
-
-    ``arch`` overrides :data:`TINY_ARCH` (the 256x256 layout, 32 channels at every level) and then the
-    :class:`ADMArch` defaults. Weights use PyTorch's default init everywhere (no zero-initialised output convs,
-    unlike training), so every layer shapes the features. Returns ``path``.
-    """
-    path = Path(path)
-    options = ADMArch.from_dict({**TINY_ARCH, **arch}, source="save_tiny_checkpoint")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ADMUNet(options)
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
-    atomic_write_json(sidecar_path(path), {"arch": options.to_dict(), "seed": seed, "note": "random weights, for tests"})
-    return path
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The extractor
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _frame_generator(seed: int, frame_id: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, frame_id), so noise never depends on batching."""
-    return torch.Generator().manual_seed((int(seed) & 0xFFFFFFFF) * 2**31 + (int(frame_id) & 0x7FFFFFFF))
-
-
-class DiftADMExtractor(FeatureExtractor):
-    """DIFT features from an ADM checkpoint (DIFT's DAVIS settings by default: t 51, output block 7, ensemble 4).
-
-    Args:
-        model: path to ``256x256_diffusion_uncond.pt`` (or another ADM checkpoint matching the options below).
+        model: path to ``256x256_diffusion_uncond.pt`` (or another ADM checkpoint matching the architecture).
         t: diffusion timestep of the noise added before the forward pass.
         up_ft_index: output block whose result is the feature map.
         ensemble_size: noised copies per frame; features are their mean.
         dtype: fp32, fp16, bf16 or auto (fp16 on cuda, fp32 elsewhere); convolutions run in it.
-        device: auto (cuda if available), cpu, cuda, cuda:N.
+        device: auto (cuda if available), cpu, cuda, cuda:N, mps.
         seed: noise seed; frame ``i`` draws its noise from ``(seed, i)``.
         batch_size: most noised copies per forward pass (speed and memory only).
-        image_size ... class_cond: ADM architecture (:class:`ADMArch`), defaults for 256x256_diffusion_uncond.
-            When ``<model>.json`` exists (written by :func:`save_tiny_checkpoint`) it supplies these options;
-            options given here with a non-default value override it.
         diffusion_steps, noise_schedule: the noise schedule of the checkpoint's training (1000, linear).
     """
 
-    name = "adm"
+    model: str | Path | None = None
+    t: int = 51
+    up_ft_index: int = 7
+    ensemble_size: int = 4
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 8
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
 
-    def __init__(
-        self,
-        model: str | None = None,
-        t: int = 51,
-        up_ft_index: int = 7,
-        ensemble_size: int = 4,
-        dtype: str = "auto",
-        device: str = "auto",
-        seed: int = 0,
-        batch_size: int = 8,
-        image_size: int = 256,
-        num_channels: int = 256,
-        num_res_blocks: int = 2,
-        channel_mult: str | None = None,
-        num_heads: int = 4,
-        num_head_channels: int = 64,
-        num_heads_upsample: int = -1,
-        attention_resolutions: str = "32,16,8",
-        dropout: float = 0.0,
-        learn_sigma: bool = True,
-        resblock_updown: bool = True,
-        use_scale_shift_norm: bool = True,
-        use_new_attention_order: bool = False,
-        class_cond: bool = False,
-        diffusion_steps: int = 1000,
-        noise_schedule: str = "linear",
-    ) -> None:
-        if model is None or str(model).strip() == "":
+
+class DiftADMExtractor(FeatureExtractor):
+    """DIFT features from an ADM checkpoint: ``output_blocks[up_ft_index]`` (block 7 of the 256x256 model: 512
+    channels at 1/8), averaged over noised copies."""
+
+    name = "adm"
+    options_type = DiftADMOptions
+
+    def __init__(self, options: DiftADMOptions = DiftADMOptions()) -> None:
+        if options.model is None or str(options.model).strip() == "":
             raise PropagateError(
-                f"features adm need a checkpoint: pass --model PATH to 256x256_diffusion_uncond.pt (download: {CHECKPOINT_URL})"
+                "features adm need a checkpoint: pass --model PATH to 256x256_diffusion_uncond.pt (download: "
+                f"{CHECKPOINT_URL})"
             )
-        given = dict(
-            image_size=image_size, num_channels=num_channels, num_res_blocks=num_res_blocks, channel_mult=channel_mult,
-            num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-            attention_resolutions=attention_resolutions, dropout=dropout, learn_sigma=learn_sigma,
-            resblock_updown=resblock_updown, use_scale_shift_norm=use_scale_shift_norm,
-            use_new_attention_order=use_new_attention_order, class_cond=class_cond,
-        )
-        self.model_path = Path(model).expanduser()
+        self.model_path = Path(options.model).expanduser()
         defaults = ADMArch().to_dict()
         sidecar = read_sidecar(self.model_path) or {}
-        options = {**defaults, **sidecar, **{k: v for k, v in given.items() if v != defaults[k]}}
-        self.arch = ADMArch.from_dict(options, source=str(sidecar_path(self.model_path)) if sidecar else "adm options")
+        given = {k: v for k, v in options.to_dict().items() if v != defaults[k]}
+        self.arch = ADMArch.from_dict({**defaults, **sidecar, **given},
+                                      source=str(sidecar_path(self.model_path)) if sidecar else "adm options")
         if self.arch.class_cond:
             raise PropagateError(
                 f"ADM checkpoint {self.model_path}: class-conditional models need a class label, which DIFT does not "
                 "use; use the unconditional 256x256_diffusion_uncond.pt"
             )
 
-        if int(ensemble_size) < 1 or int(batch_size) < 1:
-            raise PropagateError(f"adm ensemble_size ({ensemble_size}) and batch_size ({batch_size}) must be at least 1")
-        self.t = int(t)
-        self.up_ft_index = int(up_ft_index)
-        self.ensemble_size = int(ensemble_size)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.diffusion_steps = int(diffusion_steps)
-        self.noise_schedule = str(noise_schedule)
+        for what, low in (("ensemble_size", 1), ("batch_size", 1), ("seed", 0)):
+            check_int(self.name, what, getattr(options, what), low)
+        self.t = int(options.t)
+        self.up_ft_index = int(options.up_ft_index)
+        self.ensemble_size = options.ensemble_size
+        self.seed = options.seed
+        self.batch_size = options.batch_size
+        self.diffusion_steps = int(options.diffusion_steps)
+        self.noise_schedule = str(options.noise_schedule)
         self.coef_x0, self.coef_eps = q_sample_coefficients(self.noise_schedule, self.diffusion_steps, self.t)
 
-        self.device = _resolve_device(device)
-        self.dtype_name = _resolve_dtype(dtype, self.device)
-        self.dtype = _DTYPES[self.dtype_name]
+        self.device = resolve_device(options.device)
+        self.dtype_name = resolve_dtype(options.dtype, self.device)
+        self.dtype = DTYPES[self.dtype_name]
 
         unet = load_adm_checkpoint(self.model_path, self.arch)
         if not 0 <= self.up_ft_index < len(unet.output_blocks):
@@ -656,19 +115,15 @@ class DiftADMExtractor(FeatureExtractor):
             )
         self.unet = set_compute_dtype(unet.to(self.device), self.dtype)
         self.channels = unet.output_channels[self.up_ft_index]
-        self._stride = unet.output_strides[self.up_ft_index]
-
-    @property
-    def stride(self) -> int:  # type: ignore[override]
-        """Input pixels per feature cell of output block ``up_ft_index`` (8 for block 7 of the 256x256 model)."""
-        return self._stride
+        # Input pixels per feature cell of output block up_ft_index (8 for block 7 of the 256x256 model).
+        self.stride = unet.output_strides[self.up_ft_index]
 
     @property
     def size_multiple(self) -> int:
-        """Frame height and width must be multiples of this (32 for the 256x256 model)."""
+        """Frame height and width must be multiples of this (32 for the 256x256 model, which halves them 5 times)."""
         return self.arch.size_multiple
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         path = self.model_path.resolve()
         size = path.stat().st_size if path.is_file() else None
         return {
@@ -686,33 +141,20 @@ class DiftADMExtractor(FeatureExtractor):
 
     def describe(self) -> str:
         return (
-            f"adm ({self.model_path.name}, t={self.t}, output block {self.up_ft_index}: {self.channels} ch at 1/{self.stride}, "
-            f"ensemble {self.ensemble_size}, {self.dtype_name})"
+            f"adm ({self.model_path.name}, t={self.t}, output block {self.up_ft_index}: {self.channels} ch at "
+            f"1/{self.stride}, ensemble {self.ensemble_size}, {self.dtype_name})"
         )
 
     def noise(self, frame_ids: Sequence[int], height: int, width: int) -> torch.Tensor:
         """The ensemble noise of each frame, ``[B, E, 3, H, W]`` float32 on the CPU (seeded by (seed, frame_id))."""
-        return torch.stack(
-            [
-                torch.randn(self.ensemble_size, 3, height, width, generator=_frame_generator(self.seed, fid))
-                for fid in frame_ids
-            ]
-        )
+        shape = (self.ensemble_size, 3, height, width)
+        return torch.stack([frame_normals(self.seed, fid, shape)[0] for fid in frame_ids])
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, frame_ids: Sequence[int]) -> torch.Tensor:
         """``images`` ``[B, 3, H, W]`` in [0, 1] -> features ``[B, C, H / stride, W / stride]`` float32."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise PropagateError(f"adm extract: expected images [B, 3, H, W], got {list(images.shape)}")
+        frame_ids = self.check_batch(images, frame_ids)
         b, _, height, width = images.shape
-        if len(frame_ids) != b:
-            raise PropagateError(f"adm extract: {b} images but {len(frame_ids)} frame ids")
-        m = self.size_multiple
-        if height % m or width % m:
-            raise PropagateError(
-                f"adm extract: frame size {width}x{height} is not a multiple of {m} (the model halves it "
-                f"{self.arch.levels - 1} times); set resize.multiple to {m} or a multiple of it"
-            )
         x0 = images.to(self.device, torch.float32) * 2 - 1
         eps = self.noise(frame_ids, height, width).to(self.device)
         x_t = (self.coef_x0 * x0[:, None] + self.coef_eps * eps).reshape(b * self.ensemble_size, 3, height, width)
@@ -724,21 +166,4 @@ class DiftADMExtractor(FeatureExtractor):
         return feats.reshape(b, self.ensemble_size, *feats.shape[1:]).mean(dim=1)
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise PropagateError(f"adm device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PropagateError(f"adm device {device!r}: CUDA is not available here; use device auto or cpu")
-    return resolved
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> str:
-    if dtype in (None, "", "auto"):
-        return "fp16" if device.type == "cuda" else "fp32"
-    if dtype not in _DTYPES:
-        raise PropagateError(f"adm dtype {dtype!r} is not one of auto, fp32, fp16, bf16")
-    return dtype
+__all__ = ["DiftADMExtractor", "DiftADMOptions"]

@@ -9,12 +9,14 @@ It is deterministic (the projection comes from a fixed seed; no noise).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from propagate.features.base import FeatureExtractor
+from propagate.features.common import resolve_device
 
 
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
@@ -33,35 +35,47 @@ def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([lum, a, b], 1)
 
 
-class BaselineExtractor(FeatureExtractor):
-    """Colour + orientation-histogram features at stride 8 (a baseline, not DIFT).
+@dataclass(frozen=True)
+class BaselineOptions:
+    """Options of :class:`BaselineExtractor` (the ``extractor:`` section of the ``*_baseline`` presets).
 
-    Options: ``scales`` (neighbourhood sizes in cells), ``bins`` (orientation bins), ``colour_weight``.
+    Attributes:
+        scales: neighbourhood sizes, in cells, at which each cell is described.
+        bins: orientation bins of the gradient histograms.
+        colour_weight: weight of the colour features against the (unit-norm) histograms.
+        colour_sigma: width of the Gaussian colour kernel the random Fourier features approximate (Lab / 100).
+        fourier_dim: random Fourier features per scale.
+        device: ``cpu`` (``auto`` means cpu too: the baseline is fast there), ``cuda``, ``cuda:N`` or ``mps``.
     """
 
+    scales: Sequence[int] = (1, 3, 5)
+    bins: int = 8
+    colour_weight: float = 1.0
+    colour_sigma: float = 0.1
+    fourier_dim: int = 64
+    device: str = "cpu"
+
+
+class BaselineExtractor(FeatureExtractor):
+    """Colour + orientation-histogram features at stride 8 (a baseline, not DIFT), with the options of
+    :class:`BaselineOptions`."""
+
     name = "baseline"
+    options_type = BaselineOptions
     stride = 8
 
-    def __init__(
-        self,
-        scales: Sequence[int] = (1, 3, 5),
-        bins: int = 8,
-        colour_weight: float = 1.0,
-        colour_sigma: float = 0.1,
-        fourier_dim: int = 64,
-        device: str = "cpu",
-    ):
-        self.scales = tuple(int(s) for s in scales)
-        self.bins = int(bins)
-        self.colour_weight = float(colour_weight)
-        self.colour_sigma = float(colour_sigma)
-        self.fourier_dim = int(fourier_dim)
-        self.device = torch.device("cpu" if device == "auto" else device)
+    def __init__(self, options: BaselineOptions = BaselineOptions()) -> None:
+        self.scales = tuple(int(s) for s in options.scales)
+        self.bins = int(options.bins)
+        self.colour_weight = float(options.colour_weight)
+        self.colour_sigma = float(options.colour_sigma)
+        self.fourier_dim = int(options.fourier_dim)
+        self.device = resolve_device("cpu" if options.device == "auto" else options.device)
         g = torch.Generator().manual_seed(0)
         self._proj = (torch.randn(self.fourier_dim, 3, generator=g) / self.colour_sigma).to(self.device)
         self._phase = (torch.rand(self.fourier_dim, generator=g) * 2 * torch.pi).to(self.device)
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         return {
             "features": self.name, "scales": list(self.scales), "bins": self.bins, "colour_weight": self.colour_weight,
             "colour_sigma": self.colour_sigma, "fourier_dim": self.fourier_dim,
@@ -77,6 +91,7 @@ class BaselineExtractor(FeatureExtractor):
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, frame_ids: Sequence[int]) -> torch.Tensor:
+        self.check_batch(images, frame_ids)
         images = images.to(self.device, torch.float32)
         lab = rgb_to_lab(images) / torch.tensor([100.0, 128.0, 128.0], device=self.device).view(1, 3, 1, 1)
         grey = lab[:, :1]

