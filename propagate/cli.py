@@ -97,10 +97,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     inputs = [cache.folder] if cache is not None else []
     if args.mask is not None:
         config = config_from_args(args, "davis")
+        formats = [f.strip() for f in args.format.split(",") if f.strip()]
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
-                            render=not args.no_video, cache=cache, inputs=inputs)
+                            render=not args.no_video, cache=cache, inputs=inputs, formats=formats,
+                            direction=args.direction)
         print(f"wrote {summary['frames']} masks to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
+        if summary["check_first"]:
+            print("least confident frames (check these first): "
+                  + ", ".join(f"{name} ({value:.2f})" for name, value in summary["check_first"]))
     else:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
@@ -128,8 +133,12 @@ def cmd_eval_davis(args: argparse.Namespace) -> None:
 
     config = config_from_args(args, "davis")
     sequences = args.sequences.split(",") if args.sequences else None
+    try:
+        keyframes = [int(k) for k in args.keyframes.split(",")] if args.keyframes else [0]
+    except ValueError:
+        raise PropagateError(f"--keyframes {args.keyframes!r}: give frame indices like 0,20") from None
     result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences, preset=args.config,
-                            command=" ".join(sys.argv), cache=_open_cache(args))
+                            command=" ".join(sys.argv), cache=_open_cache(args), keyframes=keyframes)
     print(format_table(result))
 
 
@@ -168,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
     run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
-    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void)")
+    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), or a folder "
+                     "of keyframe masks named like frames (00000.png, 00040.png, ...)")
+    run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
+                     help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
+    run.add_argument("--format", default="png", help="outputs: png (always), coco (adds coco.json); e.g. png,coco")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -181,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     demo.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
     demo.add_argument("--model", help="DIFT-SD model to try first (hub id or local diffusers folder)")
-    demo.add_argument("--frames", type=int, default=36, help="frames of the demo clip (default 36)")
+    demo.add_argument("--frames", type=int, default=60, help="frames of the demo clip to use (default all 60)")
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="run a benchmark protocol end to end (DAVIS-2017 or JHMDB)")
@@ -192,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--out", required=True, help="results folder (resumable)")
     ed.add_argument("--sequences", help="comma-separated subset of the split")
     ed.add_argument("--cache", help="feature cache folder made by `propagate extract`")
+    ed.add_argument("--keyframes", help="annotated frames given as keyframes (default 0, the DAVIS protocol), "
+                    "e.g. 0,20 to measure a correction")
     add_config_flags(ed)
     ed.set_defaults(func=cmd_eval_davis)
     ej = ev_sub.add_parser("jhmdb", help="JHMDB keypoints: propagate every video, then PCK@0.1/0.2")

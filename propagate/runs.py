@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -39,12 +39,14 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, check_processing_size
-from propagate.io import atomic_write_json
+from propagate.coco import CocoVideoWriter
+from propagate.io import atomic_write_json, atomic_write_text
 from propagate.keypoints import PointSet, check_points_inside, points_record, read_points
-from propagate.labels import read_mask, require_objects, write_mask
-from propagate.pipeline import KeypointTracker, check_length, run_masks, track_points
+from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
+from propagate.pipeline import KeypointTracker, check_length, iter_masks, resolve_direction, track_points
 from propagate.render import OverlayWriter, caption, draw_points, overlay_mask
-from propagate.video import open_video
+from propagate.session import Session
+from propagate.video import Frame, VideoSource, open_video
 
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
 RUN_INFO = "run_info.json"  # what produced the results
@@ -353,9 +355,58 @@ class ResumableRun:
 # ---------------------------------------------------------------------------------------------- the run jobs
 
 
+FORMATS = ("png", "coco")
+CONFIDENCE_CSV = "confidence.csv"
+COCO_JSON = "coco.json"
+MaskResult = tuple[Frame, np.ndarray, Mapping[int, float], bool]  # frame, mask [H, W], confidence, keyframe
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The export formats asked for (``png`` always written; ``coco`` adds ``coco.json``)."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise PropagateError(f"format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)} (e.g. --format png,coco)")
+    return tuple(dict.fromkeys(formats))
+
+
+def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskResult], object_ids: Sequence[int],
+                       formats: Sequence[str] = ("png",), overlay_text: str | None = None) -> list[list[str]]:
+    """Write a masks results set into ``out`` (a staging folder): ``<frame>.png`` per frame, ``confidence.csv``,
+    ``coco.json`` (if asked) and ``overlay.mp4`` (if ``overlay_text`` is given, captioned with it).
+
+    Returns the confidence rows (``[frame, name, keyframe, object_1, ...]``) as written.
+    """
+    objects = sorted(object_ids)
+    coco = CocoVideoWriter(Path(source.path).stem if Path(source.path).suffix else Path(source.path).name,
+                           source.native_size, objects) if "coco" in formats else None
+    rows = [["frame", "name", "keyframe", *[f"object_{o}" for o in objects]]]
+    writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if overlay_text is not None else None
+    with writer or contextlib.nullcontext():
+        for frame, mask, confidence, keyframe in results:
+            write_mask(out / f"{frame.name}.png", mask)
+            rows.append([str(frame.index), frame.name, str(int(keyframe)),
+                         *[f"{confidence.get(o, 0.0):.4f}" for o in objects]])
+            if coco is not None:
+                coco.add(frame.name, mask)
+            if writer is not None:
+                tag = " | keyframe" if keyframe else ""
+                writer.write(caption(overlay_mask(frame.image, mask), f"{overlay_text} | frame {frame.index}{tag}"))
+    atomic_write_text(out / CONFIDENCE_CSV, "\n".join(",".join(r) for r in rows) + "\n")
+    if coco is not None:
+        atomic_write_json(out / COCO_JSON, coco.to_json())
+    return rows
+
+
+def least_confident(rows: Sequence[Sequence[str]], count: int = 3) -> list[tuple[str, float]]:
+    """The ``count`` propagated frames (not keyframes) of confidence rows with the lowest object confidence:
+    ``[(frame name, confidence)]``, lowest first."""
+    scored = [(min((float(v) for v in r[3:]), default=1.0), int(r[0]), r[1]) for r in rows[1:] if r[2] == "0"]
+    return [(name, value) for value, _, name in sorted(scored)[:count]]
+
+
 def run_video(
     video: str | Path,
-    mask: str | Path | np.ndarray,
+    mask: str | Path | np.ndarray | Mapping[int, np.ndarray],
     out_dir: str | Path,
     config: Config,
     *,
@@ -366,39 +417,80 @@ def run_video(
     progress: bool = True,
     label: str | None = None,
     inputs: Sequence[str | Path] = (),
+    formats: Sequence[str] = ("png",),
+    direction: str | None = None,
 ) -> JSON:
     """The ``propagate run --mask`` job: one indexed PNG per frame (named like the input frames), ``overlay.mp4``,
-    ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir`` (see :class:`ResultsFolder`).
+    ``confidence.csv``, ``coco.json`` (``formats`` with ``coco``), ``run_info.json`` and the ``.complete`` manifest,
+    written whole into ``out_dir`` (see :class:`ResultsFolder`).
 
-    ``mask`` is a mask file or the first frame's ``[H, W]`` uint8 indices; ``inputs`` are more paths the output must
-    stay clear of (a dataset root, a cache). Everything is checked before anything is written.
+    ``mask`` is a mask file (frame 0), a folder of keyframe masks named like frames
+    (:func:`propagate.labels.read_keyframes`), the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``. One keyframe on frame 0
+    streams frame by frame (:func:`propagate.pipeline.iter_masks`); other keyframes go through a
+    :class:`propagate.session.Session` (``direction`` default ``config.keyframes.direction``). ``inputs`` are more
+    paths the output must stay clear of (a dataset root, a cache). Everything is checked before anything is written.
 
-    Returns a summary: frames written, output folder, overlay path, extractor description.
+    Returns a summary: frames written, output folder, overlay path, extractor description, keyframes, and the least
+    confident frames (``check_first``: ``[(frame name, confidence)]``).
     """
     source = open_video(video)
-    first = read_mask(mask, source.native_size) if not isinstance(mask, np.ndarray) else mask
-    require_objects(first, mask if not isinstance(mask, np.ndarray) else "first mask")
+    given = not isinstance(mask, (str, Path))
+    if isinstance(mask, np.ndarray):
+        keyframes = {0: mask}
+    elif given:
+        keyframes = dict(sorted(mask.items()))
+    else:
+        keyframes = read_keyframes(mask, source.names, source.native_size)
+    require_objects(np.concatenate([m.ravel() for m in keyframes.values()]), "first mask" if given else mask)
     check_length(source)
-    paths = [video, *([mask] if not isinstance(mask, np.ndarray) else []), *inputs]
+    direction = direction or config.keyframes.direction
+    forward, backward = resolve_direction(direction, list(keyframes), len(source))
+    formats = check_formats(formats)
+    paths = [video, *([] if given else [mask]), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
     check_processing_size(source, extractor, config.resize)
     text = label or extractor.describe()
-    written = 0
+    objects = sorted({o for m in keyframes.values() for o in object_ids(m)})
+    if list(keyframes) == [0] and not backward:
+        results: Iterable[MaskResult] = (
+            (frame, m, confidence, frame.index == 0)
+            for frame, m, confidence in iter_masks(source, keyframes[0], config, extractor, cache, progress))
+    else:
+        session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
+        for index, keyframe in keyframes.items():
+            session.add_mask(index, keyframe)
+        results = ((frame, r.mask, r.confidence, r.keyframe)
+                   for frame, (_, r) in zip(source, session.propagate(direction)))
     with folder as out:
-        writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
-        with writer or contextlib.nullcontext():
-            for frame, frame_mask in run_masks(source, first, config, extractor, cache=cache, progress=progress):
-                write_mask(out / f"{frame.name}.png", frame_mask)
-                written += 1
-                if writer is not None:
-                    writer.write(caption(overlay_mask(frame.image, frame_mask), f"{text} | frame {frame.index}"))
+        rows = write_mask_results(out, source, results, objects, formats, text if render else None)
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
-                                                     mask=str(mask) if not isinstance(mask, np.ndarray) else None))
-        folder.summary = {"frames": written}
+                                                     mask=None if given else str(mask), keyframes=list(keyframes),
+                                                     direction=direction, formats=list(formats)))
+        folder.summary = {"frames": len(rows) - 1}
     out = Path(out_dir)
-    return {"frames": written, "out": str(out), "overlay": str(out / "overlay.mp4") if render else None,
-            "features": text}
+    return {"frames": len(rows) - 1, "out": str(out), "overlay": str(out / "overlay.mp4") if render else None,
+            "features": text, "keyframes": list(keyframes), "check_first": least_confident(rows)}
+
+
+def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[str] = ("png",), render: bool = True,
+                   overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> JSON:
+    """Write a session's latest results (masks) as ``propagate run`` does, into ``out_dir`` (whole or not at all)."""
+    if session.kind != "masks" or len(session.results) != session.num_frames:
+        raise PropagateError("nothing to export: add a mask keyframe and propagate first")
+    formats = check_formats(formats)
+    folder = ResultsFolder(out_dir, inputs=[session.source.path, *inputs], overwrite=overwrite)
+    objects = sorted({o for r in session.results.values() if r.keyframe and r.mask is not None
+                      for o in object_ids(r.mask)})
+    results = ((frame, session.results[frame.index].mask, session.results[frame.index].confidence,
+                session.results[frame.index].keyframe) for frame in session.source)
+    with folder as out:
+        rows = write_mask_results(out, session.source, results, objects, formats,
+                                  session.extractor.describe() if render else None)
+        atomic_write_json(out / RUN_INFO, run_record(session.config, session.extractor, video=str(session.source.path),
+                                                     keyframes=session.keyframes, formats=list(formats)))
+        folder.summary = {"frames": len(rows) - 1}
+    return {"frames": len(rows) - 1, "out": str(out_dir), "check_first": least_confident(rows)}
 
 
 def run_points(
@@ -478,7 +570,7 @@ class Unit:
 
     name: str
     video: Path
-    annotation: Path | np.ndarray | PointSet  # mask file or [H, W] indices; points file or PointSet
+    annotation: Path | np.ndarray | Mapping[int, np.ndarray] | PointSet  # mask file/folder, masks; points
     out: Path
     kind: str = "masks"
     render: bool = True
