@@ -141,9 +141,14 @@ def _all_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
 
 
+def _is_shared_place(path: Path) -> bool:
+    """The working directory, home or root: never a results folder unless empty."""
+    return _resolved(path) in (Path.cwd().resolve(), Path.home().resolve(), Path(_resolved(path).anchor))
+
+
 def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> None:
     """Everything about an output folder that can be checked before writing (see the module docstring)."""
-    path = Path(target)
+    path = Path(target).expanduser()
     check_not_input(path, inputs)
     if path.exists() and not path.is_dir():
         raise PropagateError(f"output {path} exists and is not a folder: choose another --out")
@@ -152,9 +157,8 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
     present = _all_files(path)
     if not present and not any(path.iterdir()):
         return
-    out = _resolved(path)
-    if out in (Path.cwd().resolve(), Path.home().resolve(), Path(out.anchor)):
-        raise PropagateError(f"output {path} is {out} (the working directory, home or root) and is not empty: "
+    if _is_shared_place(path):
+        raise PropagateError(f"output {path} is {_resolved(path)} (the working directory, home or root) and is not empty: "
                              "give a new folder for the results, e.g. --out results/")
     ours = written_files(path)
     if ours is None:
@@ -230,7 +234,7 @@ class ResultsFolder:
     """
 
     def __init__(self, target: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False):
-        self.target = Path(target)
+        self.target = Path(target).expanduser()
         check_output(self.target, inputs, overwrite)
         self.staging: Path | None = None
         self.summary: JSON = {}
@@ -320,11 +324,14 @@ class ResumableRun:
     """
 
     def __init__(self, out: str | Path, *, inputs: Sequence[str | Path], info: JSON, keys: Sequence[str]):
-        self.out = Path(out)
+        self.out = Path(out).expanduser()
         self.inputs = list(inputs)
         check_not_input(self.out, self.inputs)
         if self.out.exists() and not self.out.is_dir():
             raise PropagateError(f"output {self.out} exists and is not a folder: choose another --out")
+        if _is_shared_place(self.out) and any(self.out.iterdir()) and not (self.out / RUN_INFO).is_file():
+            raise PropagateError(f"output {self.out} is {_resolved(self.out)} (the working directory, home or root) "
+                                 "and is not empty: give a new folder for the results, e.g. --out results/")
         self.info = info
         record = self.out / RUN_INFO
         if record.is_file():
