@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import secrets
@@ -50,6 +51,7 @@ COMPLETE = ".complete"  # the manifest of a finished results folder, written las
 RUN_INFO = "run_info.json"  # what produced the results
 STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
 STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id>
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failures that can only come from writing
 
 JSON = dict[str, object]
 
@@ -248,13 +250,17 @@ class ResultsFolder:
     def __enter__(self) -> Path:
         parent = self.target.parent
         missing = [p for p in [parent, *parent.parents] if not p.exists()]
-        parent.mkdir(parents=True, exist_ok=True)
-        self._created = missing  # deepest first: removed again if the run fails
-        remove_stale_staging(self.target)
-        self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
-        self.staging.mkdir()
-        atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                        "target": str(self.target)})
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._created = missing  # deepest first: removed again if the run fails
+            remove_stale_staging(self.target)
+            self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
+            self.staging.mkdir()
+            atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                            "target": str(self.target)})
+        except OSError as exc:
+            self._discard()
+            raise self._write_error(exc) from exc
         return self.staging
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -264,10 +270,21 @@ class ResultsFolder:
             try:
                 self._install()
                 return
-            except BaseException:
+            except BaseException as error:
                 self._discard()
+                if isinstance(error, OSError):
+                    raise self._write_error(error) from error
                 raise
         self._discard()
+        if isinstance(exc, OSError) and (exc.errno in WRITE_ERRNOS or str(exc.filename).startswith(str(self.staging))):
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: OSError) -> PropagateError:
+        """A failed write (read-only, no space, permission...) as one line naming the results folder."""
+        where = f" (at {exc.filename})" if exc.filename else ""
+        return PropagateError(f"cannot write results to {self.target}: {exc.strerror or exc}{where}; nothing was "
+                              "marked complete and earlier results there are untouched: fix this or choose another "
+                              "--out")
 
     def _discard(self) -> None:
         if self.staging is not None and self.staging.exists():

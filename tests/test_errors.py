@@ -55,7 +55,8 @@ class World:
         self.root = root
         self.frames, self.mask, _ = write_clip(root / "clip", num_frames=4, size=(64, 48))
         self.points = root / "clip" / "points.json"
-        self.points.write_text(json.dumps({"points": [{"name": "a", "x": 20, "y": 20}, {"name": "b", "x": 40, "y": 30}]}))
+        self.points.write_text(json.dumps({"points": [{"name": "a", "x": 20, "y": 20},
+                                                      {"name": "b", "x": 40, "y": 30}]}))
         self.out = root / "out"
         self.shared = shared
         self.home = root / "home"
@@ -109,9 +110,10 @@ def staging_left(root: Path) -> list[str]:
 
 
 def error_lines(err: str) -> list[str]:
-    """The non-progress lines of stderr."""
+    """The lines of stderr that are not progress-bar residue."""
     lines = [line.strip() for line in err.replace("\r", "\n").splitlines()]
-    return [line for line in lines if line and not PROGRESS.search(line)]
+    return [line for line in lines if line.startswith(("error: ", "note: ", "interrupted: "))
+            or (line and not PROGRESS.search(line))]
 
 
 def assert_one_error(code: int, err: str, expected_code: int = 2, needle: str | None = None) -> str:
@@ -177,6 +179,7 @@ class Case:
     code: int = 2
     cwd: bool = False  # run inside the world's working directory (which holds a user file)
     env: dict[str, str] = field(default_factory=dict)
+    missing: str | None = None  # a device the case needs this machine to lack (cuda, mps)
 
 
 def run(w: World, *extra: object, out: object = None, overwrite: bool = False) -> list:
@@ -310,16 +313,16 @@ CASES: list[Case] = [
     Case("config-unknown-section", lambda w: run(w, "--config", w.root / "bad.yaml"), "propagtion",
          setup=lambda w: w.file("bad.yaml", b"propagtion:\n  topk: 3\n")),
     # --- devices this machine lacks, for every extractor
-    Case("cuda-baseline", lambda w: run(w, "--device", "cuda"), "cuda"),
-    Case("mps-baseline", lambda w: run(w, "--device", "mps"), "mps"),
+    Case("cuda-baseline", lambda w: run(w, "--device", "cuda"), "cuda", missing="cuda"),
+    Case("mps-baseline", lambda w: run(w, "--device", "mps"), "mps", missing="mps"),
     Case("cuda-index-baseline", lambda w: run(w, "--set", "extractor.device=cuda:9"), "cuda:9"),
     Case("cuda-propagation-only", lambda w: run(w, "--set", "propagation.device=cuda:9"), "cuda:9"),
     Case("cuda-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
-                                    *SMALL, "--device", "cuda"], "cuda"),
+                                    *SMALL, "--device", "cuda"], "cuda", missing="cuda"),
     Case("mps-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
-                                   *SMALL, "--device", "mps"], "mps"),
+                                   *SMALL, "--device", "mps"], "mps", missing="mps"),
     Case("cuda-adm", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--features", "adm", "--model",
-                                w.shared["adm"], *SMALL, "--device", "cuda"], "cuda"),
+                                w.shared["adm"], *SMALL, "--device", "cuda"], "cuda", missing="cuda"),
     Case("model-missing", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model",
                                      w.root / "no_model", *SMALL], "no_model"),
     # --- run --points
@@ -355,7 +358,7 @@ CASES: list[Case] = [
     Case("davis-out-dot", lambda w: eval_davis(w, out="."), "working directory", cwd=True),
     Case("davis-split-not-utf8", lambda w: eval_davis(w, "--split", "bad"), "bad.txt",
          setup=lambda w: (w.davis / "ImageSets" / "2017" / "bad.txt").write_bytes(b"synth-0\xe9\n")),
-    Case("davis-cuda", lambda w: eval_davis(w, "--device", "cuda"), "cuda"),
+    Case("davis-cuda", lambda w: eval_davis(w, "--device", "cuda"), "cuda", missing="cuda"),
     # --- eval jhmdb
     Case("jhmdb-split-missing", lambda w: eval_jhmdb(w, split=w.root / "nolist.txt"), "nolist.txt"),
     Case("jhmdb-out-in-root", lambda w: eval_jhmdb(w, out=w.jhmdb / "Rename_Images"), "lies inside the input"),
@@ -382,7 +385,7 @@ CASES: list[Case] = [
     Case("extract-out-user-folder", lambda w: ["extract", w.frames, "--out", w.cwd, "--features", "baseline"],
          "not a feature cache"),
     Case("extract-cuda", lambda w: ["extract", w.frames, "--out", w.root / "cache", "--features", "baseline",
-                                    "--device", "cuda"], "cuda"),
+                                    "--device", "cuda"], "cuda", missing="cuda"),
     Case("extract-other-settings", lambda w: ["extract", w.frames, "--out", w.root / "cache", "--features", "baseline",
                                               "--set", "resize.short_side=40"], "other feature settings",
          setup=lambda w: main(["extract", str(w.frames), "--out", str(w.root / "cache"), "--features", "baseline",
@@ -390,8 +393,16 @@ CASES: list[Case] = [
 ]
 
 
+def device_available(kind: str) -> bool:
+    import torch
+
+    return torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_every_failure_is_one_line_and_loses_nothing(case: Case, shared, tmp_path, capsys, monkeypatch):
+    if case.missing is not None and device_available(case.missing):
+        pytest.skip(f"this machine has {case.missing}: the case needs it missing")
     world = World(tmp_path, shared)
     if case.setup is not None:
         case.setup(world)
@@ -409,3 +420,214 @@ def test_every_failure_is_one_line_and_loses_nothing(case: Case, shared, tmp_pat
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 40
+
+
+# ---------------------------------------------------------------------------------------------- --debug
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from propagate.errors import PropagateError
+
+    args = ["run", str(tmp_path / "nowhere"), "--mask", "m.png", "--out", str(tmp_path / "o")]
+    with pytest.raises(PropagateError, match="nowhere"):
+        main(["--debug", *args])
+    monkeypatch.setenv("PROPAGATE_DEBUG", "1")
+    with pytest.raises(PropagateError, match="nowhere"):
+        main(args)
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def test_a_black_and_white_mask_reads_255_as_object_1_with_a_note(tmp_path, capsys):
+    truth = (read_mask(write_clip(tmp_path, num_frames=2, size=(64, 48))[1]) == 1)
+    Image.fromarray(truth.astype(np.uint8) * 255, mode="L").save(tmp_path / "bw.png")
+    mask = read_mask(tmp_path / "bw.png")
+    assert mask.dtype == np.uint8 and np.array_equal(mask, truth.astype(np.uint8))
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("note: ") and "bw.png" in lines[0] and "object 1" in lines[0]
+    # indices with void stay as they are: 0, 1 and 255 is not a black-and-white mask
+    Image.fromarray(np.where(truth, 1, 255).astype(np.uint8), mode="L").save(tmp_path / "void.png")
+    assert set(np.unique(read_mask(tmp_path / "void.png"))) == {1, 255}
+    assert capsys.readouterr().err == ""
+
+
+def test_a_lossy_mask_is_refused_whatever_its_name(tmp_path):
+    from propagate.errors import PropagateError
+
+    Image.new("L", (8, 8)).save(tmp_path / "looks.png", format="JPEG")
+    Image.new("P", (8, 8)).save(tmp_path / "m.webp", format="WEBP", lossless=True)
+    for name in ("looks.png", "m.webp"):
+        with pytest.raises(PropagateError, match="save it as PNG"):
+            read_mask(tmp_path / name)
+
+
+# ---------------------------------------------------------------------------------------------- faults
+
+
+def _mount(what: list[str], where: Path) -> str | None:
+    """Run ``mount WHAT WHERE``; the reason it failed, or None."""
+    if os.geteuid() != 0:
+        return "not root: cannot mount"
+    if shutil.which("mount") is None:
+        return "no mount command"
+    done = subprocess.run(["mount", *what, str(where)], capture_output=True, text=True)
+    return None if done.returncode == 0 else f"mount {' '.join(what)} failed: {done.stderr.strip()}"
+
+
+def _umount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], check=False, capture_output=True)
+
+
+def _console(args: list, env: dict[str, str] | None = None, script: str | None = None) -> subprocess.Popen:
+    """``python -m propagate.cli ARGS`` (or ``python -c SCRIPT ARGS``), as a user's console runs it."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "propagate.cli"] if script is None else [sys.executable, "-c", script]
+    return subprocess.Popen([*command, *[str(a) for a in args]], env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _read_only_view(source: Path, view: Path) -> str | None:
+    """Make ``view`` a read-only view of ``source``: a read-only bind mount as root (root ignores file modes), else
+    ``chmod`` of ``source`` and a symlink. The reason it could not, or None."""
+    if os.geteuid() != 0:
+        view.symlink_to(source)
+        source.chmod(0o555)
+        return None
+    view.mkdir()
+    reason = _mount(["--bind", str(source)], view)
+    if reason is None and _mount(["-o", "remount,bind,ro"], view) is not None:
+        _umount(view)
+        reason = "remount read-only failed"
+    return reason
+
+
+def _undo_read_only_view(source: Path, view: Path) -> None:
+    if os.geteuid() != 0:
+        source.chmod(0o755)
+    else:
+        _umount(view)
+
+
+def test_console_prints_one_line_for_a_bad_value_and_a_read_only_folder(shared, tmp_path):
+    """The real console path (``python -m propagate.cli``): a bad ``--set`` value, and ``--overwrite`` of results in
+    a read-only folder, each give one line and status 2, and change nothing."""
+    world = World(tmp_path, shared)
+    store = world.results(tmp_path / "store" / "out").parent
+    ro = tmp_path / "ro"
+    reason = _read_only_view(store, ro)
+    try:
+        before, marks_before = checksums(tmp_path), marks(tmp_path)
+        bad = _console(run(world, "--set", "propagation.topk=abc"))
+        read_only = None if reason else _console(run(world, out=ro / "out", overwrite=True))
+        _, err = bad.communicate(timeout=120)
+        assert_one_error(bad.returncode, err, 2, "propagation.topk='abc'")
+        if read_only is not None:
+            _, err = read_only.communicate(timeout=120)
+            assert_one_error(read_only.returncode, err, 2, "ead-only file system" if os.geteuid() == 0 else "ermission")
+        assert_nothing_lost(tmp_path, before, marks_before)
+    finally:
+        if reason is None:
+            _undo_read_only_view(store, ro)
+    if reason:
+        print(f"SKIPPED part: read-only folder not tested: {reason}")
+        pytest.skip(f"read-only folder not tested: {reason}")
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_results_survive(shared, tmp_path, capsys):
+    """A 64 KiB tmpfs holds earlier results and a user's file that fills it: ``--overwrite`` fails with one line and
+    leaves both as they were; a new folder there fails the same way and leaves nothing."""
+    world = World(tmp_path, shared)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    reason = _mount(["-t", "tmpfs", "-o", "size=64k", "tmpfs"], disk)
+    if reason:
+        print(f"SKIPPED: full disk not tested: {reason}")
+        pytest.skip(f"full disk not tested: {reason}")
+    try:
+        world.results(disk / "out")
+        stat = os.statvfs(disk)
+        (disk / "filler.bin").write_bytes(b"x" * max(0, stat.f_bavail * stat.f_frsize - 4096))  # one page left
+        capsys.readouterr()
+        before, marks_before = checksums(tmp_path), marks(tmp_path)
+        for out, overwrite in ((disk / "out", True), (disk / "new", False)):
+            code = cli(run(world, out=out, overwrite=overwrite))
+            assert_one_error(code, capsys.readouterr().err, 2, "No space left on device")
+            assert_nothing_lost(tmp_path, before, marks_before)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler.bin", "out"]
+    finally:
+        _umount(disk)
+
+
+# ---------------------------------------------------------------------------------------------- kill, then rerun
+
+# The CLI with each mask write slowed down, so that a signal reliably lands mid-run.
+SLOW_CLI = """
+import sys, time
+import propagate.runs as runs
+write = runs.write_mask
+def slow_write(path, mask):
+    write(path, mask)
+    time.sleep(0.25)
+runs.write_mask = slow_write
+from propagate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def same_results(a: Path, b: Path) -> None:
+    """Two results folders hold the same files, byte for byte (``run_info.json``: all but the date and command)."""
+    files_a, files_b = checksums(a), checksums(b)
+    assert sorted(files_a) == sorted(files_b)
+    for name in files_a:
+        if Path(name).name == "run_info.json":
+            info_a, info_b = (json.loads((folder / name).read_text()) for folder in (a, b))
+            for info in (info_a, info_b):
+                del info["date"], info["command"]
+            assert info_a == info_b, name
+        else:
+            assert files_a[name] == files_b[name], name
+
+
+def _wait_for_partial_results(parent: Path, frames: int = 2, timeout: float = 60.0) -> None:
+    """Until a staging folder under ``parent`` holds ``frames`` masks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(len(list(s.rglob("*.png"))) >= frames for s in parent.rglob(f".*{STAGING_TAG}*") if s.is_dir()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the slowed-down run wrote no partial results in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_killed_run_leaves_earlier_results_and_a_rerun_equals_an_uninterrupted_one(sig, shared, tmp_path, capsys):
+    world = World(tmp_path, shared)
+    for index in range(4, 10):  # 10 frames
+        shutil.copy(world.frames / f"{index % 4:05d}.jpg", world.frames / f"{index:05d}.jpg")
+    args = ["run", world.frames, "--mask", world.mask, "--out", world.out, "--features", "baseline", *SMALL,
+            "--overwrite"]
+    world.results(world.out, "--topk", "3")  # earlier results, made with other settings
+    reference = tmp_path / "reference"
+    assert cli([*args[:5], reference, *args[6:-1]]) == 0
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+
+    process = _console(args, script=SLOW_CLI)
+    _wait_for_partial_results(tmp_path)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert process.returncode == 130 and "Traceback" not in err, err
+        lines = error_lines(err)
+        assert len(lines) == 1 and lines[0].startswith("interrupted: "), err
+        ERRORS.append(lines[0])
+        assert_nothing_lost(tmp_path, before, marks_before)
+    else:
+        assert process.returncode == -signal.SIGKILL
+        staging = staging_left(tmp_path)
+        assert len(staging) == 1  # a kill leaves its staging folder (marked in progress): the next run removes it
+        left = {k: v for k, v in checksums(tmp_path).items() if not k.startswith(staging[0] + "/")}
+        assert left == before and marks(tmp_path) == marks_before
+    capsys.readouterr()
+    assert cli(args) == 0  # the rerun
+    assert not staging_left(tmp_path)
+    same_results(world.out, reference)
