@@ -219,6 +219,11 @@ def jpeg_mask(w: World) -> None:
     Image.fromarray((mask * 100).astype(np.uint8), mode="L").save(w.root / "first.jpg", quality=90)
 
 
+def make_cache(w: World) -> None:
+    """A feature cache of the clip in ``w.root / "cache"``."""
+    assert cli(["extract", w.frames, "--out", w.root / "cache", "--features", "baseline", *SMALL]) == 0
+
+
 def not_utf8(w: World) -> None:
     w.file("bad.yaml", "features: baseline\n# caf\xe9\n".encode("latin-1"))
 
@@ -264,12 +269,10 @@ CASES: list[Case] = [
     Case("out-user-folder", lambda w: run(w, out=w.cwd, overwrite=True), "draft.txt"),
     Case("out-is-a-file", lambda w: run(w, out=w.cwd / "draft.txt"), "not a folder"),
     Case("out-is-cache", lambda w: run(w, "--cache", w.root / "cache", out=w.root / "cache"), "is the input",
-         setup=lambda w: main(["extract", str(w.frames), "--out", str(w.root / "cache"), "--features", "baseline",
-                               *SMALL])),
+         setup=make_cache),
     Case("out-inside-cache", lambda w: run(w, "--cache", w.root / "cache", out=w.root / "cache" / "r"),
          "lies inside the input",
-         setup=lambda w: main(["extract", str(w.frames), "--out", str(w.root / "cache"), "--features", "baseline",
-                               *SMALL])),
+         setup=make_cache),
     # --- run: earlier results
     Case("results-without-overwrite", lambda w: run(w), "--overwrite", setup=lambda w: w.results()),
     Case("overwrite-foreign-file", lambda w: run(w, overwrite=True), "notes.txt",
@@ -297,7 +300,9 @@ CASES: list[Case] = [
     Case("set-bad-yaml", lambda w: run(w, "--set", "resize.size=[1,"), "not valid YAML"),
     Case("set-window-bool", lambda w: run(w, "--set", "propagation.minmax_norm=maybe"), "minmax_norm"),
     Case("batch-frames-0", lambda w: run(w, "--batch-frames", "0"), "batch_frames"),
-    Case("seed-negative", lambda w: run(w, "--seed=-1"), "seed"),
+    Case("seed-negative", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
+                                     *SMALL, "--seed=-1"], "seed=-1"),
+    Case("seed-for-baseline", lambda w: run(w, "--seed=1"), "no option(s) seed"),
     Case("sigma-nan", lambda w: points(w, "--set", "keypoints.sigma=.nan"), "keypoints.sigma"),
     Case("set-device-typo", lambda w: run(w, "--set", "extractor.device=cdua"), "cdua"),
     Case("features-unknown", lambda w: run(w, "--features", "nope"), "nope"),
@@ -388,8 +393,7 @@ CASES: list[Case] = [
                                     "--device", "cuda"], "cuda", missing="cuda"),
     Case("extract-other-settings", lambda w: ["extract", w.frames, "--out", w.root / "cache", "--features", "baseline",
                                               "--set", "resize.short_side=40"], "other feature settings",
-         setup=lambda w: main(["extract", str(w.frames), "--out", str(w.root / "cache"), "--features", "baseline",
-                               *SMALL])),
+         setup=make_cache),
 ]
 
 
