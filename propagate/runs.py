@@ -160,8 +160,8 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
     if not present and not any(path.iterdir()):
         return
     if _is_shared_place(path):
-        raise PropagateError(f"output {path} is {_resolved(path)} (the working directory, home or root) and is not empty: "
-                             "give a new folder for the results, e.g. --out results/")
+        raise PropagateError(f"output {path} is {_resolved(path)} (the working directory, home or root) and is not "
+                             "empty: give a new folder for the results, e.g. --out results/")
     ours = written_files(path)
     if ours is None:
         first = present[0] if present else next(iter(sorted(p.name for p in path.iterdir())))
@@ -319,7 +319,11 @@ class ResultsFolder:
             os.replace(staging / COMPLETE, target / COMPLETE)
             staging.rmdir()
             return
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            os.rename(aside, target)  # the earlier results go back where they were
+            raise
         _remove_listed(aside, [*earlier, COMPLETE])
 
 

@@ -635,3 +635,26 @@ def test_a_killed_run_leaves_earlier_results_and_a_rerun_equals_an_uninterrupted
     assert cli(args) == 0  # the rerun
     assert not staging_left(tmp_path)
     same_results(world.out, reference)
+
+
+def test_a_failure_while_moving_new_results_into_place_puts_the_earlier_ones_back(shared, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """The last step of ``--overwrite`` sets the earlier results aside, then moves the new ones in; if that move
+    fails (here: an injected EIO), the earlier results go back, and nothing is left for a later run to delete."""
+    import errno
+
+    world = World(tmp_path, shared)
+    world.results(world.out, "--topk", "3")
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if STAGING_TAG in Path(src).name and not Path(src).name.endswith("-old") and Path(dst) == world.out:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        rename(src, dst)
+
+    capsys.readouterr()
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+    monkeypatch.setattr(os, "rename", failing_rename)
+    assert_one_error(cli(run(world, overwrite=True)), capsys.readouterr().err, 2, "Input/output error")
+    assert_nothing_lost(tmp_path, before, marks_before)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
