@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
@@ -48,7 +48,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble-size", type=int, help="noised copies averaged per frame")
     g.add_argument("--prompt", help="text prompt for DIFT-SD (default empty)")
     g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="UNet precision")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for extraction and propagation")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="device for extraction and propagation")
     g.add_argument("--seed", type=int, help="seed of the diffusion noise")
     g.add_argument("--batch-size", type=int, help="max UNet samples per forward pass (speed only)")
     g.add_argument("--batch-frames", type=int, help="frames extracted together (speed only)")
@@ -170,8 +170,15 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(f"cached features of {summary['frames']} frames in {args.out}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported like every other failure: one ``error:`` line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="propagate", description="Carry first-frame labels through a video with DIFT features.")
+    parser = OneLineParser(prog="propagate", description="Carry first-frame labels through a video with DIFT features.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also PROPAGATE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -6,6 +6,7 @@ become a mask at native size again (:func:`labels_to_mask`).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from propagate.errors import PropagateError
 from propagate.io import atomic_path
 
 VOID = 255
+LOSSY_FORMATS = {"JPEG", "MPO", "WEBP", "JPEG2000"}  # PIL format names of masks refused as lossy
 
 
 def _davis_palette() -> np.ndarray:
@@ -43,16 +45,28 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
 
     Accepts an indexed PNG (mode P), a greyscale PNG of indices (mode L), or an RGB(A) PNG drawn with DAVIS palette
     colours (mapped back to indices). ``size_wh`` (W, H), if given, must match the mask's size.
+
+    Refused: a lossy file (JPEG, WebP, JPEG 2000: compression noise would become objects), with the advice to save it
+    as PNG. A greyscale (mode L) mask holding only 0 and 255 is a binary mask saved as black and white: 255 is read
+    as object 1 (read as void it would label nothing), with a one-line ``note:`` on stderr.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PropagateError(f"mask {path} is a folder: give the first frame's label PNG (a file) with --mask")
     if not path.is_file():
         raise PropagateError(f"mask {path} does not exist: give the first frame's label PNG with --mask")
     try:
         with Image.open(path) as img:
+            if img.format in LOSSY_FORMATS:
+                raise PropagateError(f"mask {path} is a {img.format} file, whose lossy compression turns edges into "
+                                     "stray labels: save it as PNG (indexed or greyscale, 0 = background, 1..N = objects)")
             img.load()
             mode = img.mode
             if mode in ("P", "L"):
                 mask = np.array(img, dtype=np.uint8)
+                if mode == "L" and VOID in mask and set(np.unique(mask).tolist()) <= {0, VOID}:
+                    print(f"note: mask {path} is black and white (0/255): reading 255 as object 1", file=sys.stderr)
+                    mask = (mask == VOID).astype(np.uint8)
             elif mode == "1":
                 mask = np.array(img, dtype=np.uint8)
             elif mode in ("RGB", "RGBA"):

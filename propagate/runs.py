@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import secrets
@@ -52,6 +53,7 @@ COMPLETE = ".complete"  # the manifest of a finished results folder, written las
 RUN_INFO = "run_info.json"  # what produced the results
 STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
 STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id>
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failures that can only come from writing
 
 JSON = dict[str, object]
 
@@ -143,9 +145,14 @@ def _all_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
 
 
+def _is_shared_place(path: Path) -> bool:
+    """The working directory, home or root: never a results folder unless empty."""
+    return _resolved(path) in (Path.cwd().resolve(), Path.home().resolve(), Path(_resolved(path).anchor))
+
+
 def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> None:
     """Everything about an output folder that can be checked before writing (see the module docstring)."""
-    path = Path(target)
+    path = Path(target).expanduser()
     check_not_input(path, inputs)
     if path.exists() and not path.is_dir():
         raise PropagateError(f"output {path} exists and is not a folder: choose another --out")
@@ -154,10 +161,9 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
     present = _all_files(path)
     if not present and not any(path.iterdir()):
         return
-    out = _resolved(path)
-    if out in (Path.cwd().resolve(), Path.home().resolve(), Path(out.anchor)):
-        raise PropagateError(f"output {path} is {out} (the working directory, home or root) and is not empty: "
-                             "give a new folder for the results, e.g. --out results/")
+    if _is_shared_place(path):
+        raise PropagateError(f"output {path} is {_resolved(path)} (the working directory, home or root) and is not "
+                             "empty: give a new folder for the results, e.g. --out results/")
     ours = written_files(path)
     if ours is None:
         first = present[0] if present else next(iter(sorted(p.name for p in path.iterdir())))
@@ -232,7 +238,7 @@ class ResultsFolder:
     """
 
     def __init__(self, target: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False):
-        self.target = Path(target)
+        self.target = Path(target).expanduser()
         check_output(self.target, inputs, overwrite)
         self.staging: Path | None = None
         self.summary: JSON = {}
@@ -246,13 +252,17 @@ class ResultsFolder:
     def __enter__(self) -> Path:
         parent = self.target.parent
         missing = [p for p in [parent, *parent.parents] if not p.exists()]
-        parent.mkdir(parents=True, exist_ok=True)
-        self._created = missing  # deepest first: removed again if the run fails
-        remove_stale_staging(self.target)
-        self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
-        self.staging.mkdir()
-        atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                        "target": str(self.target)})
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._created = missing  # deepest first: removed again if the run fails
+            remove_stale_staging(self.target)
+            self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
+            self.staging.mkdir()
+            atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                            "target": str(self.target)})
+        except OSError as exc:
+            self._discard()
+            raise self._write_error(exc) from exc
         return self.staging
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -262,10 +272,21 @@ class ResultsFolder:
             try:
                 self._install()
                 return
-            except BaseException:
+            except BaseException as error:
                 self._discard()
+                if isinstance(error, OSError):
+                    raise self._write_error(error) from error
                 raise
         self._discard()
+        if isinstance(exc, OSError) and (exc.errno in WRITE_ERRNOS or str(exc.filename).startswith(str(self.staging))):
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: OSError) -> PropagateError:
+        """A failed write (read-only, no space, permission...) as one line naming the results folder."""
+        where = f" (at {exc.filename})" if exc.filename else ""
+        return PropagateError(f"cannot write results to {self.target}: {exc.strerror or exc}{where}; nothing was "
+                              "marked complete and earlier results there are untouched: fix this or choose another "
+                              "--out")
 
     def _discard(self) -> None:
         if self.staging is not None and self.staging.exists():
@@ -300,7 +321,11 @@ class ResultsFolder:
             os.replace(staging / COMPLETE, target / COMPLETE)
             staging.rmdir()
             return
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            os.rename(aside, target)  # the earlier results go back where they were
+            raise
         _remove_listed(aside, [*earlier, COMPLETE])
 
 
@@ -322,11 +347,14 @@ class ResumableRun:
     """
 
     def __init__(self, out: str | Path, *, inputs: Sequence[str | Path], info: JSON, keys: Sequence[str]):
-        self.out = Path(out)
+        self.out = Path(out).expanduser()
         self.inputs = list(inputs)
         check_not_input(self.out, self.inputs)
         if self.out.exists() and not self.out.is_dir():
             raise PropagateError(f"output {self.out} exists and is not a folder: choose another --out")
+        if _is_shared_place(self.out) and any(self.out.iterdir()) and not (self.out / RUN_INFO).is_file():
+            raise PropagateError(f"output {self.out} is {_resolved(self.out)} (the working directory, home or root) "
+                                 "and is not empty: give a new folder for the results, e.g. --out results/")
         self.info = info
         record = self.out / RUN_INFO
         if record.is_file():

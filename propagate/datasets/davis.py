@@ -34,7 +34,9 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
-from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, read_json, result_settings, run_record, run_units
+from propagate.runs import (
+    RUN_INFO, ResumableRun, Runner, Unit, check_not_input, read_json, result_settings, run_record, run_units,
+)
 from propagate.video import IMAGE_SUFFIXES, natural_key
 
 RESOLUTION = "480p"
@@ -69,7 +71,12 @@ class DavisDataset:
             known = sorted(p.stem for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
             raise PropagateError(f"split file {split_file} not found: choose a split that exists "
                                  f"({', '.join(known) or 'none in ImageSets/2017'})")
-        self.sequences = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        try:
+            text = split_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise PropagateError(f"split file {split_file} is not UTF-8 text (byte {exc.start}): give one sequence "
+                                 "name per line") from None
+        self.sequences = [line.strip() for line in text.splitlines() if line.strip()]
         if not self.sequences:
             raise PropagateError(f"split file {split_file} lists no sequences")
         self.annotation_root = self.root / "Annotations" / resolution
@@ -186,6 +193,7 @@ def score_davis(root: str | Path, results: str | Path, split: str = "val",
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     results = Path(results)
+    check_not_input(results, [dataset.root])  # the CSVs are written into the results folder
     if not results.is_dir():
         raise PropagateError(f"results folder {results} does not exist: pass the folder that holds one "
                              "subfolder of PNGs per sequence")

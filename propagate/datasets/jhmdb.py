@@ -86,7 +86,12 @@ def read_split(split_file: str | Path, root: str | Path) -> list[JhmdbVideo]:
         raise PropagateError(f"JHMDB root {root} does not exist: pass the folder that holds {IMAGES} and {JOINTS}")
     official = re.fullmatch(r"(.+)_test_split\d+\.txt", split_file.name)
     videos: list[JhmdbVideo] = []
-    for lineno, raw in enumerate(split_file.read_text().splitlines(), start=1):
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PropagateError(f"split list {split_file} is not UTF-8 text (byte {exc.start}): give a text file of "
+                             "<class>/<video> lines") from None
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
