@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
-                             render=not args.no_video, cache=cache, inputs=inputs)
+                             render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 

@@ -58,18 +58,14 @@ def run_masks(
     :class:`propagate.cache.FeatureCache`) supplies stored features instead of extracting them. For keyframes on
     other frames, use :class:`propagate.session.Session`.
     """
-    for frame, mask, _confidence in iter_masks(video, first_mask, config, extractor, cache, progress):
+    for frame, mask, _confidence in iter_masks(video, first_mask, config, extractor=extractor, cache=cache,
+                                               progress=progress):
         yield frame, mask
 
 
-def iter_masks(
-    video: str | Path | VideoSource,
-    first_mask: np.ndarray,
-    config: Config,
-    extractor: FeatureExtractor | None = None,
-    cache: FeatureStore | None = None,
-    progress: bool = True,
-) -> Iterator[tuple[Frame, np.ndarray, dict[int, float]]]:
+def iter_masks(video: str | Path | VideoSource, first_mask: np.ndarray, config: Config, *,
+               extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None,
+               progress: bool = True) -> Iterator[tuple[Frame, np.ndarray, dict[int, float]]]:
     """:func:`run_masks` with each frame's confidence per object (:func:`propagate.labels.decode_mask`; 1 on
     frame 0): ``(frame, mask [H, W] uint8, {object: confidence})``."""
     source = as_source(video)

@@ -42,7 +42,7 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, check_processing_size
 from propagate.coco import CocoVideoWriter
 from propagate.io import atomic_write_json, atomic_write_text
-from propagate.keypoints import PointSet, check_points_inside, points_record, read_points
+from propagate.keypoints import PointSet, check_points_inside, points_record, read_point_keyframes
 from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
 from propagate.pipeline import KeypointTracker, check_length, iter_masks, resolve_direction, track_points
 from propagate.render import OverlayWriter, caption, draw_points, overlay_mask
@@ -343,7 +343,8 @@ class ResumableRun:
 
     The constructor checks the folder (not an input; an existing ``run_info.json`` must be ours and agree with
     ``info`` on ``keys``, so results made with other settings are never mixed). :meth:`done` says whether a unit is
-    finished (a unit folder holding files we did not write is refused, never emptied); :meth:`unit` writes one.
+    finished (a unit folder holding files we did not write is refused, never emptied); :meth:`run` records what
+    produces the results and runs the pending units.
     """
 
     def __init__(self, out: str | Path, *, inputs: Sequence[str | Path], info: JSON, keys: Sequence[str]):
@@ -356,6 +357,9 @@ class ResumableRun:
             raise PropagateError(f"output {self.out} is {_resolved(self.out)} (the working directory, home or root) "
                                  "and is not empty: give a new folder for the results, e.g. --out results/")
         self.info = info
+        self._check(info, keys)
+
+    def _check(self, info: JSON, keys: Sequence[str]) -> None:
         record = self.out / RUN_INFO
         if record.is_file():
             old = read_json(record, "run record")
@@ -378,6 +382,25 @@ class ResumableRun:
             return True
         check_output(folder, self.inputs, overwrite=False)  # absent or empty, or an error naming a foreign file
         return False
+
+    def run(self, units: Sequence["Unit"], config: Config, extractor: FeatureExtractor | None,
+            cache: FeatureStore | None, progress: bool, runner: "Runner | None" = None, **record: object) -> None:
+        """Record what produces the results in ``run_info.json`` (``record`` adds to :func:`run_record`), then run
+        the pending ``units`` with ``runner`` (default :func:`run_units`).
+
+        The extractor is built only when a unit needs it or nothing is recorded yet; its settings must agree with an
+        earlier record. When every unit is done, the earlier record is kept as it was.
+        """
+        if extractor is None and (units or not (self.out / RUN_INFO).is_file()):
+            extractor = build_extractor(config.features, config.extractor)
+        if extractor is not None:
+            info = run_record(config, extractor, features=extractor.name, extractor_description=extractor.describe(),
+                              settings=self.info.get("settings"), **record)
+            self._check(info, ["settings", "extractor", "features"])
+            self.record(info)
+        else:
+            self.info = read_json(self.out / RUN_INFO, "run record")
+        (runner or run_units)(units, config, extractor, cache, progress)
 
 
 # ---------------------------------------------------------------------------------------------- the run jobs
@@ -422,6 +445,18 @@ def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskRes
     atomic_write_text(out / CONFIDENCE_CSV, "\n".join(",".join(r) for r in rows) + "\n")
     if coco is not None:
         atomic_write_json(out / COCO_JSON, coco.to_json())
+    return rows
+
+
+def _write_masks_folder(folder: ResultsFolder, source: VideoSource, results: Iterable[MaskResult],
+                        objects: Sequence[int], formats: Sequence[str], overlay_text: str | None, config: Config,
+                        extractor: FeatureExtractor, **record: object) -> list[list[str]]:
+    """Write a masks results set (:func:`write_mask_results`) and its ``run_info.json`` into ``folder``, whole."""
+    with folder as out:
+        rows = write_mask_results(out, source, results, objects, formats, overlay_text)
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(source.path),
+                                                     formats=list(formats), **record))
+        folder.summary = {"frames": len(rows) - 1}
     return rows
 
 
@@ -483,19 +518,16 @@ def run_video(
     if list(keyframes) == [0] and not backward:
         results: Iterable[MaskResult] = (
             (frame, m, confidence, frame.index == 0)
-            for frame, m, confidence in iter_masks(source, keyframes[0], config, extractor, cache, progress))
+            for frame, m, confidence in iter_masks(source, keyframes[0], config, extractor=extractor,
+                                                          cache=cache, progress=progress))
     else:
         session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
         for index, keyframe in keyframes.items():
             session.add_mask(index, keyframe)
         results = ((frame, r.mask, r.confidence, r.keyframe)
                    for frame, (_, r) in zip(source, session.propagate(direction)))
-    with folder as out:
-        rows = write_mask_results(out, source, results, objects, formats, text if render else None)
-        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
-                                                     mask=None if given else str(mask), keyframes=list(keyframes),
-                                                     direction=direction, formats=list(formats)))
-        folder.summary = {"frames": len(rows) - 1}
+    rows = _write_masks_folder(folder, source, results, objects, formats, text if render else None, config, extractor,
+                               mask=None if given else str(mask), keyframes=list(keyframes), direction=direction)
     out = Path(out_dir)
     return {"frames": len(rows) - 1, "out": str(out), "overlay": str(out / "overlay.mp4") if render else None,
             "features": text, "keyframes": list(keyframes), "check_first": least_confident(rows)}
@@ -512,70 +544,74 @@ def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[s
                       for o in object_ids(r.mask)})
     results = ((frame, session.results[frame.index].mask, session.results[frame.index].confidence,
                 session.results[frame.index].keyframe) for frame in session.source)
-    with folder as out:
-        rows = write_mask_results(out, session.source, results, objects, formats,
-                                  session.extractor.describe() if render else None)
-        atomic_write_json(out / RUN_INFO, run_record(session.config, session.extractor, video=str(session.source.path),
-                                                     keyframes=session.keyframes, formats=list(formats)))
-        folder.summary = {"frames": len(rows) - 1}
+    rows = _write_masks_folder(folder, session.source, results, objects, formats,
+                               session.extractor.describe() if render else None, session.config, session.extractor,
+                               keyframes=session.keyframes)
     return {"frames": len(rows) - 1, "out": str(out_dir), "check_first": least_confident(rows)}
 
 
-def run_points(
-    video: str | Path,
-    points: str | Path | PointSet,
-    out_dir: str | Path,
-    config: Config,
-    *,
-    extractor: FeatureExtractor | None = None,
-    cache: FeatureStore | None = None,
-    overwrite: bool = False,
-    render: bool = True,
-    progress: bool = True,
-    inputs: Sequence[str | Path] = (),
-    extra: Mapping[str, object] | None = None,
-) -> JSON:
+def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | Path, config: Config, *,
+               extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None, overwrite: bool = False,
+               render: bool = True, progress: bool = True, inputs: Sequence[str | Path] = (),
+               extra: Mapping[str, object] | None = None, direction: str | None = None) -> JSON:
     """The ``propagate run --points`` job: ``points.json`` (format: :mod:`propagate.keypoints`), ``overlay.mp4``,
     ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
 
-    ``points`` is a points file or a :class:`PointSet` of the first frame; ``extra`` adds keys to ``points.json``.
+    ``points`` is a points file (frame 0's points, or points on several keyframes:
+    :func:`propagate.keypoints.read_point_keyframes`) or a :class:`PointSet` of the first frame; ``extra`` adds keys
+    to ``points.json``. Keyframes other than frame 0 go through a :class:`propagate.session.Session`.
 
-    Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features"}``.
+    Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features", "keyframes"}``.
     """
     source = open_video(video)
-    given = points if isinstance(points, PointSet) else read_points(points)
-    if not isinstance(points, PointSet):
-        check_points_inside(given, source.native_size, points)
+    if isinstance(points, PointSet):
+        given, keyframes = points, {0: points.xy}
+    else:
+        given, keyframes = read_point_keyframes(points, source.names)
+        for index, xy in keyframes.items():
+            check_points_inside(PointSet(given.names, xy), source.native_size, f"{points} (frame {source.names[index]})")
     check_length(source)
+    direction = direction or config.keyframes.direction
+    _, backward = resolve_direction(direction, list(keyframes), len(source))
     paths = [video, *([points] if not isinstance(points, PointSet) else []), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
     check_processing_size(source, extractor, config.resize)
     text = extractor.describe()
-    tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size)
+    if list(keyframes) == [0] and not backward:
+        tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size)
+        stream = ((f, xy, conf) for f, xy, conf in track_points(source, given.xy, config, extractor, cache, progress, tracker))
+    else:
+        session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
+        for index, xy in keyframes.items():
+            session.add_points(index, xy, given.names)
+        stream = ((f, r.xy, np.array([r.confidence[n] for n in given.names]))
+                  for f, (_, r) in zip(source, session.propagate(direction)))
     frames: list[JSON] = []
     with folder as out:
         writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
         with writer or contextlib.nullcontext():
-            for frame, xy, confidence in track_points(source, given.xy, config, extractor, cache, progress, tracker):
+            for frame, xy, confidence in stream:
                 frames.append({"index": frame.index, "name": frame.name,
                                "points": points_record(given.names, xy, confidence)})
                 if writer is not None:
                     image = draw_points(frame.image, xy, given.names, given.edges, confidence)
                     writer.write(caption(image, f"{text} | frame {frame.index}"))
-        assert tracker.tracked is not None
+        tracked = tracker.tracked if list(keyframes) == [0] and not backward else np.ones(len(given.names), bool)
+        assert tracked is not None
         atomic_write_json(out / "points.json", {
             "video": str(source.path),
             "size": list(source.native_size),
             "names": given.names,
             "edges": given.edge_names(),
-            "tracked": [bool(v) for v in tracker.tracked],
+            "tracked": [bool(v) for v in tracked],
             "features": text,
             "cell_convention": config.keypoints.cell_convention,
+            "keyframes": [source.names[i] for i in keyframes],
             **(extra or {}),
             "frames": frames,
         })
-        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}
     last = frames[-1]["points"]
@@ -583,7 +619,7 @@ def run_points(
     lost = sum(1 for p in last.values() if p["x"] is None)
     out = Path(out_dir)
     return {"frames": len(frames), "points": len(given.names), "lost_last_frame": lost, "out": str(out),
-            "overlay": str(out / "overlay.mp4") if render else None, "features": text}
+            "overlay": str(out / "overlay.mp4") if render else None, "features": text, "keyframes": list(keyframes)}
 
 
 # ---------------------------------------------------------------------------------------------- units of work

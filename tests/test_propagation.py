@@ -1,7 +1,6 @@
 """Windowed propagation against a plain dense reference written here (DINO/DIFT and CRW formulations)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

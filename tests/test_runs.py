@@ -255,3 +255,25 @@ def test_run_video_with_a_folder_of_keyframes_and_confidence_csv(tmp_path):
     with pytest.raises(PropagateError, match="direction forward needs a keyframe on the first frame"):
         run_video(frames, late, tmp_path / "out3", config, progress=False, direction="forward")
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_run_points_with_keyframes_gives_them_back_and_fills_both_ways(tmp_path):
+    clip = _moving_clip(tmp_path / "clip", frames=6)
+    points = tmp_path / "points.json"
+    # the square moves by (2, 1) per frame: its centre is at (32 + 2t, 28 + t)
+    points.write_text(json.dumps({"edges": [],
+                                  "keyframes": {"00002": [{"name": "c", "x": 36, "y": 30}],
+                                                "00004": {"c": [40, 32]}}}))
+    config = load_config("jhmdb_baseline", ["resize.size=[96,64]"])
+    summary = run_points(clip, points, tmp_path / "out", config, progress=False, render=False)
+    assert summary["keyframes"] == [2, 4]
+    data = json.loads((tmp_path / "out" / "points.json").read_text())
+    assert data["keyframes"] == ["00002", "00004"]
+    frames = {f["index"]: f["points"]["c"] for f in data["frames"]}
+    assert frames[2] == {"x": 36.0, "y": 30.0, "confidence": 1.0} and frames[4]["x"] == 40.0
+    for t in (0, 1, 3, 5):  # before, between and after the keyframes: near the true centre
+        assert abs(frames[t]["x"] - (32 + 2 * t)) <= 8 and abs(frames[t]["y"] - (28 + t)) <= 8, (t, frames[t])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"keyframes": {"00002": [{"name": "c", "x": 36, "y": 30}], "00003": {"d": [1, 1]}}}))
+    with pytest.raises(PropagateError, match="every keyframe gives the same points"):
+        run_points(clip, bad, tmp_path / "out2", config, progress=False)

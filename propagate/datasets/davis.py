@@ -30,12 +30,12 @@ from tqdm import tqdm
 from propagate import metrics
 from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
+from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
 from propagate.runs import (
-    RUN_INFO, ResumableRun, Runner, Unit, check_not_input, read_json, result_settings, run_record, run_units,
+    RUN_INFO, ResumableRun, Runner, Unit, check_not_input, result_settings,
 )
 from propagate.video import IMAGE_SUFFIXES, natural_key
 
@@ -321,26 +321,11 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
                                      f"{', '.join(map(str, missing))} do not exist; choose frames 0..{len(files) - 1}")
             given = {k: _without_void(read_mask(files[k])) for k in keyframes}
         units.append(Unit(seq, frames, given, out / seq, render=False, inputs=tuple(inputs)))
-    if extractor is None and (units or not (out / RUN_INFO).is_file()):
-        extractor = build_extractor(config.features, config.extractor)
-    if extractor is not None:
-        info = run_record(
-            config, extractor,
-            task="DAVIS-2017 semi-supervised",
-            preset=preset,
-            features=extractor.name,
-            model=config.extractor.get("model", extractor.settings().get("model")),
-            extractor_description=extractor.describe(),
-            settings=settings,
+    model = config.extractor.get("model")
+    run.run(units, config, extractor, cache, progress, runner, task="DAVIS-2017 semi-supervised", preset=preset,
+            **({"model": model} if model is not None else {}),
             dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
-            keyframes=list(keyframes),
-            **({"command": command} if command is not None else {}),
-        )
-        run = ResumableRun(out, inputs=inputs, info=info, keys=["settings", "extractor", "features"])
-        run.record()
-    else:  # every sequence is done: nothing is extracted, the results keep their record
-        run.info = read_json(out / RUN_INFO, "run record")
-    (runner or run_units)(units, config, extractor, cache, progress)
+            keyframes=list(keyframes), **({"command": command} if command is not None else {}))
 
     scores = score_davis(root, out, split=split, sequences=names, progress=False)
     run.info["scores"] = scores["global"]
