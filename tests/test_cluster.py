@@ -22,7 +22,7 @@ from propagate.cli import main
 from propagate.cluster import RayRunner, read_manifest, run_batch
 from propagate.config import load_config
 from propagate.errors import PropagateError
-from propagate.runs import STAGING_MARK, STAGING_TAG
+from propagate.runs import STAGING_MARK, STAGING_TAG, ResultsFolder, check_output
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[cluster]"')
 
@@ -126,37 +126,20 @@ def when_half_done(out: Path, act, result: dict) -> threading.Thread:
     return thread
 
 
-def test_batch_gives_the_bytes_of_serial_run_and_a_rerun_skips_them(cluster, clips, tmp_path, capsys):
-    out = tmp_path / "out"
-    rows = manifest(tmp_path / "videos.csv", clips)
-    assert main(["batch", str(rows), "--out", str(out), "--features", "baseline", *SMALL]) == 0
-    table = capsys.readouterr().out
-    assert "done     3" in table and "failed   0" in table
-    assert_same_as_serial(out, clips)
-    assert not staging_folders(out)
-    assert (out / "failures.csv").read_text() == "name,video,error\n"
-
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    assert main(["batch", str(rows), "--out", str(out), "--features", "baseline", *SMALL]) == 0
-    assert "done     0\nskipped  3" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "failures.csv"} == \
-        {p: t for p, t in stamps.items() if p.name != "failures.csv"}
-
-
-def test_bad_rows_are_reported_and_the_others_complete(cluster, clips, tmp_path, capsys):
+def test_batch_gives_serial_bytes_reports_bad_rows_and_a_rerun_skips_finished_videos(cluster, clips, tmp_path,
+                                                                                      capsys):
     out = tmp_path / "out"
     walk_frames, walk_mask, _ = clips["walk"]
-    small = tmp_path / "small_mask.png"
-    small.write_bytes(b"not a png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
     bad = (f"{tmp_path / 'nowhere'},{walk_mask},missing\n"  # refused before anything runs
-           f"{walk_frames},{small},unreadable_mask\n"  # fails on its worker: reported, not retried
-           f"{walk_frames},{walk_mask},typo_preset,no_such_preset\n")
+           f"{walk_frames},{broken},unreadable_mask\n"  # fails on its worker: reported, not retried
+           f"{walk_frames},{walk_mask},typo_preset,no_such_preset\n")  # its config: refused before anything runs
     rows = manifest(tmp_path / "videos.csv", clips, extra=bad)
     rows.write_text(rows.read_text().replace("video,mask,name", "video,mask,name,config"))
     assert main(["batch", str(rows), "--out", str(out), "--features", "baseline", *SMALL]) == 1
     table = capsys.readouterr().out
-    print(table)
-    assert "done     3" in table and "failed   3" in table
+    assert table.startswith("done     3\nskipped  0 (results already complete)\nfailed   3\n")
     lines = {line.split()[0]: line for line in table.splitlines()[3:6]}
     assert "line 5: video" in lines["missing"] and "nowhere does not exist" in lines["missing"]
     assert "line 6: mask" in lines["unreadable_mask"] and "not a readable image" in lines["unreadable_mask"]
@@ -165,7 +148,14 @@ def test_bad_rows_are_reported_and_the_others_complete(cluster, clips, tmp_path,
     assert failures[0] == "name,video,error" and [f.split(",")[0] for f in failures[1:]] == \
         ["missing", "unreadable_mask", "typo_preset"]
     assert_same_as_serial(out, clips)
-    assert sorted(p.name for p in out.iterdir()) == ["failures.csv", *sorted(NAMES)]  # nothing for the bad rows
+    assert sorted(p.name for p in out.iterdir()) == ["failures.csv", *sorted(NAMES)]  # nothing of the bad rows
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "failures.csv"}
+    rows.write_text("\n".join(rows.read_text().splitlines()[:4]) + "\n")  # the bad rows fixed (dropped)
+    assert main(["batch", str(rows), "--out", str(out), "--features", "baseline", *SMALL]) == 0
+    assert capsys.readouterr().out.startswith("done     0\nskipped  3 (results already complete)\nfailed   0")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "failures.csv"} == stamps
+    assert (out / "failures.csv").read_text() == "name,video,error\n"
 
 
 def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(cluster, clips, tmp_path):
@@ -192,7 +182,7 @@ def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(clust
     assert_same_as_serial(out, clips)
 
 
-def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cluster, clips, tmp_path):
+def test_ctrl_c_stops_the_workers_and_leaves_a_resumable_folder(cluster, clips, tmp_path):
     out = tmp_path / "out"
     rows = manifest(tmp_path / "videos.csv", clips)
     seen: dict = {}
@@ -202,11 +192,10 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cluster, clips, tmp_p
     watcher.join(timeout=5)
     assert seen and not staging_folders(out)  # the videos being written were discarded...
     assert not Path(seen["target"]).exists()
-    for name in NAMES:  # ...and any finished one is whole
-        assert not (out / name).exists() or (out / name / ".complete").is_file()
-    report = run_batch(rows, out, lambda preset, task: config(), RayRunner(workers=2), progress=False)
-    assert sorted(report.done + report.skipped) == sorted(NAMES) and not report.failed
-    assert_same_as_serial(out, clips)
+    for name in NAMES:  # ...any finished one is whole, and nothing stands in the way of the same command again
+        if not ResultsFolder.is_complete(out / name):
+            assert not (out / name).exists()
+            check_output(out / name)
 
 
 def test_manifest_columns_names_and_paths(tmp_path):
