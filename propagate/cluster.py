@@ -168,7 +168,9 @@ class RayRunner:
         setup: run once in each worker before it builds an extractor (must be picklable).
         overwrite: replace earlier results (as ``propagate run --overwrite``).
 
-    The extractor given to ``__call__`` is not used: each worker builds its own from ``config``.
+    The extractor given to ``__call__`` is not used: each worker builds its own from ``config``. Used as a context
+    manager (``with RayRunner(...) as runner:``), the workers and their extractors stay up between runs (a
+    parameter sweep); otherwise each run starts its workers and stops them at the end.
     """
 
     def __init__(self, workers: int | None = None, address: str | None = None, gpus_per_worker: float = 0.0,
@@ -183,6 +185,28 @@ class RayRunner:
         self.retries = retries
         self.setup = setup
         self.overwrite = overwrite
+        self._ray: ModuleType | None = None
+        self._started = False  # this runner started a local cluster (and stops it in close)
+        self._slots: list[_Slot] = []
+        self._remote_worker: object = None
+        self._kept = False  # inside a with block: workers kept between runs
+
+    def __enter__(self) -> RayRunner:
+        self._kept = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kept = False
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers, and the local cluster if this runner started it."""
+        if self._ray is not None:
+            for slot in self._slots:
+                self._ray.kill(slot.actor)
+            if self._started:
+                self._ray.shutdown()
+        self._ray, self._started, self._slots = None, False, []
 
     def __call__(self, units: Sequence[Unit], config: Config, extractor: FeatureExtractor | None = None,
                  cache: FeatureStore | None = None, progress: bool = True) -> list[JSON]:
@@ -196,10 +220,14 @@ class RayRunner:
 
     # -- connection
 
-    def _connect(self) -> tuple[ModuleType, bool]:
+    def _connect(self) -> ModuleType:
+        if self._ray is not None:
+            return self._ray
         ray = import_ray()
+        self._remote_worker = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker, max_restarts=0)(Worker)
+        self._ray = ray
         if ray.is_initialized():
-            return ray, False
+            return ray
         try:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False)
@@ -207,9 +235,11 @@ class RayRunner:
                 ray.init(include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local cluster"
+            self._ray = None
             raise PropagateError(f"cannot start Ray workers on {where}: {str(exc).splitlines()[0]}; for a running "
                                  "cluster give --address auto (on one of its nodes) or ray://HEAD:10001") from None
-        return ray, True
+        self._started = True
+        return ray
 
     def _num_workers(self, ray: ModuleType) -> int:
         if self.workers is not None:
@@ -232,15 +262,15 @@ class RayRunner:
         """
         if not jobs:
             return []
-        ray, started = self._connect()
+        ray = self._connect()
         try:
             return self._schedule(ray, jobs, cache, progress, bar)
         finally:
-            if started:
-                ray.shutdown()
+            if not self._kept:
+                self.close()
 
-    def _new_slot(self, ray: ModuleType, remote_worker: object) -> _Slot:
-        actor = remote_worker.remote(self.setup)  # type: ignore[attr-defined]
+    def _new_slot(self) -> _Slot:
+        actor = self._remote_worker.remote(self.setup)  # type: ignore[attr-defined]
         return _Slot(actor, actor.owner.remote())
 
     def _owner(self, ray: ModuleType, slot: _Slot) -> Owner | None:
@@ -253,11 +283,11 @@ class RayRunner:
 
     def _schedule(self, ray: ModuleType, jobs: Sequence[tuple[Unit, Config]], cache: FeatureStore | None,
                   progress: bool, bar: tqdm | None) -> list[Outcome]:
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        from ray.exceptions import RayActorError, RayTaskError
 
-        remote_worker = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker, max_restarts=0)(Worker)
-        count = min(self._num_workers(ray), len(jobs))
-        slots = [self._new_slot(ray, remote_worker) for _ in range(count)]
+        slots = self._slots
+        slots += [self._new_slot() for _ in range(min(self._num_workers(ray), len(jobs)) - len(slots))]
+        count = len(slots)
         outcomes = [Outcome(unit.name, "pending") for unit, _ in jobs]
         dead: list[list[Owner]] = [[] for _ in jobs]
         queue = deque(range(len(jobs)))
@@ -286,7 +316,7 @@ class RayRunner:
                         owner = self._owner(ray, slots[slot])
                         if owner is not None:
                             dead[job].append(owner)
-                        slots[slot] = self._new_slot(ray, remote_worker)
+                        slots[slot] = self._new_slot()
                         idle.append(slot)
                         if outcome.attempts <= self.retries:
                             queue.appendleft(job)
@@ -309,27 +339,26 @@ class RayRunner:
                         failed += 1
                     bar.update(1)
         except KeyboardInterrupt:
-            self._stop(ray, slots, running, jobs, GetTimeoutError)
+            self._stop(ray, running, jobs)
             raise
         finally:
             bar.set_postfix_str(f"running=0 failed={failed} "
                                 f"frames/s={frames / max(time.monotonic() - start, 1e-9):.1f}")
             if own_bar:
                 bar.close()
-            for slot in slots:
-                ray.kill(slot.actor)  # type: ignore[arg-type]
         return outcomes
 
     def _cleanup(self, unit: Unit, owners: Sequence[Owner]) -> None:
         """Remove what dead workers left of ``unit`` (when this process sees the results folder)."""
         discard_staging(unit.out, owners)
 
-    def _stop(self, ray: ModuleType, slots: list[_Slot], running: dict[object, tuple[int, int]],
-              jobs: Sequence[tuple[Unit, Config]], timeout_error: type[Exception]) -> None:
+    def _stop(self, ray: ModuleType, running: dict[object, tuple[int, int]],
+              jobs: Sequence[tuple[Unit, Config]]) -> None:
         """Ctrl-C: stop the workers, wait until they are gone, then remove the staging folders of their videos."""
-        owners = {slot: self._owner(ray, slots[slot]) for _, slot in running.values()}
-        for slot in slots:
-            ray.kill(slot.actor)  # type: ignore[arg-type]
+        owners = {slot: self._owner(ray, self._slots[slot]) for _, slot in running.values()}
+        for slot in self._slots:
+            ray.kill(slot.actor)
+        self._slots = []
         refs = list(running)
         deadline = time.monotonic() + 20
         while refs and time.monotonic() < deadline:  # a killed worker's task ends with an error once it is gone
