@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write_clip
-from propagate.cli import main
+from propagate.cli import _cluster_runner, build_parser, main
 from propagate.cluster import RayRunner, read_manifest, run_batch
 from propagate.config import load_config
+from propagate.datasets.davis import evaluate_davis
+from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
 from propagate.runs import STAGING_MARK, STAGING_TAG, ResultsFolder, check_output
 
@@ -158,7 +160,31 @@ def test_batch_gives_serial_bytes_reports_bad_rows_and_a_rerun_skips_finished_vi
     assert (out / "failures.csv").read_text() == "name,video,error\n"
 
 
-def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(cluster, clips, tmp_path):
+@pytest.fixture(scope="module")
+def slow_workers(cluster):
+    """Two workers kept up for the tests below (each start costs seconds): slow only with ``batch_frames=1``."""
+    with RayRunner(workers=2, setup=slow_baseline) as runner:
+        yield runner
+
+
+def test_eval_davis_on_workers_matches_serial_and_the_flags_choose_it(slow_workers, tmp_path):
+    root = tmp_path / "davis"
+    make_synthetic_davis(root, num_sequences=2, num_frames=6, size=(96, 64), seed=0)
+    settings = load_config("davis_baseline", ["resize.short_side=64", "resize.multiple=8"])
+    serial = evaluate_davis(root, tmp_path / "serial", settings, progress=False)
+    spread = evaluate_davis(root, tmp_path / "spread", settings, progress=False, runner=slow_workers)
+    assert spread["global"] == serial["global"]
+    for seq in serial["sequences"]:
+        assert files(tmp_path / "spread" / seq) == files(tmp_path / "serial" / seq)
+
+    args = build_parser().parse_args(["eval", "davis", "--root", str(root), "--out", "x", "--workers", "3",
+                                      "--address", "auto"])
+    runner = _cluster_runner(args)
+    assert isinstance(runner, RayRunner) and (runner.workers, runner.address) == (3, "auto")
+    assert _cluster_runner(build_parser().parse_args(["eval", "davis", "--root", str(root), "--out", "x"])) is None
+
+
+def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(slow_workers, clips, tmp_path):
     out = tmp_path / "out"
     killed: dict = {}
 
@@ -167,8 +193,7 @@ def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(clust
         os.kill(mark["pid"], signal.SIGKILL)  # the Ray worker process writing this video
 
     watcher = when_half_done(out, kill, killed)
-    runner = RayRunner(workers=2, setup=slow_baseline)
-    report = run_batch(manifest(tmp_path / "videos.csv", clips), out, lambda preset, task: config(), runner,
+    report = run_batch(manifest(tmp_path / "videos.csv", clips), out, lambda preset, task: config(), slow_workers,
                        progress=False)
     watcher.join(timeout=5)
     print(f"\nkilled worker pid {killed.get('pid')} while {killed.get('target')} had {killed.get('masks')} of its "
@@ -182,13 +207,13 @@ def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(clust
     assert_same_as_serial(out, clips)
 
 
-def test_ctrl_c_stops_the_workers_and_leaves_a_resumable_folder(cluster, clips, tmp_path):
+def test_ctrl_c_stops_the_workers_and_leaves_a_resumable_folder(slow_workers, clips, tmp_path):
     out = tmp_path / "out"
     rows = manifest(tmp_path / "videos.csv", clips)
     seen: dict = {}
     watcher = when_half_done(out, lambda staging, mark: _thread.interrupt_main(), seen)
     with pytest.raises(KeyboardInterrupt):
-        run_batch(rows, out, lambda preset, task: config(), RayRunner(workers=2, setup=slow_baseline), progress=False)
+        run_batch(rows, out, lambda preset, task: config(), slow_workers, progress=False)
     watcher.join(timeout=5)
     assert seen and not staging_folders(out)  # the videos being written were discarded...
     assert not Path(seen["target"]).exists()
