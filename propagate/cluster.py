@@ -111,7 +111,7 @@ class Worker:
     def _extractor_for(self, config: Config) -> FeatureExtractor:
         key = json.dumps([config.features, config.extractor], sort_keys=True, default=str)
         if key != self._key:  # one extractor at a time: a second model would double the memory
-            self._extractor = None
+            self._key, self._extractor = None, None
             self._extractor = build_extractor(config.features, config.extractor)
             self._key = key
         assert self._extractor is not None
@@ -500,6 +500,8 @@ def run_batch(manifest: str | Path, out: str | Path, configure: Callable[[str | 
     if failures.exists() and (not failures.is_file() or
                               failures.read_text(encoding="utf-8").split("\n", 1)[0] != ",".join(FAILURES_HEADER)):
         raise PropagateError(f"{failures} exists and was not written by propagate batch: move it or choose another --out")
+    for task in sorted({"davis" if row.kind == "masks" else "jhmdb" for row in rows}):
+        configure(None, task)  # the command line's own settings: an error there is everyone's, so it stops here
     report = BatchReport()
     jobs: list[tuple[Unit, Config]] = []
     job_rows: list[Row] = []

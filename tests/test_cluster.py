@@ -237,3 +237,13 @@ def test_manifest_columns_names_and_paths(tmp_path):
         good.write_text(text)
         with pytest.raises(PropagateError, match=words.replace("(", r"\(")):
             read_manifest(good)
+
+
+def test_a_bad_flag_or_manifest_stops_batch_before_any_work_in_one_line(tmp_path, capsys):
+    rows = tmp_path / "videos.csv"
+    rows.write_text("video,mask\nclips/a,a.png\n")
+    assert main(["batch", str(rows), "--out", str(tmp_path / "out"), "--features", "baseline", "--topk", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "topk" in err and err.count("\n") == 1
+    assert main(["batch", str(tmp_path / "none.csv"), "--out", str(tmp_path / "out")]) == 2
+    assert "manifest" in capsys.readouterr().err and not (tmp_path / "out").exists()
