@@ -18,6 +18,7 @@ from propagate.features import preset_name
 
 if TYPE_CHECKING:
     from propagate.cache import FeatureCache
+    from propagate.cluster import RayRunner
 
 # flag -> dotted config key; each is also reachable as --set KEY=VALUE
 FLAG_KEYS = {
@@ -138,7 +139,8 @@ def cmd_eval_davis(args: argparse.Namespace) -> None:
     except ValueError:
         raise PropagateError(f"--keyframes {args.keyframes!r}: give frame indices like 0,20") from None
     result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences, preset=args.config,
-                            command=" ".join(sys.argv), cache=_open_cache(args), keyframes=keyframes)
+                            command=" ".join(sys.argv), cache=_open_cache(args), keyframes=keyframes,
+                            runner=_cluster_runner(args))
     print(format_table(result))
 
 
@@ -147,8 +149,43 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
 
     config = config_from_args(args, "jhmdb")
     result = evaluate_jhmdb(args.root, args.split_file, args.out, config, preset=args.config,
-                            command=" ".join(sys.argv), cache=_open_cache(args))
+                            command=" ".join(sys.argv), cache=_open_cache(args), runner=_cluster_runner(args))
     print(format_pck_table(result))
+
+
+def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
+    g = p.add_argument_group("workers (Ray; pip install -e \".[cluster]\")")
+    g.add_argument("--workers", type=int, help="worker processes, each with its own extractor (default: one per CPU, "
+                   "or per --gpus-per-worker GPUs)" if batch else "run the videos on this many Ray workers (default: in this process)")
+    g.add_argument("--address", help="a running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001 "
+                   "(default: start a local one)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (default 0: CPU)")
+
+
+def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner | None:
+    """A Ray runner if the command asked for workers (``--workers`` or ``--address``), else None (in-process)."""
+    if not (always or args.workers is not None or args.address is not None):
+        return None
+    from propagate.cluster import RayRunner
+
+    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from propagate.cluster import run_batch
+
+    def configure(preset: str | None, task: str) -> Config:
+        return config_from_args(argparse.Namespace(**{**vars(args), "config": preset or args.config}), task)
+
+    runner = _cluster_runner(args, always=True)
+    assert runner is not None
+    report = run_batch(args.manifest, args.out, configure, runner, render=not args.no_video, cache=_open_cache(args))
+    print(report.table())
+    if report.failed:
+        print(f"failures listed in {Path(args.out) / 'failures.csv'}; fix those rows and run the same command "
+              "again (finished videos are skipped)")
+        return 1
+    return 0
 
 
 def cmd_score_davis(args: argparse.Namespace) -> None:
@@ -215,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--keyframes", help="annotated frames given as keyframes (default 0, the DAVIS protocol), "
                     "e.g. 0,20 to measure a correction")
     add_config_flags(ed)
+    add_cluster_flags(ed)
     ed.set_defaults(func=cmd_eval_davis)
     ej = ev_sub.add_parser("jhmdb", help="JHMDB keypoints: propagate every video, then PCK@0.1/0.2")
     ej.add_argument("--root", required=True, help="JHMDB root (Rename_Images/, joint_positions/)")
@@ -222,7 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     ej.add_argument("--out", required=True, help="results folder (resumable)")
     ej.add_argument("--cache", help="feature cache folder made by `propagate extract`")
     add_config_flags(ej)
+    add_cluster_flags(ej)
     ej.set_defaults(func=cmd_eval_jhmdb)
+
+    ba = sub.add_parser("batch", help="label every video of a manifest on Ray workers (local or a cluster)")
+    ba.add_argument("manifest", help="CSV: video,mask or video,points; optional name and config columns (README)")
+    ba.add_argument("--out", required=True, help="results folder: one folder per video, as `propagate run` writes")
+    ba.add_argument("--no-video", action="store_true", help="skip the overlay mp4s")
+    ba.add_argument("--cache", help="feature cache folder made by `propagate extract` (seen by every worker)")
+    add_config_flags(ba)
+    add_cluster_flags(ba, batch=True)
+    ba.set_defaults(func=cmd_batch)
 
     sc = sub.add_parser("score", help="score an existing results folder")
     sc_sub = sc.add_subparsers(dest="dataset", required=True)
@@ -245,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
     try:
-        args.func(args)
+        status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)
     except PropagateError as exc:
         if debug:
             raise
@@ -262,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was marked complete; run the same command again to start over or resume",
               file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

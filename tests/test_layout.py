@@ -94,7 +94,7 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo", "session"])
+                                    "features.stream", "features", "propagation", "demo", "session", "cluster"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 
