@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -420,6 +420,18 @@ def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(formats))
 
 
+@contextlib.contextmanager
+def _closing(stream: Iterable[object]) -> Iterator[None]:
+    """Close a generator of results when the writing stops, even on an error, so that its progress bar is cleared
+    before the error line is printed."""
+    try:
+        yield
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
 def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskResult], object_ids: Sequence[int],
                        formats: Sequence[str] = ("png",), overlay_text: str | None = None) -> list[list[str]]:
     """Write a masks results set into ``out`` (a staging folder): ``<frame>.png`` per frame, ``confidence.csv``,
@@ -432,7 +444,7 @@ def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskRes
                            source.native_size, objects) if "coco" in formats else None
     rows = [["frame", "name", "keyframe", *[f"object_{o}" for o in objects]]]
     writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if overlay_text is not None else None
-    with writer or contextlib.nullcontext():
+    with writer or contextlib.nullcontext(), _closing(results):
         for frame, mask, confidence, keyframe in results:
             write_mask(out / f"{frame.name}.png", mask)
             rows.append([str(frame.index), frame.name, str(int(keyframe)),
@@ -590,7 +602,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     frames: list[JSON] = []
     with folder as out:
         writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
-        with writer or contextlib.nullcontext():
+        with writer or contextlib.nullcontext(), _closing(stream):
             for frame, xy, confidence in stream:
                 frames.append({"index": frame.index, "name": frame.name,
                                "points": points_record(given.names, xy, confidence)})
