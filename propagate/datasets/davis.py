@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from propagate import metrics
-from propagate.config import Config
+from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
@@ -263,7 +263,9 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Each sequence is one :class:`propagate.runs.Unit`: its first annotation propagated through its frames and
     every frame's mask written to ``<out>/<seq>/<frame>.png`` (by :func:`propagate.runs.run_video`, whole or not at
     all). A finished sequence is skipped, so an interrupted run resumes; ``<out>/run_info.json`` records what
-    produced the numbers, and resuming with other settings is refused.
+    produced the numbers, and resuming with other settings is refused. A sequence named in ``config.overrides``
+    runs with its own config (:func:`propagate.config.sequence_config`; DIFT's script caps ``shooting``'s context at
+    10 frames), recorded under ``sequence_configs`` in run_info.json.
 
     Args:
         root: DAVIS root. out: results folder (created). config: a :class:`propagate.config.Config`.
@@ -294,7 +296,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
         if first_frame.stem != annotation.stem:
             raise PropagateError(f"sequence {seq}: the first frame is {first_frame.stem} but the first annotation is "
                                  f"{annotation.name}; the first frame must be annotated")
-        units.append(Unit(seq, frames, annotation, out / seq, render=False, inputs=tuple(inputs)))
+        units.append(Unit(seq, frames, annotation, out / seq, render=False, inputs=tuple(inputs),
+                          config=sequence_config(config, seq) if seq in config.overrides else None))
     if extractor is None and (units or not (out / RUN_INFO).is_file()):
         extractor = build_extractor(config.features, config.extractor)
     if extractor is not None:
@@ -307,6 +310,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
             extractor_description=extractor.describe(),
             settings=settings,
             dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
+            sequence_configs={seq: result_settings(sequence_config(config, seq))
+                              for seq in names if seq in config.overrides},
             **({"command": command} if command is not None else {}),
         )
         run = ResumableRun(out, inputs=inputs, info=info, keys=["settings", "extractor", "features"])
