@@ -324,3 +324,34 @@ def test_evaluate_end_to_end_with_the_real_pipeline(tmp_path):
     assert all(0.0 <= v <= 1.0 for k, v in scores["global"].items() if "Decay" not in k)
     info = json.loads((out / "run_info.json").read_text())
     assert info["features"] == "baseline" and info["scores"] == scores["global"]
+
+
+def test_per_sequence_override_is_applied_recorded_and_checked_on_resume(tmp_path):
+    """A sequence named ``shooting`` runs with its override (DIFT caps its context: min(n_last_frames, cap)); the
+    others with the run's config; run_info.json records its effective config; resuming with other overrides is
+    refused."""
+    from propagate.config import load_config
+
+    root = tmp_path / "davis"
+    make_synthetic_davis(root, num_sequences=2, num_frames=6, size=(160, 96), seed=1)
+    for top in ("JPEGImages", "Annotations"):
+        (root / top / "480p" / "synth-01").rename(root / top / "480p" / "shooting")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("synth-00\nshooting\n")
+    base = {"resize.short_side": 96, "propagation.n_last_frames": 3}
+    config = load_config("davis_baseline", {**base, "overrides": {"shooting": {"propagation.n_last_frames": {"at_most": 1}}}})
+    out = tmp_path / "eval"
+    evaluate_davis(root, out, config, progress=False)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["config"]["overrides"] == {"shooting": {"propagation.n_last_frames": {"at_most": 1}}}
+    assert info["sequence_configs"]["shooting"]["propagation"]["n_last_frames"] == 1
+    assert list(info["sequence_configs"]) == ["shooting"]
+    assert json.loads((out / "shooting" / "run_info.json").read_text())["config"]["propagation"]["n_last_frames"] == 1
+    assert json.loads((out / "synth-00" / "run_info.json").read_text())["config"]["propagation"]["n_last_frames"] == 3
+    # the masks are those of a run with the capped context
+    plain = tmp_path / "plain"
+    evaluate_davis(root, plain, load_config("davis_baseline", {**base, "propagation.n_last_frames": 1}),
+                   sequences=["shooting"], progress=False)
+    for png in sorted((plain / "shooting").glob("*.png")):
+        np.testing.assert_array_equal(read_mask(png), read_mask(out / "shooting" / png.name))
+    with pytest.raises(PropagateError, match="other settings"):
+        evaluate_davis(root, out, load_config("davis_baseline", base), progress=False)
