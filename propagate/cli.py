@@ -56,7 +56,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--topk", type=int)
     g.add_argument("--n-last-frames", type=int, help="recent frames kept in the context besides frame 0")
     g.add_argument("--radius", type=int, help="window radius in feature cells")
-    g.add_argument("--window", choices=["square", "disk", "none"])
+    g.add_argument("--window", choices=["square", "disk", "open_disk", "none"])
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set propagation.minmax_norm=false (repeatable)")
 
@@ -88,6 +88,22 @@ def config_from_args(args: argparse.Namespace, task: str) -> Config:
     return config_from_dict(data, str(preset))
 
 
+def say_precision(config: Config) -> None:
+    """One line on stderr with the UNet precision this run resolves to (``dtype: auto`` depends on the machine);
+    run_info.json records the same (the extractor's settings)."""
+    from propagate.features import build_options
+    from propagate.features.common import resolve_device, resolve_dtype
+
+    options = build_options(config.features, config.extractor)
+    dtype = getattr(options, "dtype", None)
+    if dtype is None:
+        return
+    device = resolve_device(str(getattr(options, "device", "auto")))
+    resolved = resolve_dtype(str(dtype), device)
+    how = f"dtype {dtype} on {device.type}" if dtype == "auto" else "as set"
+    print(f"precision: {config.features} runs in {resolved} ({how})", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     if (args.mask is None) == (args.points is None):
         raise PropagateError("give exactly one of --mask FIRST.png (masks) or --points FIRST.json (keypoints)")
@@ -97,12 +113,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     inputs = [cache.folder] if cache is not None else []
     if args.mask is not None:
         config = config_from_args(args, "davis")
+        say_precision(config)
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
                             render=not args.no_video, cache=cache, inputs=inputs)
         print(f"wrote {summary['frames']} masks to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
     else:
         config = config_from_args(args, "jhmdb")
+        say_precision(config)
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
                              render=not args.no_video, cache=cache, inputs=inputs)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
@@ -127,6 +145,7 @@ def cmd_eval_davis(args: argparse.Namespace) -> None:
     from propagate.datasets.davis import evaluate_davis, format_table
 
     config = config_from_args(args, "davis")
+    say_precision(config)
     sequences = args.sequences.split(",") if args.sequences else None
     result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences, preset=args.config,
                             command=" ".join(sys.argv), cache=_open_cache(args))
@@ -137,6 +156,7 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
     from propagate.datasets.jhmdb import evaluate_jhmdb, format_pck_table
 
     config = config_from_args(args, "jhmdb")
+    say_precision(config)
     result = evaluate_jhmdb(args.root, args.split_file, args.out, config, preset=args.config,
                             command=" ".join(sys.argv), cache=_open_cache(args))
     print(format_pck_table(result))
@@ -155,6 +175,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from propagate.runs import check_not_input
 
     config = config_from_args(args, "davis")
+    say_precision(config)
     videos = sequence_folders(args.input) if is_davis_root(args.input) else [Path(args.input)]
     check_not_input(args.out, [args.input])
     summary = extract_to_cache(videos, args.out, config)

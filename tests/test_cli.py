@@ -60,6 +60,25 @@ def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):
     assert len(list(out.glob("*.png"))) == 6 and not (out / "overlay.mp4").exists()
     info = json.loads((out / "run_info.json").read_text())
     assert info["extractor"]["model"] == str(tiny_sd_dir) and info["config"]["features"] == "dift_sd"
+    assert "precision: dift_sd runs in fp32 (as set)" in err and info["extractor"]["dtype"] == "fp32"
+
+
+def test_the_resolved_precision_is_said_at_the_start(monkeypatch, capsys):
+    import propagate.features.common as common
+    from propagate.cli import say_precision
+    from propagate.config import load_config
+
+    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # a CPU with AMX or AVX512-BF16
+    say_precision(load_config("davis_sd_fast", ["extractor.device=cpu"]))
+    say_precision(load_config("davis_adm", ["extractor.device=cpu"]))
+    say_precision(load_config("davis_baseline"))  # no dtype: nothing to say
+    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: False)
+    say_precision(load_config("davis_sd_fast", ["extractor.device=cpu"]))
+    assert capsys.readouterr().err.splitlines() == [
+        "precision: dift_sd runs in bf16 (dtype auto on cpu)",
+        "precision: adm runs in fp32 (as set)",
+        "precision: dift_sd runs in fp32 (dtype auto on cpu)",
+    ]
 
 
 def test_output_folder_with_results_needs_overwrite(clip, tmp_path, capsys):
