@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""What reduced precision costs and buys: DIFT features in fp32 vs bf16 (and fp16 on CUDA), side by side.
+
+For SD-2.1's real architecture (UNet and VAE built from SD-2.1's configs, random weights; nothing is downloaded)
+and ADM's full 256x256-uncond architecture (random weights), at one frame size (default 480x832, DAVIS), it
+prints per model and dtype:
+
+- wall and process-CPU time per frame (``--ensemble`` noised copies, default 1; DIFT's DAVIS settings use 8 for SD and 4 for ADM, and
+  time grows about linearly with it), measured in one run after a warm-up;
+- the relative feature error ``||f - f_fp32|| / ||f_fp32||`` over two frames;
+- the share of top-15 neighbours that change: per query position of frame A, the 15 positions of frame B whose
+  (l2-normalised) features are most similar, compared with the fp32 set (``1 - |S & S_fp32| / 15``, averaged).
+
+Frames are two frames of the synthetic demo clip (textured moving objects), resized to ``--size``. The numbers
+are for random weights: real weights have other activation ranges, so treat the errors as an indication of the
+precision's effect on this architecture, not as the trained model's. The noise is the same in every dtype (drawn
+in fp32 from the per-frame generator), so differences come from the dtype alone.
+
+    python scripts/bench_precision.py                       # 480x832 (slow on a small CPU)
+    python scripts/bench_precision.py --size 240x416        # a quick CPU run
+    python scripts/bench_precision.py --device cuda         # adds fp16
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_extract import _quiet_diffusers, build_random_sd, parse_size  # noqa: E402
+from propagate.demo import demo_frames  # noqa: E402
+from propagate.features.adm_net import ADMArch, ADMUNet, q_sample_coefficients, set_compute_dtype  # noqa: E402
+from propagate.features.common import DTYPES, cpu_has_bf16_units, frame_normals  # noqa: E402
+from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions  # noqa: E402
+
+TOPK = 15
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def frames(size_hw: tuple[int, int]) -> torch.Tensor:
+    """Frames 0 and 3 of the demo clip at ``size_hw``: ``[2, 3, H, W]`` in [0, 1]."""
+    h, w = size_hw
+    images = [img for img, _ in demo_frames(4, (w, h), seed=0)]
+    return torch.from_numpy(np.stack([images[0], images[3]])).permute(0, 3, 1, 2).float() / 255.0
+
+
+def changed_neighbours(ref: torch.Tensor, other: torch.Tensor, k: int = TOPK) -> float:
+    """Share of the top-``k`` neighbours (frame 0's positions in frame 1's) that differ from ``ref``'s.
+
+    ``ref``, ``other``: ``[2, C, h, w]`` features of frames A and B."""
+    def top(feats: torch.Tensor) -> torch.Tensor:
+        a, b = (F.normalize(f.flatten(1).double(), dim=0) for f in feats)  # [C, hw]
+        return torch.topk(a.T @ b, k, dim=1).indices  # [hw, k]
+
+    r, o = top(ref), top(other)
+    same = (r[:, :, None] == o[:, None, :]).any(dim=2).sum(dim=1)  # [hw]
+    return float(1.0 - same.double().mean() / k)
+
+
+def time_per_frame(run, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Features ``[2, C, h, w]`` of both frames, and (wall, process CPU) seconds per frame (each frame alone).
+
+    The process CPU time is what to compare on a shared machine, where wall time depends on the other jobs."""
+    run(images[:1, :, :64, :64], [0])  # warm-up (kernels, allocator)
+    feats, wall, cpu = [], 0.0, 0.0
+    for i in range(len(images)):
+        _sync(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        feats.append(run(images[i:i + 1], [i]))
+        _sync(device)
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+    return torch.cat(feats).float().cpu(), (wall / len(images), cpu / len(images))
+
+
+def bench_sd(args, device: torch.device, images: torch.Tensor, dtypes: list[str]) -> list[tuple]:
+    unet, vae, scheduler, prompt = build_random_sd(device, args.seed)
+    rows, ref = [], None
+    for name in dtypes:
+        options = DiftSDOptions(model="random SD-2.1", t=51, up_ft_index=2, ensemble_size=args.ensemble,
+                                dtype=name, device=str(device), seed=args.seed, batch_size=args.ensemble)
+        ext = DiftSDExtractor.from_modules(copy.deepcopy(unet), copy.deepcopy(vae), scheduler, prompt, options)
+        feats, seconds = time_per_frame(ext.extract, images.to(device), device)
+        ref = feats if ref is None else ref
+        rows.append(("SD-2.1 up_blocks[2]", name, seconds, feats, ref))
+        del ext
+        gc.collect()
+    del unet, vae
+    gc.collect()
+    return rows
+
+
+def bench_adm(args, device: torch.device, images: torch.Tensor, dtypes: list[str]) -> list[tuple]:
+    torch.manual_seed(args.seed)
+    base = ADMUNet(ADMArch()).eval().requires_grad_(False)  # the 256x256-uncond architecture, random weights
+    coef_x0, coef_eps = q_sample_coefficients("linear", 1000, 51)
+    rows, ref = [], None
+    for name in dtypes:
+        unet = set_compute_dtype(copy.deepcopy(base).to(device), DTYPES[name])
+
+        @torch.no_grad()
+        def run(batch: torch.Tensor, ids: list[int]) -> torch.Tensor:  # DiftADMExtractor.extract, written out
+            b, _, h, w = batch.shape
+            eps = torch.stack([frame_normals(args.seed, i, (args.ensemble, 3, h, w))[0] for i in ids]).to(device)
+            x_t = (coef_x0 * (batch.to(device) * 2 - 1)[:, None] + coef_eps * eps).reshape(-1, 3, h, w)
+            steps = torch.full((x_t.shape[0],), 51.0, device=device)
+            out = unet(x_t.to(DTYPES[name]), steps, 7).float()
+            return out.reshape(b, args.ensemble, *out.shape[1:]).mean(dim=1)
+
+        feats, seconds = time_per_frame(run, images, device)
+        ref = feats if ref is None else ref
+        rows.append(("ADM output_blocks[7]", name, seconds, feats, ref))
+        del unet
+        gc.collect()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--size", type=parse_size, default=(480, 832), help="HxW (default 480x832, DAVIS)")
+    parser.add_argument("--ensemble", type=int, default=1, help="noised copies per frame (default 1)")
+    parser.add_argument("--models", default="sd,adm", help="sd, adm or both (default sd,adm)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    _quiet_diffusers()
+    device = torch.device(args.device)
+    dtypes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    images = frames(args.size)
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, CPU bf16 units "
+          f"(AMX/AVX512-BF16): {cpu_has_bf16_units()}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"frame {args.size[0]}x{args.size[1]}, ensemble {args.ensemble}, t=51, random weights, 2 frames\n")
+    rows = []
+    if "sd" in args.models:
+        rows += bench_sd(args, device, images, dtypes)
+    if "adm" in args.models:
+        rows += bench_adm(args, device, images, dtypes)
+    head = (f"{'model':22s} {'dtype':5s} {'wall s/frame':>12s} {'CPU s/frame':>12s} {'CPU vs fp32':>11s} "
+            f"{'rel. error':>11s} {'top-15 changed':>15s}")
+    print(head + "\n" + "-" * len(head))
+    base_time: dict[str, float] = {}
+    for model, name, (wall, cpu), feats, ref in rows:
+        base_time.setdefault(model, cpu)
+        err = float((feats.double() - ref.double()).norm() / ref.double().norm())
+        finite = bool(torch.isfinite(feats).all())
+        print(f"{model:22s} {name:5s} {wall:12.2f} {cpu:12.2f} {base_time[model] / cpu:10.2f}x {err:11.2e} "
+              f"{100 * changed_neighbours(ref, feats):14.1f}%" + ("" if finite else "  [non-finite features]"))
+
+
+if __name__ == "__main__":
+    main()
