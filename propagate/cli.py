@@ -7,6 +7,7 @@ shows it, for bug reports).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -88,22 +89,6 @@ def config_from_args(args: argparse.Namespace, task: str) -> Config:
     return config_from_dict(data, str(preset))
 
 
-def say_precision(config: Config) -> None:
-    """One line on stderr with the UNet precision this run resolves to (``dtype: auto`` depends on the machine);
-    run_info.json records the same (the extractor's settings)."""
-    from propagate.features import build_options
-    from propagate.features.common import resolve_device, resolve_dtype
-
-    options = build_options(config.features, config.extractor)
-    dtype = getattr(options, "dtype", None)
-    if dtype is None:
-        return
-    device = resolve_device(str(getattr(options, "device", "auto")))
-    resolved = resolve_dtype(str(dtype), device)
-    how = f"dtype {dtype} on {device.type}" if dtype == "auto" else "as set"
-    print(f"precision: {config.features} runs in {resolved} ({how})", file=sys.stderr)
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     if (args.mask is None) == (args.points is None):
         raise PropagateError("give exactly one of --mask FIRST.png (masks) or --points FIRST.json (keypoints)")
@@ -113,14 +98,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     inputs = [cache.folder] if cache is not None else []
     if args.mask is not None:
         config = config_from_args(args, "davis")
-        say_precision(config)
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
                             render=not args.no_video, cache=cache, inputs=inputs)
         print(f"wrote {summary['frames']} masks to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
     else:
         config = config_from_args(args, "jhmdb")
-        say_precision(config)
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
                              render=not args.no_video, cache=cache, inputs=inputs)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
@@ -145,7 +128,6 @@ def cmd_eval_davis(args: argparse.Namespace) -> None:
     from propagate.datasets.davis import evaluate_davis, format_table
 
     config = config_from_args(args, "davis")
-    say_precision(config)
     sequences = args.sequences.split(",") if args.sequences else None
     result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences, preset=args.config,
                             command=" ".join(sys.argv), cache=_open_cache(args))
@@ -156,7 +138,6 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
     from propagate.datasets.jhmdb import evaluate_jhmdb, format_pck_table
 
     config = config_from_args(args, "jhmdb")
-    say_precision(config)
     result = evaluate_jhmdb(args.root, args.split_file, args.out, config, preset=args.config,
                             command=" ".join(sys.argv), cache=_open_cache(args))
     print(format_pck_table(result))
@@ -175,7 +156,6 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from propagate.runs import check_not_input
 
     config = config_from_args(args, "davis")
-    say_precision(config)
     videos = sequence_folders(args.input) if is_davis_root(args.input) else [Path(args.input)]
     check_not_input(args.out, [args.input])
     summary = extract_to_cache(videos, args.out, config)
@@ -239,9 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLines(logging.Handler):
+    """The package's info lines (e.g. the precision an extractor resolved to) on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("propagate")
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines())
+        log.setLevel(logging.INFO)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
     try:
         args.func(args)

@@ -63,22 +63,16 @@ def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):
     assert "precision: dift_sd runs in fp32 (as set)" in err and info["extractor"]["dtype"] == "fp32"
 
 
-def test_the_resolved_precision_is_said_at_the_start(monkeypatch, capsys):
+def test_the_resolved_precision_is_said_when_the_extractor_is_built(monkeypatch, caplog, tiny_sd_dir):
     import propagate.features.common as common
-    from propagate.cli import say_precision
-    from propagate.config import load_config
+    from propagate.features import build_extractor
 
     monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # a CPU with AMX or AVX512-BF16
-    say_precision(load_config("davis_sd_fast", ["extractor.device=cpu"]))
-    say_precision(load_config("davis_adm", ["extractor.device=cpu"]))
-    say_precision(load_config("davis_baseline"))  # no dtype: nothing to say
-    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: False)
-    say_precision(load_config("davis_sd_fast", ["extractor.device=cpu"]))
-    assert capsys.readouterr().err.splitlines() == [
-        "precision: dift_sd runs in bf16 (dtype auto on cpu)",
-        "precision: adm runs in fp32 (as set)",
-        "precision: dift_sd runs in fp32 (dtype auto on cpu)",
-    ]
+    with caplog.at_level("INFO", logger="propagate"):
+        ext = build_extractor("dift_sd", {"model": str(tiny_sd_dir), "device": "cpu"})
+        build_extractor("baseline")  # no precision: nothing said
+    assert ext.settings()["dtype"] == "bf16"  # what run_info.json records
+    assert [r.getMessage() for r in caplog.records] == ["precision: dift_sd runs in bf16 (dtype auto on cpu)"]
 
 
 def test_output_folder_with_results_needs_overwrite(clip, tmp_path, capsys):
