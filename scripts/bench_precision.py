@@ -23,7 +23,6 @@ in fp32 from the per-frame generator), so differences come from the dtype alone.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import sys
 import time
@@ -87,29 +86,27 @@ def time_per_frame(run, images: torch.Tensor, device: torch.device) -> tuple[tor
 
 
 def bench_sd(args, device: torch.device, images: torch.Tensor, dtypes: list[str]) -> list[tuple]:
-    unet, vae, scheduler, prompt = build_random_sd(device, args.seed)
     rows, ref = [], None
-    for name in dtypes:
+    for name in dtypes:  # the same random weights rebuilt per dtype (one model in memory at a time)
+        unet, vae, scheduler, prompt = build_random_sd(device, args.seed)
         options = DiftSDOptions(model="random SD-2.1", t=51, up_ft_index=2, ensemble_size=args.ensemble,
                                 dtype=name, device=str(device), seed=args.seed, batch_size=args.ensemble)
-        ext = DiftSDExtractor.from_modules(copy.deepcopy(unet), copy.deepcopy(vae), scheduler, prompt, options)
+        ext = DiftSDExtractor.from_modules(unet, vae, scheduler, prompt, options)
+        del unet, vae
         feats, seconds = time_per_frame(ext.extract, images.to(device), device)
         ref = feats if ref is None else ref
         rows.append(("SD-2.1 up_blocks[2]", name, seconds, feats, ref))
         del ext
         gc.collect()
-    del unet, vae
-    gc.collect()
     return rows
 
 
 def bench_adm(args, device: torch.device, images: torch.Tensor, dtypes: list[str]) -> list[tuple]:
-    torch.manual_seed(args.seed)
-    base = ADMUNet(ADMArch()).eval().requires_grad_(False)  # the 256x256-uncond architecture, random weights
     coef_x0, coef_eps = q_sample_coefficients("linear", 1000, 51)
     rows, ref = [], None
-    for name in dtypes:
-        unet = set_compute_dtype(copy.deepcopy(base).to(device), DTYPES[name])
+    for name in dtypes:  # the 256x256-uncond architecture, the same random weights rebuilt per dtype
+        torch.manual_seed(args.seed)
+        unet = set_compute_dtype(ADMUNet(ADMArch()).eval().requires_grad_(False).to(device), DTYPES[name])
 
         @torch.no_grad()
         def run(batch: torch.Tensor, ids: list[int]) -> torch.Tensor:  # DiftADMExtractor.extract, written out
