@@ -17,7 +17,7 @@ precision's effect on this architecture, not as the trained model's. The noise i
 in fp32 from the per-frame generator), so differences come from the dtype alone.
 
     python scripts/bench_precision.py                       # 480x832 (slow on a small CPU)
-    python scripts/bench_precision.py --size 240x416        # a quick CPU run
+    python scripts/bench_precision.py --size 224x416        # a quicker CPU run (ADM: sides multiples of 32)
     python scripts/bench_precision.py --device cuda         # adds fp16
 """
 from __future__ import annotations
@@ -72,7 +72,8 @@ def changed_neighbours(ref: torch.Tensor, other: torch.Tensor, k: int = TOPK) ->
 def time_per_frame(run, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, tuple[float, float]]:
     """Features ``[2, C, h, w]`` of both frames, and (wall, process CPU) seconds per frame (each frame alone).
 
-    The process CPU time is what to compare on a shared machine, where wall time depends on the other jobs."""
+    The process CPU time (summed over its threads) is what to compare on a shared machine, where wall time depends
+    on the other jobs."""
     run(images[:1, :, :64, :64], [0])  # warm-up (kernels, allocator)
     feats, wall, cpu = [], 0.0, 0.0
     for i in range(len(images)):
@@ -140,21 +141,22 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, CPU bf16 units "
           f"(AMX/AVX512-BF16): {cpu_has_bf16_units()}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"frame {args.size[0]}x{args.size[1]}, ensemble {args.ensemble}, t=51, random weights, 2 frames\n")
-    rows = []
-    if "sd" in args.models:
-        rows += bench_sd(args, device, images, dtypes)
-    if "adm" in args.models:
-        rows += bench_adm(args, device, images, dtypes)
+    if "adm" in args.models and (args.size[0] % 32 or args.size[1] % 32):
+        parser.error(f"ADM needs a size whose sides are multiples of 32 (e.g. 224x416, 480x832), got {args.size}")
     head = (f"{'model':22s} {'dtype':5s} {'wall s/frame':>12s} {'CPU s/frame':>12s} {'CPU vs fp32':>11s} "
             f"{'rel. error':>11s} {'top-15 changed':>15s}")
-    print(head + "\n" + "-" * len(head))
-    base_time: dict[str, float] = {}
-    for model, name, (wall, cpu), feats, ref in rows:
-        base_time.setdefault(model, cpu)
-        err = float((feats.double() - ref.double()).norm() / ref.double().norm())
-        finite = bool(torch.isfinite(feats).all())
-        print(f"{model:22s} {name:5s} {wall:12.2f} {cpu:12.2f} {base_time[model] / cpu:10.2f}x {err:11.2e} "
-              f"{100 * changed_neighbours(ref, feats):14.1f}%" + ("" if finite else "  [non-finite features]"))
+    print(head + "\n" + "-" * len(head), flush=True)
+    for model, bench in (("sd", bench_sd), ("adm", bench_adm)):
+        if model not in args.models:
+            continue
+        rows = bench(args, device, images, dtypes)
+        base_cpu = rows[0][2][1]
+        for label, name, (wall, cpu), feats, ref in rows:
+            err = float((feats.double() - ref.double()).norm() / ref.double().norm())
+            finite = bool(torch.isfinite(feats).all())
+            print(f"{label:22s} {name:5s} {wall:12.2f} {cpu:12.2f} {base_cpu / cpu:10.2f}x {err:11.2e} "
+                  f"{100 * changed_neighbours(ref, feats):14.1f}%" + ("" if finite else "  [non-finite features]"),
+                  flush=True)
 
 
 if __name__ == "__main__":
