@@ -7,6 +7,7 @@ shows it, for bug reports).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--topk", type=int)
     g.add_argument("--n-last-frames", type=int, help="recent frames kept in the context besides frame 0")
     g.add_argument("--radius", type=int, help="window radius in feature cells")
-    g.add_argument("--window", choices=["square", "disk", "none"])
+    g.add_argument("--window", choices=["square", "disk", "open_disk", "none"])
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set propagation.minmax_norm=false (repeatable)")
 
@@ -288,9 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLines(logging.Handler):
+    """The package's info lines (e.g. the precision an extractor resolved to) on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("propagate")
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines())
+        log.setLevel(logging.INFO)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
     try:
         status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)

@@ -641,7 +641,9 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
 class Unit:
     """One video's run, as :func:`run_unit` does it: a mask (``kind="masks"``) or points job into ``out``.
 
-    Picklable, so that a scheduler (:mod:`propagate.cluster`) can hand units to workers.
+    Picklable, so that a scheduler (:mod:`propagate.cluster`) can hand units to workers. ``config``, when set, is
+    the unit's own config (a sequence with per-sequence overrides, :func:`propagate.config.sequence_config`): every
+    runner runs the unit with it instead of the run's config.
     """
 
     name: str
@@ -652,11 +654,14 @@ class Unit:
     render: bool = True
     inputs: tuple[Path, ...] = ()
     extra: Mapping[str, object] | None = None
+    config: Config | None = None
 
 
 def run_unit(unit: Unit, config: Config, extractor: FeatureExtractor | None = None,
              cache: FeatureStore | None = None, progress: bool = True, overwrite: bool = False) -> JSON:
-    """Run one :class:`Unit` with :func:`run_video` or :func:`run_points`; returns its summary."""
+    """Run one :class:`Unit` with :func:`run_video` or :func:`run_points` (with ``unit.config`` if it has one,
+    else ``config``); returns its summary."""
+    config = unit.config if unit.config is not None else config
     if unit.kind == "masks":
         assert not isinstance(unit.annotation, PointSet)
         return run_video(unit.video, unit.annotation, unit.out, config, extractor=extractor, cache=cache,
