@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
-                             render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction)
+                             render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction,
+                             formats=[f.strip() for f in args.format.split(",") if f.strip()])
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "of keyframe masks named like frames (00000.png, 00040.png, ...)")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
-    run.add_argument("--format", default="png", help="outputs: png (always), coco (adds coco.json); e.g. png,coco")
+    run.add_argument("--format", default="png", help="outputs: png (always; points.json for points), coco (adds "
+                     "coco.json, or coco_keypoints.json for points); e.g. png,coco")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")

@@ -40,7 +40,7 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, check_processing_size
-from propagate.coco import CocoVideoWriter
+from propagate.coco import CocoVideoWriter, keypoints_json
 from propagate.io import atomic_write_json, atomic_write_text
 from propagate.keypoints import PointSet, check_points_inside, points_record, read_point_keyframes
 from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
@@ -409,6 +409,7 @@ class ResumableRun:
 FORMATS = ("png", "coco")
 CONFIDENCE_CSV = "confidence.csv"
 COCO_JSON = "coco.json"
+COCO_KEYPOINTS_JSON = "coco_keypoints.json"
 MaskResult = tuple[Frame, np.ndarray, Mapping[int, float], bool]  # frame, mask [H, W], confidence, keyframe
 
 
@@ -565,13 +566,15 @@ def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[s
 def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | Path, config: Config, *,
                extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None, overwrite: bool = False,
                render: bool = True, progress: bool = True, inputs: Sequence[str | Path] = (),
-               extra: Mapping[str, object] | None = None, direction: str | None = None) -> JSON:
+               extra: Mapping[str, object] | None = None, direction: str | None = None,
+               formats: Sequence[str] = ("png",)) -> JSON:
     """The ``propagate run --points`` job: ``points.json`` (format: :mod:`propagate.keypoints`), ``overlay.mp4``,
     ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
 
     ``points`` is a points file (frame 0's points, or points on several keyframes:
     :func:`propagate.keypoints.read_point_keyframes`) or a :class:`PointSet` of the first frame; ``extra`` adds keys
-    to ``points.json``. Keyframes other than frame 0 go through a :class:`propagate.session.Session`.
+    to ``points.json``. Keyframes other than frame 0 go through a :class:`propagate.session.Session`. ``formats``
+    with ``coco`` adds ``coco_keypoints.json`` (:func:`propagate.coco.keypoints_json`).
 
     Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features", "keyframes"}``.
     """
@@ -585,6 +588,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     check_length(source)
     direction = direction or config.keyframes.direction
     _, backward = resolve_direction(direction, list(keyframes), len(source))
+    formats = check_formats(formats)
     paths = [video, *([points] if not isinstance(points, PointSet) else []), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
@@ -623,6 +627,10 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
             **(extra or {}),
             "frames": frames,
         })
+        if "coco" in formats:
+            coordinates = [(str(f["name"]), _xy_of(f["points"], given.names)) for f in frames]
+            atomic_write_json(out / COCO_KEYPOINTS_JSON, keypoints_json(Path(source.path).stem, source.native_size,
+                                                                        given.names, given.edges, coordinates))
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}
@@ -632,6 +640,13 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     out = Path(out_dir)
     return {"frames": len(frames), "points": len(given.names), "lost_last_frame": lost, "out": str(out),
             "overlay": str(out / "overlay.mp4") if render else None, "features": text, "keyframes": list(keyframes)}
+
+
+def _xy_of(record: object, names: Sequence[str]) -> np.ndarray:
+    """``[J, 2]`` coordinates of one frame's points record (NaN for lost points)."""
+    assert isinstance(record, dict)
+    return np.array([[np.nan, np.nan] if record[n]["x"] is None else [record[n]["x"], record[n]["y"]] for n in names],
+                    dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- units of work
