@@ -205,7 +205,7 @@ def build_app(server: Server) -> gr.Blocks:
         def pick_object(o: str):
             return gr.skip(), gr.update(brush=_brush(int(o)))
 
-        on(obj.change, pick_object, [obj], [status, editor])
+        on(obj.change, pick_object, [obj], [status, editor], show_progress="hidden")
 
         def add_object(w: Workspace | None):
             w = need(w)
@@ -213,10 +213,9 @@ def build_app(server: Server) -> gr.Blocks:
                 raise PropagateError(f"at most {MAX_OBJECTS} objects")
             w.objects += 1
             choices = [str(k) for k in range(1, w.objects + 1)]
-            return (f"object {w.objects} added: paint it with its colour", gr.update(choices=choices, value=str(w.objects)),
-                    gr.update(brush=_brush(w.objects)))
+            return f"object {w.objects} added: paint it with its colour", gr.update(choices=choices, value=str(w.objects))
 
-        on(add_obj.click, add_object, [ws], [status, obj, editor])
+        on(add_obj.click, add_object, [ws], [status, obj])  # the object's change sets the brush
 
         def switch_mode(m: str):
             masks = m == "masks"
@@ -244,7 +243,7 @@ def build_app(server: Server) -> gr.Blocks:
                     raise PropagateError(f"frame {i}: nothing is painted: paint an object before saving a keyframe")
                 objects = w.set_mask(i, layer_to_mask(value["layers"][0]))
                 text = f"frame {i} is a keyframe: objects {', '.join(map(str, objects))}"
-            return (text, *frame_outputs(w, i))
+            return (text, gr.skip(), *frame_outputs(w, i)[1:])  # the editor keeps what was painted
 
         on(save.click, save_keyframe, [mode, editor, frame, ws], [status, *view_outputs])
 
