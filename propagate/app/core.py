@@ -65,16 +65,17 @@ def open_upload(upload: str | Path, work: Path, max_bytes: int) -> VideoSource:
         raise PropagateError(f"upload {name} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit "
                              "(--max-upload-mb): open it by path under --root instead")
     suffix = upload.suffix.lower()
-    if suffix == ".zip":
-        source = open_video(_unzip_frames(upload, work, max_bytes))
-    elif suffix in VIDEO_SUFFIXES:
-        source = open_video(upload)
-    else:
+    if suffix not in VIDEO_SUFFIXES | {".zip"}:
         raise PropagateError(f"upload {name} is neither a video file ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a "
                              "zip of frames")
-    if len(source) < 2:
-        raise PropagateError(f"upload {name} has {len(source)} frame: a video needs at least 2")
-    next(iter(source))  # decode the first frame now, so a broken file is reported here and not mid-propagation
+    try:
+        source = open_video(_unzip_frames(upload, work, max_bytes) if suffix == ".zip" else upload)
+        if len(source) < 2:
+            raise PropagateError(f"upload {name} has {len(source)} frame: a video needs at least 2")
+        next(iter(source))  # decode the first frame now, so a broken file is reported here and not mid-propagation
+    except PropagateError as exc:  # name the upload as the user knows it, not by the server's folders
+        text = str(exc).replace(str(upload), f"upload {name}").replace(str(work / "frames"), f"upload {name}")
+        raise PropagateError(text.replace("video upload ", "upload ")) from None
     return source
 
 

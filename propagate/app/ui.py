@@ -177,15 +177,18 @@ def build_app(server: Server) -> gr.Blocks:
 
         def open_uploaded(file: str | None, w: Workspace | None):
             if file is None:
-                return (gr.skip(),) * len(open_outputs)
-            new, what = workspace(None, file)
+                return (gr.skip(),) * (len(open_outputs) + 1)
+            try:
+                new, what = workspace(None, file)
+            except PropagateError as exc:  # shown, and the upload box is emptied for the next try
+                return (_error(exc), *([gr.skip()] * (len(open_outputs) - 1)), None)
             out = opened(w, new, what)
-            return (out[1], out[0], *out[2:])
+            return (out[1], out[0], *out[2:], gr.skip())
 
         status_first = [status, ws, frame, *view_outputs, obj, editor]
         on(open_button.click, open_path, [path, ws], status_first)
         on(path.submit, open_path, [path, ws], status_first)
-        on(upload.upload, open_uploaded, [upload, ws], status_first)
+        on(upload.upload, open_uploaded, [upload, ws], [*status_first, upload])
         if server.video is not None:
             video_text = str(server.video.relative_to(server.root.resolve()))
             on(app.load, lambda w: open_path(video_text, w), [ws], status_first)
