@@ -180,7 +180,7 @@ class Match:
 
     xy: tuple[float, float]  # best match on the right image, native pixels (x, y)
     cell: tuple[int, int]  # the clicked feature cell on the left (column, row)
-    score: float  # cosine similarity of the best match
+    score: float  # the highest cosine similarity of a right cell
     heatmap: np.ndarray  # [H, W] float32 cosine similarity over the right image, native size
 
 
@@ -239,7 +239,7 @@ def best_match(left: torch.Tensor, right: torch.Tensor, xy: tuple[float, float],
     heat = F.interpolate(similarity[None, None], size=(h2_px, w2_px), mode="bilinear", align_corners=False)[0, 0]
     flat = int(heat.argmax())
     y, x = divmod(flat, w2_px)
-    return Match((float(x), float(y)), (col, row), float(heat.reshape(-1)[flat]), heat.numpy().astype(np.float32))
+    return Match((float(x), float(y)), (col, row), float(similarity.max()), heat.numpy().astype(np.float32))
 
 
 def draw_marker(image: np.ndarray, xy: tuple[float, float], colour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
