@@ -15,10 +15,11 @@ from propagate.labels import read_mask, write_mask
 from propagate.pipeline import run_masks, track_points
 from propagate.propagation import LabelPropagator
 from propagate.runs import run_points, run_video
+from propagate.session import Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Config", "LabelPropagator", "PropagateError", "build_extractor", "iter_features", "load_config", "read_mask",
-    "run_masks", "run_points", "run_video", "track_points", "write_mask",
+    "Session", "run_masks", "run_points", "run_video", "track_points", "write_mask",
 ]

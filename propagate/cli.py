@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
@@ -18,6 +18,7 @@ from propagate.features import preset_name
 
 if TYPE_CHECKING:
     from propagate.cache import FeatureCache
+    from propagate.cluster import RayRunner
 
 # flag -> dotted config key; each is also reachable as --set KEY=VALUE
 FLAG_KEYS = {
@@ -48,7 +49,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble-size", type=int, help="noised copies averaged per frame")
     g.add_argument("--prompt", help="text prompt for DIFT-SD (default empty)")
     g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="UNet precision")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for extraction and propagation")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="device for extraction and propagation")
     g.add_argument("--seed", type=int, help="seed of the diffusion noise")
     g.add_argument("--batch-size", type=int, help="max UNet samples per forward pass (speed only)")
     g.add_argument("--batch-frames", type=int, help="frames extracted together (speed only)")
@@ -97,14 +98,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     inputs = [cache.folder] if cache is not None else []
     if args.mask is not None:
         config = config_from_args(args, "davis")
+        formats = [f.strip() for f in args.format.split(",") if f.strip()]
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
-                            render=not args.no_video, cache=cache, inputs=inputs)
+                            render=not args.no_video, cache=cache, inputs=inputs, formats=formats,
+                            direction=args.direction)
         print(f"wrote {summary['frames']} masks to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
+        if summary["check_first"]:
+            print("least confident frames (check these first): "
+                  + ", ".join(f"{name} ({value:.2f})" for name, value in summary["check_first"]))
     else:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
-                             render=not args.no_video, cache=cache, inputs=inputs)
+                             render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 
@@ -128,8 +134,13 @@ def cmd_eval_davis(args: argparse.Namespace) -> None:
 
     config = config_from_args(args, "davis")
     sequences = args.sequences.split(",") if args.sequences else None
+    try:
+        keyframes = [int(k) for k in args.keyframes.split(",")] if args.keyframes else [0]
+    except ValueError:
+        raise PropagateError(f"--keyframes {args.keyframes!r}: give frame indices like 0,20") from None
     result = evaluate_davis(args.root, args.out, config, split=args.split, sequences=sequences, preset=args.config,
-                            command=" ".join(sys.argv), cache=_open_cache(args))
+                            command=" ".join(sys.argv), cache=_open_cache(args), keyframes=keyframes,
+                            runner=_cluster_runner(args))
     print(format_table(result))
 
 
@@ -138,8 +149,43 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
 
     config = config_from_args(args, "jhmdb")
     result = evaluate_jhmdb(args.root, args.split_file, args.out, config, preset=args.config,
-                            command=" ".join(sys.argv), cache=_open_cache(args))
+                            command=" ".join(sys.argv), cache=_open_cache(args), runner=_cluster_runner(args))
     print(format_pck_table(result))
+
+
+def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
+    g = p.add_argument_group("workers (Ray; pip install -e \".[cluster]\")")
+    g.add_argument("--workers", type=int, help="worker processes, each with its own extractor (default: one per CPU, "
+                   "or per --gpus-per-worker GPUs)" if batch else "run the videos on this many Ray workers (default: in this process)")
+    g.add_argument("--address", help="a running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001 "
+                   "(default: start a local one)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (default 0: CPU)")
+
+
+def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner | None:
+    """A Ray runner if the command asked for workers (``--workers`` or ``--address``), else None (in-process)."""
+    if not (always or args.workers is not None or args.address is not None):
+        return None
+    from propagate.cluster import RayRunner
+
+    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from propagate.cluster import run_batch
+
+    def configure(preset: str | None, task: str) -> Config:
+        return config_from_args(argparse.Namespace(**{**vars(args), "config": preset or args.config}), task)
+
+    runner = _cluster_runner(args, always=True)
+    assert runner is not None
+    report = run_batch(args.manifest, args.out, configure, runner, render=not args.no_video, cache=_open_cache(args))
+    print(report.table())
+    if report.failed:
+        print(f"failures listed in {Path(args.out) / 'failures.csv'}; fix those rows and run the same command "
+              "again (finished videos are skipped)")
+        return 1
+    return 0
 
 
 def cmd_score_davis(args: argparse.Namespace) -> None:
@@ -169,14 +215,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
           max_upload_mb=args.max_upload_mb, fallback=not chosen)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported like every other failure: one ``error:`` line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="propagate", description="Carry first-frame labels through a video with DIFT features.")
+    parser = OneLineParser(prog="propagate", description="Carry first-frame labels through a video with DIFT features.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also PROPAGATE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
     run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
-    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void)")
+    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), or a folder "
+                     "of keyframe masks named like frames (00000.png, 00040.png, ...)")
+    run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
+                     help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
+    run.add_argument("--format", default="png", help="outputs: png (always), coco (adds coco.json); e.g. png,coco")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -189,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     demo.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
     demo.add_argument("--model", help="DIFT-SD model to try first (hub id or local diffusers folder)")
-    demo.add_argument("--frames", type=int, default=36, help="frames of the demo clip (default 36)")
+    demo.add_argument("--frames", type=int, default=60, help="frames of the demo clip to use (default all 60)")
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="run a benchmark protocol end to end (DAVIS-2017 or JHMDB)")
@@ -200,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--out", required=True, help="results folder (resumable)")
     ed.add_argument("--sequences", help="comma-separated subset of the split")
     ed.add_argument("--cache", help="feature cache folder made by `propagate extract`")
+    ed.add_argument("--keyframes", help="annotated frames given as keyframes (default 0, the DAVIS protocol), "
+                    "e.g. 0,20 to measure a correction")
     add_config_flags(ed)
+    add_cluster_flags(ed)
     ed.set_defaults(func=cmd_eval_davis)
     ej = ev_sub.add_parser("jhmdb", help="JHMDB keypoints: propagate every video, then PCK@0.1/0.2")
     ej.add_argument("--root", required=True, help="JHMDB root (Rename_Images/, joint_positions/)")
@@ -208,7 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     ej.add_argument("--out", required=True, help="results folder (resumable)")
     ej.add_argument("--cache", help="feature cache folder made by `propagate extract`")
     add_config_flags(ej)
+    add_cluster_flags(ej)
     ej.set_defaults(func=cmd_eval_jhmdb)
+
+    ba = sub.add_parser("batch", help="label every video of a manifest on Ray workers (local or a cluster)")
+    ba.add_argument("manifest", help="CSV: video,mask or video,points; optional name and config columns (README)")
+    ba.add_argument("--out", required=True, help="results folder: one folder per video, as `propagate run` writes")
+    ba.add_argument("--no-video", action="store_true", help="skip the overlay mp4s")
+    ba.add_argument("--cache", help="feature cache folder made by `propagate extract` (seen by every worker)")
+    add_config_flags(ba)
+    add_cluster_flags(ba, batch=True)
+    ba.set_defaults(func=cmd_batch)
 
     sc = sub.add_parser("score", help="score an existing results folder")
     sc_sub = sc.add_subparsers(dest="dataset", required=True)
@@ -240,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
     try:
-        args.func(args)
+        status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)
     except PropagateError as exc:
         if debug:
             raise
@@ -257,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was marked complete; run the same command again to start over or resume",
               file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -61,6 +61,19 @@ class KeypointConfig:
 
 
 @dataclass
+class KeyframeConfig:
+    """How annotated keyframes are propagated (DESIGN section 9; :mod:`propagate.session`).
+
+    ``direction``: ``auto`` (forward for one keyframe on frame 0, else both), ``forward``, ``backward`` or ``both``.
+    ``blend``: how a frame between two keyframes mixes the two directions' soft labels: ``linear`` (by temporal
+    distance to each keyframe) or ``nearest`` (the nearer keyframe's direction only).
+    """
+
+    direction: str = "auto"
+    blend: str = "linear"
+
+
+@dataclass
 class Config:
     """Everything one run needs besides its inputs."""
 
@@ -69,13 +82,15 @@ class Config:
     resize: ResizeConfig = field(default_factory=ResizeConfig)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     batch_frames: int = 4  # frames extracted together (each with its ensemble copies)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"resize": ResizeConfig, "propagation": PropagationConfig, "keypoints": KeypointConfig}
+_SECTIONS = {"resize": ResizeConfig, "propagation": PropagationConfig, "keypoints": KeypointConfig,
+             "keyframes": KeyframeConfig}
 
 
 # What each field accepts: a test and the words that tell the user what to give. Keys are dotted as in overrides.
@@ -125,6 +140,8 @@ CHECKS: dict[str, Check] = {
     "keypoints.sigma": _POSITIVE_NUMBER,
     "keypoints.decode_topk": _int_at_least(1),
     "keypoints.cell_convention": _one_of("centre", "crw"),
+    "keyframes.direction": _one_of("auto", "forward", "backward", "both"),
+    "keyframes.blend": _one_of("linear", "nearest"),
 }
 
 

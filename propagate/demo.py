@@ -1,15 +1,20 @@
-"""The demo: a generated clip with a known first-frame mask, and the main job run on it.
+"""The demo, on real footage: a person walks in front of a table (60 frames of a CC BY 4.0 clip, 512x288, shipped
+in ``demo_data/``), with two hand-drawn keyframes: frame 0 (the person just entering, only head and shoulders in
+view) and frame 12 (the whole person: the correction). ``propagate demo`` propagates both ways and writes the
+results; it tries DIFT first and, where its weights cannot be had, says so in one line and runs the weight-free
+baseline features, labelled as such in the log and on the video.
 
-The clip (two textured objects moving over a textured background, 36 frames, 512x288, H.264) is made by the
-code below, so a fresh clone needs no data. It is processed at its own size (short side 288 instead of DAVIS's
-480) so the demo stays quick on a CPU. The demo tries DIFT first; where its weights cannot be had it says so
-in one line and runs the weight-free baseline features, labelled as such in the log and on the video.
+Also here: the synthetic scene the tests use (two textured objects moving over a textured background, the disk
+passing in front of the square; :func:`demo_frames`), whose ground truth is known by construction.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from propagate.config import load_config
 from propagate.errors import PropagateError
@@ -17,9 +22,10 @@ from propagate.features import build_extractor
 from propagate.labels import write_mask
 from propagate.render import OverlayWriter
 from propagate.runs import run_video
+from propagate.video import open_video
 
 DEMO_SIZE = (512, 288)
-DEMO_FRAMES = 36
+DEMO_FRAMES = 36  # frames of the synthetic scene
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int], cells: int) -> np.ndarray:
@@ -56,27 +62,74 @@ def demo_frames(num_frames: int = DEMO_FRAMES, size: tuple[int, int] = DEMO_SIZE
         yield image, mask
 
 
-def make_demo_clip(folder: str | Path, num_frames: int = DEMO_FRAMES) -> tuple[Path, Path]:
-    """Write ``clip.mp4`` and its first-frame mask ``first_mask.png`` into ``folder``; return both paths."""
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+WALK_CLIP = DEMO_DATA / "walk.mp4"  # 60 frames, 512x288: a person walks in front of a table (CC BY 4.0, see README)
+WALK_SHAPES = DEMO_DATA / "walk.json"  # its two keyframes, drawn by hand as polygons and ellipses
+
+
+def draw_shapes(shapes: Sequence[dict[str, object]], size_wh: tuple[int, int]) -> np.ndarray:
+    """A mask ``[H, W]`` uint8 from shapes filled in order (later on top): ``{"id": k, "polygon": [[x, y], ...]}``
+    or ``{"id": k, "ellipse": [cx, cy, rx, ry]}`` in pixel coordinates."""
+    image = Image.new("L", tuple(size_wh), 0)
+    draw = ImageDraw.Draw(image)
+    for shape in shapes:
+        index = int(shape["id"])  # type: ignore[arg-type]
+        if "polygon" in shape:
+            draw.polygon([tuple(map(float, p)) for p in shape["polygon"]], fill=index)  # type: ignore[union-attr]
+        elif "ellipse" in shape:
+            cx, cy, rx, ry = (float(v) for v in shape["ellipse"])  # type: ignore[union-attr]
+            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=index)
+        else:
+            raise PropagateError(f"shape {shape!r}: give a polygon or an ellipse")
+    return np.array(image, dtype=np.uint8)
+
+
+def write_keyframes(shapes_json: str | Path, folder: str | Path, num_frames: int | None = None) -> list[Path]:
+    """Render every keyframe of a shapes file (see ``demo_data/walk.json``) to ``folder/<frame>.png``; keyframes at
+    or beyond ``num_frames`` are left out."""
+    data = json.loads(Path(shapes_json).read_text())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    video, mask_path = folder / "clip.mp4", folder / "first_mask.png"
-    with OverlayWriter(video, 24, DEMO_SIZE) as writer:
-        for index, (image, mask) in enumerate(demo_frames(num_frames)):
-            writer.write(image)
-            if index == 0:
-                write_mask(mask_path, mask)
-    return video, mask_path
+    written = []
+    for name, shapes in data["keyframes"].items():
+        if num_frames is not None and int(name) >= num_frames:
+            continue
+        path = folder / f"{name}.png"
+        write_mask(path, draw_shapes(shapes, tuple(data["size"])))
+        written.append(path)
+    return written
+
+
+def make_walk_clip(folder: str | Path, num_frames: int = 60) -> tuple[Path, Path]:
+    """The real demo input under ``folder``: ``walk.mp4`` (the first ``num_frames`` of the clip) and ``keyframes/``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    video = folder / "walk.mp4"
+    if num_frames >= 60:
+        video.write_bytes(WALK_CLIP.read_bytes())
+    else:
+        source = open_video(WALK_CLIP)
+        with OverlayWriter(video, source.fps, source.native_size) as writer:
+            for frame in source:
+                if frame.index >= num_frames:
+                    break
+                writer.write(frame.image)
+    keyframes = folder / "keyframes"
+    for stale in keyframes.glob("*.png") if keyframes.is_dir() else []:
+        stale.unlink()  # the demo's own renders of an earlier run
+    write_keyframes(WALK_SHAPES, keyframes, num_frames)
+    return video, keyframes
 
 
 def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | None = None,
-             num_frames: int = DEMO_FRAMES) -> dict[str, object]:
-    """Make the demo clip under ``out/input`` and propagate its mask into ``out/result`` (PNGs + overlay.mp4)."""
+             num_frames: int = 60) -> dict[str, object]:
+    """Cut the demo clip into ``out/input`` (``walk.mp4`` and its two hand-drawn keyframes, frames 0 and 12) and
+    propagate them into ``out/result`` (PNGs, overlay.mp4, confidence.csv, coco.json)."""
     if num_frames < 2:
         raise PropagateError(f"--frames {num_frames}: the demo needs at least 2 frames")
     out = Path(out)
-    video, mask = make_demo_clip(out / "input", num_frames)
-    demo_resize = {"resize.short_side": DEMO_SIZE[1]}
+    video, keyframes = make_walk_clip(out / "input", num_frames)
+    demo_resize = {"resize.short_side": 288}
     config = load_config("davis_sd", demo_resize)
     if model:
         config.extractor["model"] = model
@@ -89,6 +142,9 @@ def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | 
         extractor = build_extractor(config.features, config.extractor)
         label = "BASELINE features (DIFT weights unavailable)"
     print(f"features: {label or extractor.describe()}", flush=True)
-    summary = run_video(video, mask, out / "result", config, extractor=extractor, overwrite=overwrite, label=label)
-    print(f"demo: {summary['frames']} masks in {summary['out']}, overlay {summary['overlay']}")
+    summary = run_video(video, keyframes, out / "result", config, extractor=extractor, overwrite=overwrite, label=label,
+                        formats=("png", "coco"))
+    print(f"demo: {summary['frames']} masks in {summary['out']}, overlay {summary['overlay']}, keyframes "
+          f"{summary['keyframes']}; least confident frames: "
+          + ", ".join(f"{name} ({value:.2f})" for name, value in summary["check_first"]))  # type: ignore[union-attr]
     return summary

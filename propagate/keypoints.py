@@ -94,6 +94,12 @@ def read_points(path: str | Path) -> PointSet:
         names, xy, edges = _parse_json(path)
     else:
         raise PropagateError(f"points file {path}: unknown format {suffix or '(no suffix)'}; use .json or .csv")
+    return read_points_from(names, xy, edges, path)
+
+
+def read_points_from(names: Sequence[str], xy: Sequence[tuple[float, float]], edges: Sequence[object],
+                     path: str | Path) -> PointSet:
+    """A :class:`PointSet` from parsed names, coordinates and edges, checked (names unique, edges name points)."""
     if not names:
         raise PropagateError(f"points file {path} lists no points: give at least one")
     seen: set[str] = set()
@@ -127,39 +133,90 @@ def _number(value: object, what: str, path: Path) -> float:
     return number
 
 
-def _parse_json(path: Path) -> tuple[list[str], list[tuple[float, float]], list]:
+def _load_json(path: Path) -> dict[str, object]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PropagateError(f"points file {path} is not valid JSON ({exc}); see the points format in the README") from None
     if isinstance(data, list):
         data = {"points": data}
-    if not isinstance(data, dict) or "points" not in data:
+    if not isinstance(data, dict) or ("points" not in data and "keyframes" not in data):
         raise PropagateError(f"points file {path}: expected an object with a \"points\" list, e.g. "
                              '{"points": [{"name": "head", "x": 120, "y": 40}]}')
-    points, edges = data["points"], data.get("edges") or []
+    return data
+
+
+def _parse_json(path: Path) -> tuple[list[str], list[tuple[float, float]], list]:
+    data = _load_json(path)
+    if "points" not in data:
+        raise PropagateError(f"points file {path} gives keyframes only: read it with read_point_keyframes")
+    edges = data.get("edges") or []
     if not isinstance(edges, list):
         raise PropagateError(f"points file {path}: \"edges\" must be a list of [name, name] pairs")
+    names, xy = _parse_points(data["points"], path, "")
+    return names, xy, edges
+
+
+def _parse_points(points: object, path: Path, where: str) -> tuple[list[str], list[tuple[float, float]]]:
+    """Points as a list of ``{name, x, y}`` or a mapping ``{name: [x, y]}`` -> names and coordinates."""
     names: list[str] = []
     xy: list[tuple[float, float]] = []
     if isinstance(points, dict):
         for name, value in points.items():
             if not (isinstance(value, (list, tuple)) and len(value) == 2):
-                raise PropagateError(f"points file {path}: point {name!r} is {value!r}; give [x, y]")
+                raise PropagateError(f"points file {path}{where}: point {name!r} is {value!r}; give [x, y]")
             names.append(str(name))
             xy.append((_number(value[0], f"x of {name!r}", path), _number(value[1], f"y of {name!r}", path)))
     elif isinstance(points, list):
         for i, item in enumerate(points):
             if not isinstance(item, dict) or "x" not in item or "y" not in item:
-                raise PropagateError(f"points file {path}: point {i + 1} is {item!r}; give {{\"name\": ..., \"x\": ..., \"y\": ...}}")
+                raise PropagateError(f"points file {path}{where}: point {i + 1} is {item!r}; give {{\"name\": ..., \"x\": ..., \"y\": ...}}")
             name = item.get("name", f"p{i + 1}")
             if not isinstance(name, str) or not name:
-                raise PropagateError(f"points file {path}: point {i + 1} has name {name!r}; give a non-empty string")
+                raise PropagateError(f"points file {path}{where}: point {i + 1} has name {name!r}; give a non-empty string")
             names.append(name)
             xy.append((_number(item["x"], f"x of {name!r}", path), _number(item["y"], f"y of {name!r}", path)))
     else:
-        raise PropagateError(f"points file {path}: \"points\" must be a list of {{name, x, y}} objects")
-    return names, xy, edges
+        raise PropagateError(f"points file {path}{where}: \"points\" must be a list of {{name, x, y}} objects")
+    return names, xy
+
+
+def read_point_keyframes(path: str | Path, frame_names: Sequence[str]) -> tuple[PointSet, dict[int, np.ndarray]]:
+    """Points given on several frames: ``(points of the first keyframe with names and edges, {frame: xy [J, 2]})``.
+
+    A JSON file may add ``"keyframes": {"<frame name>": <points>, ...}`` (points as in ``"points"``) to, or instead
+    of, ``"points"`` (which are frame 0's). Every keyframe must give the same point names (in any order). A CSV file
+    or a JSON file without ``"keyframes"`` gives frame 0 only.
+    """
+    path = Path(path)
+    data = _load_json(path) if path.suffix.lower() == ".json" and path.is_file() else {}
+    if "keyframes" not in data:
+        points = read_points(path)
+        return points, {0: points.xy}
+    keyframes = data["keyframes"]
+    if not isinstance(keyframes, dict) or not keyframes:
+        raise PropagateError(f"points file {path}: \"keyframes\" must map frame names to points, e.g. "
+                             '{"00040": [{"name": "head", "x": 120, "y": 40}]}')
+    index = {name: i for i, name in enumerate(frame_names)}
+    given: dict[int, tuple[list[str], list[tuple[float, float]]]] = {}
+    if "points" in data:
+        given[0] = _parse_points(data["points"], path, "")
+    for frame, points in keyframes.items():
+        if str(frame) not in index:
+            raise PropagateError(f"points file {path}: keyframe {frame!r} is not a frame of the video (frames are "
+                                 f"{frame_names[0]} .. {frame_names[-1]}): name keyframes after their frames")
+        given[index[str(frame)]] = _parse_points(points, path, f", keyframe {frame}")
+    first = min(given)
+    names = given[first][0]
+    template = read_points_from(names, given[first][1], data.get("edges") or [], path)
+    xy = {}
+    for frame, (frame_points, coords) in sorted(given.items()):
+        if sorted(frame_points) != sorted(names):
+            raise PropagateError(f"points file {path}: keyframe {frame_names[frame]} gives points {', '.join(frame_points)} "
+                                 f"but the first keyframe gives {', '.join(names)}: every keyframe gives the same points")
+        order = {n: c for n, c in zip(frame_points, coords)}
+        xy[frame] = np.array([order[n] for n in names], dtype=np.float64)
+    return template, xy
 
 
 def _parse_csv(path: Path) -> list[tuple[str, float, float]]:

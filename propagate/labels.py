@@ -6,7 +6,9 @@ become a mask at native size again (:func:`labels_to_mask`).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from propagate.errors import PropagateError
 from propagate.io import atomic_path
 
 VOID = 255
+LOSSY_FORMATS = {"JPEG", "MPO", "WEBP", "JPEG2000"}  # PIL format names of masks refused as lossy
 
 
 def _davis_palette() -> np.ndarray:
@@ -42,16 +45,28 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
 
     Accepts an indexed PNG (mode P), a greyscale PNG of indices (mode L), or an RGB(A) PNG drawn with DAVIS palette
     colours (mapped back to indices). ``size_wh`` (W, H), if given, must match the mask's size.
+
+    Refused: a lossy file (JPEG, WebP, JPEG 2000: compression noise would become objects), with the advice to save it
+    as PNG. A greyscale (mode L) mask holding only 0 and 255 is a binary mask saved as black and white: 255 is read
+    as object 1 (read as void it would label nothing), with a one-line ``note:`` on stderr.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PropagateError(f"mask {path} is a folder: give the first frame's label PNG (a file) with --mask")
     if not path.is_file():
         raise PropagateError(f"mask {path} does not exist: give the first frame's label PNG with --mask")
     try:
         with Image.open(path) as img:
+            if img.format in LOSSY_FORMATS:
+                raise PropagateError(f"mask {path} is a {img.format} file, whose lossy compression turns edges into "
+                                     "stray labels: save it as PNG (indexed or greyscale, 0 = background, 1..N = objects)")
             img.load()
             mode = img.mode
             if mode in ("P", "L"):
                 mask = np.array(img, dtype=np.uint8)
+                if mode == "L" and VOID in mask and set(np.unique(mask).tolist()) <= {0, VOID}:
+                    print(f"note: mask {path} is black and white (0/255): reading 255 as object 1", file=sys.stderr)
+                    mask = (mask == VOID).astype(np.uint8)
             elif mode == "1":
                 mask = np.array(img, dtype=np.uint8)
             elif mode in ("RGB", "RGBA"):
@@ -91,6 +106,35 @@ def _rgb_to_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
 def object_ids(mask: np.ndarray) -> list[int]:
     """Object indices present in ``mask`` (excluding background 0 and void 255), sorted."""
     return [int(v) for v in np.unique(mask) if v not in (0, VOID)]
+
+
+def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Keyframe masks ``{frame index: [H, W] uint8}`` from a mask file (frame 0) or a folder of PNGs named like frames.
+
+    In a folder, ``00040.png`` is the mask of the frame named ``00040`` (the frame folder's file stems, or
+    ``00000``, ``00001``, ... for a video file); any frames, sparse. Every mask must have the frames' size; together
+    they must label at least one object.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+                       key=lambda p: p.name)
+        if not files:
+            raise PropagateError(f"mask folder {path} is empty: put one PNG per keyframe in it, named like the frame "
+                                 f"(e.g. {names[0]}.png)")
+        index = {name: i for i, name in enumerate(names)}
+        masks = {}
+        for file in files:
+            if file.stem not in index:
+                raise PropagateError(f"mask {file} is named like no frame of the video (frames are {names[0]} .. "
+                                     f"{names[-1]}): name each keyframe's PNG after its frame")
+            masks[index[file.stem]] = read_mask(file, size_wh)
+    else:
+        masks = {0: read_mask(path, size_wh)}
+    if not any(object_ids(m) for m in masks.values()):
+        raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one "
+                             "object 1..N")
+    return dict(sorted(masks.items()))
 
 
 def require_objects(mask: np.ndarray, path: str | Path) -> list[int]:
@@ -153,12 +197,24 @@ def mask_to_labels(mask: np.ndarray, num_objects: int, grid_hw: tuple[int, int],
 def labels_to_mask(
     soft: torch.Tensor, proc_hw: tuple[int, int], native_hw: tuple[int, int], minmax: bool = True
 ) -> np.ndarray:
-    """Soft labels ``[K, h, w]`` -> index mask ``[H, W]`` uint8 at native size.
+    """Soft labels ``[K, h, w]`` -> index mask ``[H, W]`` uint8 at native size (see :func:`decode_mask`)."""
+    return decode_mask(soft, proc_hw, native_hw, minmax)[0]
+
+
+def decode_mask(
+    soft: torch.Tensor, proc_hw: tuple[int, int], native_hw: tuple[int, int], minmax: bool = True
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Soft labels ``[K, h, w]`` -> index mask ``[H, W]`` uint8 at native size, and a confidence per object.
 
     Bilinear upsampling to the processing size, optional per-channel min-max normalisation (DINO's ``norm_mask``),
     argmax, then a nearest resize to the native size.
+
+    Confidence of object ``o`` (1..K-1): the mean, over the processing-size pixels the mask gives to ``o``, of its
+    upsampled soft label's margin over the best other label, clipped to [0, 1]; 0 where the object is lost (no
+    pixel). Soft labels sum to 1 per cell, so a confident object is near 1 and a contested one near 0.
     """
     up = F.interpolate(soft[None].float(), size=tuple(proc_hw), mode="bilinear", align_corners=False)[0]
+    probs = up
     if minmax:
         flat = up.reshape(up.shape[0], -1)
         lo = flat.min(dim=1, keepdim=True).values
@@ -168,7 +224,26 @@ def labels_to_mask(
         # channels whose max is 0 stay as they are (DINO leaves them untouched)
         flat = torch.where(top > 0, (flat - lo) / scale, flat)
         up = flat.reshape(up.shape)
-    index = up.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    winner = up.argmax(dim=0)
+    confidence = _object_confidence(probs, winner)
+    index = winner.to(torch.uint8).cpu().numpy()
     if index.shape != tuple(native_hw):
         index = resize_nearest(index, (native_hw[1], native_hw[0]))
-    return index
+    return index, confidence
+
+
+def _object_confidence(probs: torch.Tensor, winner: torch.Tensor) -> dict[int, float]:
+    """``{object: mean margin}`` of soft labels ``probs [K, H, W]`` over the pixels ``winner [H, W]`` gives it."""
+    if probs.shape[0] < 2:
+        return {}
+    top2 = torch.topk(probs, 2, dim=0)
+    confidence = {}
+    for obj in range(1, probs.shape[0]):
+        where = winner == obj
+        if not bool(where.any()):
+            confidence[obj] = 0.0
+            continue
+        other = torch.where(top2.indices[0] == obj, top2.values[1], top2.values[0])
+        margin = (probs[obj] - other)[where].double().mean()
+        confidence[obj] = float(min(1.0, max(0.0, float(margin))))
+    return confidence

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
 from propagate.keypoints import CONVENTIONS, decode_keypoints, keypoint_heatmaps, pixels_to_grid
-from propagate.labels import labels_to_mask, mask_to_labels, require_objects
+from propagate.labels import decode_mask, mask_to_labels, require_objects
 from propagate.propagation import LabelPropagator
 from propagate.video import Frame, VideoSource, open_video, processing_size
 
@@ -55,8 +55,19 @@ def run_masks(
     """Propagate ``first_mask [H, W]`` (uint8 indices) through ``video``; yield ``(frame, mask [H, W] uint8)``.
 
     Frame 0 yields the given mask. The generator holds only the context queue between frames. ``cache`` (a
-    :class:`propagate.cache.FeatureCache`) supplies stored features instead of extracting them.
+    :class:`propagate.cache.FeatureCache`) supplies stored features instead of extracting them. For keyframes on
+    other frames, use :class:`propagate.session.Session`.
     """
+    for frame, mask, _confidence in iter_masks(video, first_mask, config, extractor=extractor, cache=cache,
+                                               progress=progress):
+        yield frame, mask
+
+
+def iter_masks(video: str | Path | VideoSource, first_mask: np.ndarray, config: Config, *,
+               extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None,
+               progress: bool = True) -> Iterator[tuple[Frame, np.ndarray, dict[int, float]]]:
+    """:func:`run_masks` with each frame's confidence per object (:func:`propagate.labels.decode_mask`; 1 on
+    frame 0): ``(frame, mask [H, W] uint8, {object: confidence})``."""
     source = as_source(video)
     check_length(source)
     native_w, native_h = source.native_size
@@ -74,12 +85,13 @@ def run_masks(
             if frame.index == 0:
                 labels = mask_to_labels(first_mask, num_objects, tuple(feats.shape[1:]), config.propagation.label_downsample)
                 propagator.start(feats, labels)
-                mask = first_mask
+                mask, confidence = first_mask, {obj: 1.0 for obj in range(1, num_objects + 1)}
             else:
                 soft = propagator.step(feats)
-                mask = labels_to_mask(soft, (proc_h, proc_w), (native_h, native_w), config.propagation.minmax_norm)
+                mask, confidence = decode_mask(soft, (proc_h, proc_w), (native_h, native_w),
+                                               config.propagation.minmax_norm)
             bar.update(1)
-            yield frame, mask
+            yield frame, mask, confidence
 
 
 class KeypointTracker:
@@ -155,3 +167,139 @@ def track_points(
                 pred, confidence = tracker.step(feats)
             bar.update(1)
             yield frame, pred, confidence
+
+
+# ---------------------------------------------------------------------------------------------- keyframes
+
+DIRECTIONS = ("auto", "forward", "backward", "both")
+
+
+def resolve_direction(direction: str, keyframes: Sequence[int], num_frames: int) -> tuple[bool, bool]:
+    """Which sweeps run: ``(forward, backward)``.
+
+    ``auto`` is ``forward`` for one keyframe on frame 0 (exactly the single-mask protocol) and ``both`` otherwise.
+    ``forward`` needs a keyframe on the first frame and ``backward`` one on the last, so that every frame gets a
+    result.
+    """
+    if direction not in DIRECTIONS:
+        raise PropagateError(f"direction {direction!r}: choose one of {', '.join(DIRECTIONS)}")
+    keys = sorted(keyframes)
+    if not keys:
+        raise PropagateError("no keyframe: give an annotation for at least one frame")
+    if direction == "auto":
+        direction = "forward" if keys == [0] else "both"
+    if direction == "forward" and keys[0] != 0:
+        raise PropagateError(f"direction forward needs a keyframe on the first frame, but the first is frame "
+                             f"{keys[0]}: use --direction both (or backward)")
+    if direction == "backward" and keys[-1] != num_frames - 1:
+        raise PropagateError(f"direction backward needs a keyframe on the last frame ({num_frames - 1}), but the last "
+                             f"is frame {keys[-1]}: use --direction both (or forward)")
+    return direction in ("forward", "both"), direction in ("backward", "both")
+
+
+def blend_weights(t: int, before: int, after: int, rule: str = "linear") -> tuple[float, float]:
+    """Weights ``(forward, backward)`` of frame ``t`` between keyframes ``before < t < after``.
+
+    ``linear``: by temporal distance, each direction weighted by how close its source keyframe is:
+    ``forward = (after - t) / (after - before)``, ``backward = (t - before) / (after - before)``.
+    ``nearest``: all weight to the direction whose keyframe is nearer (forward on a tie).
+    """
+    if not before < t < after:
+        raise ValueError(f"frame {t} is not between keyframes {before} and {after}")
+    if rule == "linear":
+        span = after - before
+        return (after - t) / span, (t - before) / span
+    if rule == "nearest":
+        return (1.0, 0.0) if t - before <= after - t else (0.0, 1.0)
+    raise PropagateError(f"keyframes.blend {rule!r}: choose linear or nearest")
+
+
+class Sweep:
+    """One direction's pass over a video from its first keyframe, remembering every frame's soft labels so that a
+    later pass with other keyframes recomputes only the frames whose result can change.
+
+    A pass visits frames in ``order``; keyframes (``{frame: labels [K, h, w]}``) join the permanent context when
+    reached, other frames are propagated. Before the first frame that differs from the last pass (a keyframe
+    added, removed or changed), nothing can have changed: those frames are replayed into the context (their stored
+    labels pushed as they were) without propagation, which gives the same context, slot for slot.
+    """
+
+    def __init__(self, cfg: PropagationConfig, device: str | torch.device | None = None):
+        self.cfg = cfg
+        self.device = device
+        self.soft: dict[int, torch.Tensor] = {}  # frame -> [K, h, w] soft labels of the last pass (CPU)
+        self._keys: dict[int, torch.Tensor] = {}  # the keyframes of the last pass
+        self._order: list[int] = []
+        self.propagated = 0  # frames propagated by the last pass (not replayed)
+
+    def run(self, order: Sequence[int], features: Callable[[int], torch.Tensor],
+            keyframes: Mapping[int, torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(frame, soft labels [K, h, w])`` along ``order`` (which starts on a keyframe)."""
+        order = list(order)
+        if not order or order[0] not in keyframes:
+            raise ValueError("a sweep starts on a keyframe")
+        same = order == self._order
+        propagator = LabelPropagator(self.cfg, device=self.device)
+        self.propagated = 0
+        for t in order:
+            same = same and _same_keyframe(keyframes.get(t), self._keys.get(t))
+            feats = features(t)
+            if t in keyframes:
+                labels = keyframes[t]
+                if propagator.queue is None:
+                    propagator.start(feats, labels)
+                else:
+                    propagator.add_keyframe(feats, labels)
+                soft = labels
+            elif same:
+                soft = self.soft[t]
+                propagator.replay(feats, soft)
+            else:
+                soft = propagator.step(feats).cpu()
+                self.propagated += 1
+            self.soft[t] = soft
+            yield t, soft
+        self._order, self._keys = order, dict(keyframes)
+
+
+def _same_keyframe(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+def propagate_keyframes(
+    features: Callable[[int], torch.Tensor],
+    num_frames: int,
+    keyframes: Mapping[int, torch.Tensor],
+    cfg: PropagationConfig,
+    direction: str = "auto",
+    blend: str = "linear",
+    sweeps: tuple[Sweep, Sweep] | None = None,
+) -> Iterator[tuple[int, torch.Tensor, bool]]:
+    """Soft labels of every frame from annotated keyframes, in frame order: ``(frame, labels [K, h, w], keyframe)``.
+
+    Keyframes give their own labels. Frames before the first keyframe come from the backward sweep, frames after the
+    last from the forward sweep, and a frame between two keyframes gets both sweeps' labels weighted by
+    :func:`blend_weights` (only the sweeps that ``direction`` runs; see :func:`resolve_direction`). ``features(t)``
+    gives frame ``t``'s features ``[C, h, w]``; pass ``sweeps`` (forward, backward) kept from an earlier call to
+    recompute only what the new keyframes can change.
+    """
+    keys = sorted(keyframes)
+    forward, backward = resolve_direction(direction, keys, num_frames)
+    fwd_sweep, bwd_sweep = sweeps or (Sweep(cfg), Sweep(cfg))
+    back: dict[int, torch.Tensor] = {}
+    if backward:
+        back = dict(bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes))
+    if not forward:
+        for t in range(num_frames):
+            yield t, back[t], t in keyframes
+        return
+    for t in range(keys[0]):
+        yield t, back[t], False
+    for t, soft in fwd_sweep.run(range(keys[0], num_frames), features, keyframes):
+        if t in keyframes or not backward or t > keys[-1]:
+            yield t, soft, t in keyframes
+        else:
+            before = max(k for k in keys if k < t)
+            after = min(k for k in keys if k > t)
+            w_fwd, w_bwd = blend_weights(t, before, after, blend)
+            yield t, w_fwd * soft + w_bwd * back[t], False

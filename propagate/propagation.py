@@ -24,7 +24,6 @@ import functools
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,16 +66,19 @@ def _bf16_residual(x: torch.Tensor) -> torch.Tensor:
 
 
 class ContextQueue:
-    """Frame 0 plus a FIFO of the last ``n_last`` frames: l2-normalised keys and soft labels.
+    """The permanent frames (frame 0, or the keyframes met so far) plus a FIFO of the last ``n_last`` predicted
+    frames: l2-normalised keys and soft labels.
 
-    Kept in preallocated buffers (slot 0 is frame 0, slots 1..n_last a ring), so a step never copies the context.
-    Buffers: ``keys [1+n, h, w, C]`` float32 (and a bfloat16 copy when screening, with ``bf16_error [1+n]``: per
-    slot the largest norm of a key's bf16 rounding residual), ``labels [1+n, h, w, K]``.
+    Kept in preallocated buffers (slots 0..P-1 the ``fixed`` permanent frames, slots P..P+n_last-1 a ring), so a step
+    never copies the context; only adding a keyframe reallocates. Buffers: ``keys [P+n, h, w, C]`` float32 (and a
+    bfloat16 copy when screening, with ``bf16_error [P+n]``: per slot the largest norm of a key's bf16 rounding
+    residual), ``labels [P+n, h, w, K]``.
     """
 
     def __init__(self, n_last: int, hwc: tuple[int, int, int], num_labels: int, device: torch.device, keep_bf16: bool):
         h, w, c = hwc
         self.n_last = n_last
+        self.fixed = 1  # permanent slots; frame 0 (the first keyframe) fills slot 0
         self.keys = torch.empty((1 + n_last, h, w, c), dtype=torch.float32, device=device)
         self.keys_bf16 = torch.empty((1 + n_last, h, w, c), dtype=torch.bfloat16, device=device) if keep_bf16 else None
         self.bf16_error = torch.zeros(1 + n_last, dtype=torch.float32, device=device)
@@ -94,7 +96,21 @@ class ContextQueue:
     def set_first(self, keys_hwc: torch.Tensor, labels_hwk: torch.Tensor) -> None:
         self._store(0, keys_hwc, labels_hwk)
         self.count = 0
-        self.next_slot = 1
+        self.next_slot = self.fixed
+
+    def add_fixed(self, keys_hwc: torch.Tensor, labels_hwk: torch.Tensor) -> None:
+        """Make a keyframe permanent: a new fixed slot after the others (the recent frames stay, in their order)."""
+        p = self.fixed
+
+        def grow(buf: torch.Tensor) -> torch.Tensor:
+            return torch.cat([buf[:p], buf[:1], buf[p:]])  # the new slot is filled below
+
+        self.keys, self.labels, self.bf16_error = grow(self.keys), grow(self.labels), grow(self.bf16_error)
+        if self.keys_bf16 is not None:
+            self.keys_bf16 = grow(self.keys_bf16)
+        self.fixed += 1
+        self.next_slot += 1
+        self._store(p, keys_hwc, labels_hwk)
 
     def push(self, keys_hwc: torch.Tensor, labels_hwk: torch.Tensor) -> None:
         """Add a predicted frame; the oldest recent frame drops out once ``n_last`` are held."""
@@ -102,7 +118,7 @@ class ContextQueue:
             return
         self._store(self.next_slot, keys_hwc, labels_hwk)
         self.count = min(self.count + 1, self.n_last)
-        self.next_slot = self.next_slot % self.n_last + 1
+        self.next_slot = (self.next_slot - self.fixed + 1) % self.n_last + self.fixed
 
 
 def _topk_weights(scores: torch.Tensor, topk: int, temperature: float) -> torch.Tensor:
@@ -236,17 +252,18 @@ class _ContextKeys:
     Windowed slots (``w_slots``) are copied, per column stripe (a tile column plus the radius on each side), into a
     buffer laid out ``[h, n_slots, stripe_w, C]``: the keys of any tile's window union (its rows) are then one
     contiguous matrix, and a cached bias sets keys outside each query's window to -inf. Unwindowed slots
-    (``full_slots``: frame 0 with ``window_first: false``, everything with ``window: none``) are one flat matrix.
+    (``full_slots``: the permanent frames with ``window_first: false``, everything with ``window: none``) are one
+    flat matrix.
     """
 
     def __init__(self, queue: ContextQueue, cfg: PropagationConfig, screen: bool):
-        recent = queue.count
+        used, fixed = queue.fixed + queue.count, queue.fixed  # slots in use; the permanent ones come first
         if cfg.window == "none":
-            self.w_slots, self.full_slots, self.radius = (0, 0), list(range(0, 1 + recent)), 0
+            self.w_slots, self.full_slots, self.radius = (0, 0), list(range(0, used)), 0
         elif cfg.window_first:
-            self.w_slots, self.full_slots, self.radius = (0, 1 + recent), [], int(cfg.radius)
+            self.w_slots, self.full_slots, self.radius = (0, used), [], int(cfg.radius)
         else:
-            self.w_slots, self.full_slots, self.radius = (1, 1 + recent), [0], int(cfg.radius)
+            self.w_slots, self.full_slots, self.radius = (fixed, used), list(range(fixed)), int(cfg.radius)
         self.window = cfg.window
         self.queue = queue
         _, self.h, self.w, self.c = queue.keys.shape
@@ -414,6 +431,7 @@ class LabelPropagator:
     >>> prop = LabelPropagator(cfg)
     >>> prop.start(feats0, labels0)          # frame 0: [C, h, w] features, [K, h, w] labels
     >>> soft = prop.step(feats1)              # [K, h, w] soft labels of frame 1, and so on
+    >>> prop.add_keyframe(feats5, labels5)    # a later annotated frame joins the permanent context
     """
 
     def __init__(self, cfg: PropagationConfig, device: str | torch.device | None = None):
@@ -445,6 +463,23 @@ class LabelPropagator:
         c, h, w = feats.shape
         self.queue = ContextQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen)
         self.queue.set_first(self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0))
+
+    def add_keyframe(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """A later annotated frame (features ``[C, h, w]``, labels ``[K, h, w]``) joins the permanent context, as
+        frame 0 did; the recent predicted frames stay in the queue."""
+        if self.queue is None:
+            raise RuntimeError("call start() with the first keyframe before add_keyframe()")
+        if labels.shape[0] != self.queue.labels.shape[-1] or feats.shape[1:] != labels.shape[1:]:
+            raise ValueError(f"keyframe labels {tuple(labels.shape)} do not match the context's "
+                             f"{self.queue.labels.shape[-1]} labels on the grid of features {tuple(feats.shape)}")
+        self.queue.add_fixed(self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0))
+
+    def replay(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """Push a frame whose soft labels ``[K, h, w]`` are already known (an earlier :meth:`step` gave them), as
+        :meth:`step` would have: the context ends up the same, slot for slot, without propagating."""
+        if self.queue is None:
+            raise RuntimeError("call start() with frame 0 before replay()")
+        self.queue.push(self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0))
 
     def step(self, feats: torch.Tensor) -> torch.Tensor:
         """Soft labels ``[K, h, w]`` of the next frame from its features ``[C, h, w]``; the frame joins the context."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -39,17 +40,20 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, check_processing_size
-from propagate.io import atomic_write_json
-from propagate.keypoints import PointSet, check_points_inside, points_record, read_points
-from propagate.labels import read_mask, require_objects, write_mask
-from propagate.pipeline import KeypointTracker, check_length, run_masks, track_points
+from propagate.coco import CocoVideoWriter
+from propagate.io import atomic_write_json, atomic_write_text
+from propagate.keypoints import PointSet, check_points_inside, points_record, read_point_keyframes
+from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
+from propagate.pipeline import KeypointTracker, check_length, iter_masks, resolve_direction, track_points
 from propagate.render import OverlayWriter, caption, draw_points, overlay_mask
-from propagate.video import open_video
+from propagate.session import Session
+from propagate.video import Frame, VideoSource, open_video
 
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
 RUN_INFO = "run_info.json"  # what produced the results
 STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
 STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id>
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failures that can only come from writing
 
 JSON = dict[str, object]
 
@@ -141,9 +145,14 @@ def _all_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
 
 
+def _is_shared_place(path: Path) -> bool:
+    """The working directory, home or root: never a results folder unless empty."""
+    return _resolved(path) in (Path.cwd().resolve(), Path.home().resolve(), Path(_resolved(path).anchor))
+
+
 def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> None:
     """Everything about an output folder that can be checked before writing (see the module docstring)."""
-    path = Path(target)
+    path = Path(target).expanduser()
     check_not_input(path, inputs)
     if path.exists() and not path.is_dir():
         raise PropagateError(f"output {path} exists and is not a folder: choose another --out")
@@ -152,10 +161,9 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
     present = _all_files(path)
     if not present and not any(path.iterdir()):
         return
-    out = _resolved(path)
-    if out in (Path.cwd().resolve(), Path.home().resolve(), Path(out.anchor)):
-        raise PropagateError(f"output {path} is {out} (the working directory, home or root) and is not empty: "
-                             "give a new folder for the results, e.g. --out results/")
+    if _is_shared_place(path):
+        raise PropagateError(f"output {path} is {_resolved(path)} (the working directory, home or root) and is not "
+                             "empty: give a new folder for the results, e.g. --out results/")
     ours = written_files(path)
     if ours is None:
         first = present[0] if present else next(iter(sorted(p.name for p in path.iterdir())))
@@ -230,7 +238,7 @@ class ResultsFolder:
     """
 
     def __init__(self, target: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False):
-        self.target = Path(target)
+        self.target = Path(target).expanduser()
         check_output(self.target, inputs, overwrite)
         self.staging: Path | None = None
         self.summary: JSON = {}
@@ -244,13 +252,17 @@ class ResultsFolder:
     def __enter__(self) -> Path:
         parent = self.target.parent
         missing = [p for p in [parent, *parent.parents] if not p.exists()]
-        parent.mkdir(parents=True, exist_ok=True)
-        self._created = missing  # deepest first: removed again if the run fails
-        remove_stale_staging(self.target)
-        self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
-        self.staging.mkdir()
-        atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                        "target": str(self.target)})
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._created = missing  # deepest first: removed again if the run fails
+            remove_stale_staging(self.target)
+            self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
+            self.staging.mkdir()
+            atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                            "target": str(self.target)})
+        except OSError as exc:
+            self._discard()
+            raise self._write_error(exc) from exc
         return self.staging
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -260,10 +272,21 @@ class ResultsFolder:
             try:
                 self._install()
                 return
-            except BaseException:
+            except BaseException as error:
                 self._discard()
+                if isinstance(error, OSError):
+                    raise self._write_error(error) from error
                 raise
         self._discard()
+        if isinstance(exc, OSError) and (exc.errno in WRITE_ERRNOS or str(exc.filename).startswith(str(self.staging))):
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: OSError) -> PropagateError:
+        """A failed write (read-only, no space, permission...) as one line naming the results folder."""
+        where = f" (at {exc.filename})" if exc.filename else ""
+        return PropagateError(f"cannot write results to {self.target}: {exc.strerror or exc}{where}; nothing was "
+                              "marked complete and earlier results there are untouched: fix this or choose another "
+                              "--out")
 
     def _discard(self) -> None:
         if self.staging is not None and self.staging.exists():
@@ -298,7 +321,11 @@ class ResultsFolder:
             os.replace(staging / COMPLETE, target / COMPLETE)
             staging.rmdir()
             return
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            os.rename(aside, target)  # the earlier results go back where they were
+            raise
         _remove_listed(aside, [*earlier, COMPLETE])
 
 
@@ -316,16 +343,23 @@ class ResumableRun:
 
     The constructor checks the folder (not an input; an existing ``run_info.json`` must be ours and agree with
     ``info`` on ``keys``, so results made with other settings are never mixed). :meth:`done` says whether a unit is
-    finished (a unit folder holding files we did not write is refused, never emptied); :meth:`unit` writes one.
+    finished (a unit folder holding files we did not write is refused, never emptied); :meth:`run` records what
+    produces the results and runs the pending units.
     """
 
     def __init__(self, out: str | Path, *, inputs: Sequence[str | Path], info: JSON, keys: Sequence[str]):
-        self.out = Path(out)
+        self.out = Path(out).expanduser()
         self.inputs = list(inputs)
         check_not_input(self.out, self.inputs)
         if self.out.exists() and not self.out.is_dir():
             raise PropagateError(f"output {self.out} exists and is not a folder: choose another --out")
+        if _is_shared_place(self.out) and any(self.out.iterdir()) and not (self.out / RUN_INFO).is_file():
+            raise PropagateError(f"output {self.out} is {_resolved(self.out)} (the working directory, home or root) "
+                                 "and is not empty: give a new folder for the results, e.g. --out results/")
         self.info = info
+        self._check(info, keys)
+
+    def _check(self, info: JSON, keys: Sequence[str]) -> None:
         record = self.out / RUN_INFO
         if record.is_file():
             old = read_json(record, "run record")
@@ -349,13 +383,93 @@ class ResumableRun:
         check_output(folder, self.inputs, overwrite=False)  # absent or empty, or an error naming a foreign file
         return False
 
+    def run(self, units: Sequence["Unit"], config: Config, extractor: FeatureExtractor | None,
+            cache: FeatureStore | None, progress: bool, runner: "Runner | None" = None, **record: object) -> None:
+        """Record what produces the results in ``run_info.json`` (``record`` adds to :func:`run_record`), then run
+        the pending ``units`` with ``runner`` (default :func:`run_units`).
+
+        The extractor is built only when a unit needs it or nothing is recorded yet; its settings must agree with an
+        earlier record. When every unit is done, the earlier record is kept as it was.
+        """
+        if extractor is None and (units or not (self.out / RUN_INFO).is_file()):
+            extractor = build_extractor(config.features, config.extractor)
+        if extractor is not None:
+            info = run_record(config, extractor, features=extractor.name, extractor_description=extractor.describe(),
+                              settings=self.info.get("settings"), **record)
+            self._check(info, ["settings", "extractor", "features"])
+            self.record(info)
+        else:
+            self.info = read_json(self.out / RUN_INFO, "run record")
+        (runner or run_units)(units, config, extractor, cache, progress)
+
 
 # ---------------------------------------------------------------------------------------------- the run jobs
 
 
+FORMATS = ("png", "coco")
+CONFIDENCE_CSV = "confidence.csv"
+COCO_JSON = "coco.json"
+MaskResult = tuple[Frame, np.ndarray, Mapping[int, float], bool]  # frame, mask [H, W], confidence, keyframe
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The export formats asked for (``png`` always written; ``coco`` adds ``coco.json``)."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise PropagateError(f"format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)} (e.g. --format png,coco)")
+    return tuple(dict.fromkeys(formats))
+
+
+def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskResult], object_ids: Sequence[int],
+                       formats: Sequence[str] = ("png",), overlay_text: str | None = None) -> list[list[str]]:
+    """Write a masks results set into ``out`` (a staging folder): ``<frame>.png`` per frame, ``confidence.csv``,
+    ``coco.json`` (if asked) and ``overlay.mp4`` (if ``overlay_text`` is given, captioned with it).
+
+    Returns the confidence rows (``[frame, name, keyframe, object_1, ...]``) as written.
+    """
+    objects = sorted(object_ids)
+    coco = CocoVideoWriter(Path(source.path).stem if Path(source.path).suffix else Path(source.path).name,
+                           source.native_size, objects) if "coco" in formats else None
+    rows = [["frame", "name", "keyframe", *[f"object_{o}" for o in objects]]]
+    writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if overlay_text is not None else None
+    with writer or contextlib.nullcontext():
+        for frame, mask, confidence, keyframe in results:
+            write_mask(out / f"{frame.name}.png", mask)
+            rows.append([str(frame.index), frame.name, str(int(keyframe)),
+                         *[f"{confidence.get(o, 0.0):.4f}" for o in objects]])
+            if coco is not None:
+                coco.add(frame.name, mask)
+            if writer is not None:
+                tag = " | keyframe" if keyframe else ""
+                writer.write(caption(overlay_mask(frame.image, mask), f"{overlay_text} | frame {frame.index}{tag}"))
+    atomic_write_text(out / CONFIDENCE_CSV, "\n".join(",".join(r) for r in rows) + "\n")
+    if coco is not None:
+        atomic_write_json(out / COCO_JSON, coco.to_json())
+    return rows
+
+
+def _write_masks_folder(folder: ResultsFolder, source: VideoSource, results: Iterable[MaskResult],
+                        objects: Sequence[int], formats: Sequence[str], overlay_text: str | None, config: Config,
+                        extractor: FeatureExtractor, **record: object) -> list[list[str]]:
+    """Write a masks results set (:func:`write_mask_results`) and its ``run_info.json`` into ``folder``, whole."""
+    with folder as out:
+        rows = write_mask_results(out, source, results, objects, formats, overlay_text)
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(source.path),
+                                                     formats=list(formats), **record))
+        folder.summary = {"frames": len(rows) - 1}
+    return rows
+
+
+def least_confident(rows: Sequence[Sequence[str]], count: int = 3) -> list[tuple[str, float]]:
+    """The ``count`` propagated frames (not keyframes) of confidence rows with the lowest object confidence:
+    ``[(frame name, confidence)]``, lowest first."""
+    scored = [(min((float(v) for v in r[3:]), default=1.0), int(r[0]), r[1]) for r in rows[1:] if r[2] == "0"]
+    return [(name, value) for value, _, name in sorted(scored)[:count]]
+
+
 def run_video(
     video: str | Path,
-    mask: str | Path | np.ndarray,
+    mask: str | Path | np.ndarray | Mapping[int, np.ndarray],
     out_dir: str | Path,
     config: Config,
     *,
@@ -366,96 +480,138 @@ def run_video(
     progress: bool = True,
     label: str | None = None,
     inputs: Sequence[str | Path] = (),
+    formats: Sequence[str] = ("png",),
+    direction: str | None = None,
 ) -> JSON:
     """The ``propagate run --mask`` job: one indexed PNG per frame (named like the input frames), ``overlay.mp4``,
-    ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir`` (see :class:`ResultsFolder`).
+    ``confidence.csv``, ``coco.json`` (``formats`` with ``coco``), ``run_info.json`` and the ``.complete`` manifest,
+    written whole into ``out_dir`` (see :class:`ResultsFolder`).
 
-    ``mask`` is a mask file or the first frame's ``[H, W]`` uint8 indices; ``inputs`` are more paths the output must
-    stay clear of (a dataset root, a cache). Everything is checked before anything is written.
+    ``mask`` is a mask file (frame 0), a folder of keyframe masks named like frames
+    (:func:`propagate.labels.read_keyframes`), the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``. One keyframe on frame 0
+    streams frame by frame (:func:`propagate.pipeline.iter_masks`); other keyframes go through a
+    :class:`propagate.session.Session` (``direction`` default ``config.keyframes.direction``). ``inputs`` are more
+    paths the output must stay clear of (a dataset root, a cache). Everything is checked before anything is written.
 
-    Returns a summary: frames written, output folder, overlay path, extractor description.
+    Returns a summary: frames written, output folder, overlay path, extractor description, keyframes, and the least
+    confident frames (``check_first``: ``[(frame name, confidence)]``).
     """
     source = open_video(video)
-    first = read_mask(mask, source.native_size) if not isinstance(mask, np.ndarray) else mask
-    require_objects(first, mask if not isinstance(mask, np.ndarray) else "first mask")
+    given = not isinstance(mask, (str, Path))
+    if isinstance(mask, np.ndarray):
+        keyframes = {0: mask}
+    elif given:
+        keyframes = dict(sorted(mask.items()))
+    else:
+        keyframes = read_keyframes(mask, source.names, source.native_size)
+    require_objects(np.concatenate([m.ravel() for m in keyframes.values()]), "first mask" if given else mask)
     check_length(source)
-    paths = [video, *([mask] if not isinstance(mask, np.ndarray) else []), *inputs]
+    direction = direction or config.keyframes.direction
+    forward, backward = resolve_direction(direction, list(keyframes), len(source))
+    formats = check_formats(formats)
+    paths = [video, *([] if given else [mask]), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
     check_processing_size(source, extractor, config.resize)
     text = label or extractor.describe()
-    written = 0
-    with folder as out:
-        writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
-        with writer or contextlib.nullcontext():
-            for frame, frame_mask in run_masks(source, first, config, extractor, cache=cache, progress=progress):
-                write_mask(out / f"{frame.name}.png", frame_mask)
-                written += 1
-                if writer is not None:
-                    writer.write(caption(overlay_mask(frame.image, frame_mask), f"{text} | frame {frame.index}"))
-        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
-                                                     mask=str(mask) if not isinstance(mask, np.ndarray) else None))
-        folder.summary = {"frames": written}
+    objects = sorted({o for m in keyframes.values() for o in object_ids(m)})
+    if list(keyframes) == [0] and not backward:
+        results: Iterable[MaskResult] = (
+            (frame, m, confidence, frame.index == 0)
+            for frame, m, confidence in iter_masks(source, keyframes[0], config, extractor=extractor,
+                                                          cache=cache, progress=progress))
+    else:
+        session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
+        for index, keyframe in keyframes.items():
+            session.add_mask(index, keyframe)
+        results = ((frame, r.mask, r.confidence, r.keyframe)
+                   for frame, (_, r) in zip(source, session.propagate(direction)))
+    rows = _write_masks_folder(folder, source, results, objects, formats, text if render else None, config, extractor,
+                               mask=None if given else str(mask), keyframes=list(keyframes), direction=direction)
     out = Path(out_dir)
-    return {"frames": written, "out": str(out), "overlay": str(out / "overlay.mp4") if render else None,
-            "features": text}
+    return {"frames": len(rows) - 1, "out": str(out), "overlay": str(out / "overlay.mp4") if render else None,
+            "features": text, "keyframes": list(keyframes), "check_first": least_confident(rows)}
 
 
-def run_points(
-    video: str | Path,
-    points: str | Path | PointSet,
-    out_dir: str | Path,
-    config: Config,
-    *,
-    extractor: FeatureExtractor | None = None,
-    cache: FeatureStore | None = None,
-    overwrite: bool = False,
-    render: bool = True,
-    progress: bool = True,
-    inputs: Sequence[str | Path] = (),
-    extra: Mapping[str, object] | None = None,
-) -> JSON:
+def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[str] = ("png",), render: bool = True,
+                   overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> JSON:
+    """Write a session's latest results (masks) as ``propagate run`` does, into ``out_dir`` (whole or not at all)."""
+    if session.kind != "masks" or len(session.results) != session.num_frames:
+        raise PropagateError("nothing to export: add a mask keyframe and propagate first")
+    formats = check_formats(formats)
+    folder = ResultsFolder(out_dir, inputs=[session.source.path, *inputs], overwrite=overwrite)
+    objects = sorted({o for r in session.results.values() if r.keyframe and r.mask is not None
+                      for o in object_ids(r.mask)})
+    results = ((frame, session.results[frame.index].mask, session.results[frame.index].confidence,
+                session.results[frame.index].keyframe) for frame in session.source)
+    rows = _write_masks_folder(folder, session.source, results, objects, formats,
+                               session.extractor.describe() if render else None, session.config, session.extractor,
+                               keyframes=session.keyframes)
+    return {"frames": len(rows) - 1, "out": str(out_dir), "check_first": least_confident(rows)}
+
+
+def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | Path, config: Config, *,
+               extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None, overwrite: bool = False,
+               render: bool = True, progress: bool = True, inputs: Sequence[str | Path] = (),
+               extra: Mapping[str, object] | None = None, direction: str | None = None) -> JSON:
     """The ``propagate run --points`` job: ``points.json`` (format: :mod:`propagate.keypoints`), ``overlay.mp4``,
     ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
 
-    ``points`` is a points file or a :class:`PointSet` of the first frame; ``extra`` adds keys to ``points.json``.
+    ``points`` is a points file (frame 0's points, or points on several keyframes:
+    :func:`propagate.keypoints.read_point_keyframes`) or a :class:`PointSet` of the first frame; ``extra`` adds keys
+    to ``points.json``. Keyframes other than frame 0 go through a :class:`propagate.session.Session`.
 
-    Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features"}``.
+    Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features", "keyframes"}``.
     """
     source = open_video(video)
-    given = points if isinstance(points, PointSet) else read_points(points)
-    if not isinstance(points, PointSet):
-        check_points_inside(given, source.native_size, points)
+    if isinstance(points, PointSet):
+        given, keyframes = points, {0: points.xy}
+    else:
+        given, keyframes = read_point_keyframes(points, source.names)
+        for index, xy in keyframes.items():
+            check_points_inside(PointSet(given.names, xy), source.native_size, f"{points} (frame {source.names[index]})")
     check_length(source)
+    direction = direction or config.keyframes.direction
+    _, backward = resolve_direction(direction, list(keyframes), len(source))
     paths = [video, *([points] if not isinstance(points, PointSet) else []), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
     check_processing_size(source, extractor, config.resize)
     text = extractor.describe()
-    tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size)
+    if list(keyframes) == [0] and not backward:
+        tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size)
+        stream = ((f, xy, conf) for f, xy, conf in track_points(source, given.xy, config, extractor, cache, progress, tracker))
+    else:
+        session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
+        for index, xy in keyframes.items():
+            session.add_points(index, xy, given.names)
+        stream = ((f, r.xy, np.array([r.confidence[n] for n in given.names]))
+                  for f, (_, r) in zip(source, session.propagate(direction)))
     frames: list[JSON] = []
     with folder as out:
         writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
         with writer or contextlib.nullcontext():
-            for frame, xy, confidence in track_points(source, given.xy, config, extractor, cache, progress, tracker):
+            for frame, xy, confidence in stream:
                 frames.append({"index": frame.index, "name": frame.name,
                                "points": points_record(given.names, xy, confidence)})
                 if writer is not None:
                     image = draw_points(frame.image, xy, given.names, given.edges, confidence)
                     writer.write(caption(image, f"{text} | frame {frame.index}"))
-        assert tracker.tracked is not None
+        tracked = tracker.tracked if list(keyframes) == [0] and not backward else np.ones(len(given.names), bool)
+        assert tracked is not None
         atomic_write_json(out / "points.json", {
             "video": str(source.path),
             "size": list(source.native_size),
             "names": given.names,
             "edges": given.edge_names(),
-            "tracked": [bool(v) for v in tracker.tracked],
+            "tracked": [bool(v) for v in tracked],
             "features": text,
             "cell_convention": config.keypoints.cell_convention,
+            "keyframes": [source.names[i] for i in keyframes],
             **(extra or {}),
             "frames": frames,
         })
-        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video),
+        atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}
     last = frames[-1]["points"]
@@ -463,7 +619,7 @@ def run_points(
     lost = sum(1 for p in last.values() if p["x"] is None)
     out = Path(out_dir)
     return {"frames": len(frames), "points": len(given.names), "lost_last_frame": lost, "out": str(out),
-            "overlay": str(out / "overlay.mp4") if render else None, "features": text}
+            "overlay": str(out / "overlay.mp4") if render else None, "features": text, "keyframes": list(keyframes)}
 
 
 # ---------------------------------------------------------------------------------------------- units of work
@@ -478,7 +634,7 @@ class Unit:
 
     name: str
     video: Path
-    annotation: Path | np.ndarray | PointSet  # mask file or [H, W] indices; points file or PointSet
+    annotation: Path | np.ndarray | Mapping[int, np.ndarray] | PointSet  # mask file/folder, masks; points
     out: Path
     kind: str = "masks"
     render: bool = True

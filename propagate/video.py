@@ -140,24 +140,29 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _DecordFile:
-    """decord's reader: count and fps from the container, frames read in order with ``next()``."""
+    """decord's reader: count and fps from the container, frames read in order with ``next()``. Each pass opens its
+    own reader, so two passes over one source (a session's features and a writer's frames) never share a position."""
 
     def __init__(self, path: Path):
         import decord  # imported here: only video files need it
 
+        self.path = path
         try:
-            self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            self.count = len(self._reader)
-            height, width = self._reader[0].shape[:2] if self.count else (0, 0)
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            self.count = len(reader)
+            height, width = reader[0].shape[:2] if self.count else (0, 0)
+            self.fps = float(reader.get_avg_fps() or 0)
+            del reader
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
             raise PropagateError(f"video {path} cannot be decoded ({_first_line(exc)}): check the file") from None
         self.size = (int(width), int(height))
-        self.fps = float(self._reader.get_avg_fps() or 0)
 
     def frames(self) -> Iterator[np.ndarray]:
-        self._reader.seek(0)
+        import decord
+
+        reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
         for _ in range(self.count):
-            yield self._reader.next().asnumpy()
+            yield reader.next().asnumpy()
 
 
 class _PyAVFile:

@@ -30,43 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from propagate.features.common import frame_generator  # noqa: E402
 from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions  # noqa: E402
-from propagate.features.tiny_sd import SD21_SCHEDULER_CONFIG  # noqa: E402
-
-# stabilityai/stable-diffusion-2-1 unet/config.json (the 768 v-prediction model).
-SD21_UNET_CONFIG = {
-    "sample_size": 96,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "attention_head_dim": [5, 10, 20, 20],
-    "cross_attention_dim": 1024,
-    "use_linear_projection": True,
-    "upcast_attention": True,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "downsample_padding": 1,
-    "act_fn": "silu",
-}
-
-# The SD VAE (vae/config.json of SD-2.1; the same autoencoder as SD-1.x).
-SD_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 768,
-    "act_fn": "silu",
-    "scaling_factor": 0.18215,
-}
+from propagate.features.tiny_sd import SD21_SCHEDULER_CONFIG, SD21_UNET_CONFIG, SD_VAE_CONFIG  # noqa: E402
 
 TEXT_SHAPE = (1, 77, 1024)
 

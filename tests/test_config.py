@@ -49,9 +49,10 @@ def test_preset_values_are_read_as_written():
 
 
 def test_every_field_has_a_check():
-    fields = {f.name for f in dataclasses.fields(Config)} - {"resize", "propagation", "keypoints", "extractor"}
-    for section in ("resize", "propagation", "keypoints"):
-        cls = type(getattr(Config(), section))
+    from propagate.config import _SECTIONS
+
+    fields = {f.name for f in dataclasses.fields(Config)} - set(_SECTIONS) - {"extractor"}
+    for section, cls in _SECTIONS.items():
         fields |= {f"{section}.{f.name}" for f in dataclasses.fields(cls)}
     assert set(CHECKS) == fields
 

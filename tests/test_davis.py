@@ -228,15 +228,15 @@ def oracle_pipeline(monkeypatch, davis_root):
 
     calls: list[str] = []
 
-    def run_masks(video, first_mask, config, extractor=None, **kwargs):
+    def iter_masks(video, first_mask, config, extractor=None, *args, **kwargs):
         source = open_video(video) if isinstance(video, (str, Path)) else video
         seq = Path(source.path).name
         calls.append(seq)
         for frame in source:
             mask = read_mask(davis_root / "Annotations" / "480p" / seq / f"{frame.name}.png")
-            yield frame, np.where(mask == VOID, 0, mask)
+            yield frame, np.where(mask == VOID, 0, mask), {}
 
-    monkeypatch.setattr("propagate.runs.run_masks", run_masks)
+    monkeypatch.setattr("propagate.runs.iter_masks", iter_masks)
     return calls
 
 
@@ -324,3 +324,19 @@ def test_evaluate_end_to_end_with_the_real_pipeline(tmp_path):
     assert all(0.0 <= v <= 1.0 for k, v in scores["global"].items() if "Decay" not in k)
     info = json.loads((out / "run_info.json").read_text())
     assert info["features"] == "baseline" and info["scores"] == scores["global"]
+
+
+def test_evaluate_with_two_keyframes_writes_them_and_records_them(tmp_path):
+    from propagate.config import load_config
+
+    root = tmp_path / "davis"
+    make_synthetic_davis(root, num_sequences=1, num_frames=6, size=(160, 96), seed=2)
+    config = load_config("davis_baseline", {"resize.short_side": 96})
+    scores = evaluate_davis(root, tmp_path / "eval", config, progress=False, keyframes=(0, 3))
+    truth = read_mask(root / "Annotations" / "480p" / "synth-00" / "00003.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "eval" / "synth-00" / "00003.png"), np.where(truth == VOID, 0, truth))
+    info = json.loads((tmp_path / "eval" / "run_info.json").read_text())
+    assert info["keyframes"] == [0, 3] and info["settings"]["keyframes"] == [0, 3]
+    assert 0 <= scores["global"]["J&F-Mean"] <= 1
+    with pytest.raises(PropagateError, match="keyframe\\(s\\) 9 do not exist"):
+        evaluate_davis(root, tmp_path / "eval2", config, progress=False, keyframes=(0, 9))

@@ -17,9 +17,9 @@ FLOORS: list[list[str]] = [
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
     ["propagation"],
-    ["labels", "keypoints"],
+    ["labels", "keypoints", "coco"],
     ["render"],
-    ["pipeline"],
+    ["pipeline", "session"],
     ["runs"],
     ["datasets", "cache", "demo", "cluster", "app"],
     ["cli"],
@@ -94,7 +94,7 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo"])
+                                    "features.stream", "features", "propagation", "demo", "session", "cluster"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 

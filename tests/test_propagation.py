@@ -1,7 +1,6 @@
 """Windowed propagation against a plain dense reference written here (DINO/DIFT and CRW formulations)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,13 +10,16 @@ import propagate.propagation as propagation
 from propagate.propagation import LabelPropagator
 
 
-def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: PropagationConfig) -> list[torch.Tensor]:
+def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: PropagationConfig,
+                    keyframes: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The dense formulation, as the reference scripts write it.
 
     frames ``[T, C, h, w]``, labels0 ``[K, h, w]`` -> soft labels ``[K, h, w]`` for frames 1..T-1. Affinity
     exp(q.k / T) over every key of every context frame, multiplied by the window mask (frame 0 included only if
     window_first), top-k threshold over all context keys together (keep >= the k-th value), normalise, mix labels.
+    ``keyframes`` ``{t: labels}`` (t > 0): frame t takes those labels and joins frame 0 in the permanent context.
     """
+    keyframes = keyframes or {}
     t_all, c, h, w = frames.shape
     feats = F.normalize(frames.double(), dim=1).reshape(t_all, c, h * w)
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -29,14 +31,18 @@ def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: Propagatio
         win = dy * dy + dx * dx <= cfg.radius**2
     else:
         win = torch.ones_like(dy, dtype=torch.bool)
-    first_feat, first_lab = feats[0], labels0.double().reshape(labels0.shape[0], -1)
+    fixed = [(feats[0], labels0.double().reshape(labels0.shape[0], -1))]
     queue: list[tuple[torch.Tensor, torch.Tensor]] = []
     outputs = []
     for t in range(1, t_all):
-        ctx_feats = [first_feat] + [f for f, _ in queue]
-        ctx_labs = [first_lab] + [l for _, l in queue]
+        if t in keyframes:
+            fixed.append((feats[t], keyframes[t].double().reshape(labels0.shape[0], -1)))
+            outputs.append(keyframes[t].float())
+            continue
+        ctx_feats = [f for f, _ in fixed] + [f for f, _ in queue]
+        ctx_labs = [l for _, l in fixed] + [l for _, l in queue]
         aff = torch.stack([torch.exp(feats[t].T @ k / cfg.temperature) for k in ctx_feats])  # [n, q, k]
-        masks = [win if (i > 0 or cfg.window_first) else torch.ones_like(win) for i in range(len(ctx_feats))]
+        masks = [win if (i >= len(fixed) or cfg.window_first) else torch.ones_like(win) for i in range(len(ctx_feats))]
         aff = aff * torch.stack(masks).double()
         aff = aff.permute(0, 2, 1).reshape(-1, h * w)  # [n*k, q]
         kth = torch.topk(aff, k=min(cfg.topk, aff.shape[0]), dim=0).values.min(dim=0).values
@@ -129,3 +135,40 @@ def test_fewer_keys_than_topk_keeps_all_window_keys():
     cfg = PropagationConfig(temperature=0.5, topk=12, n_last_frames=1, radius=1, screen="off")  # corner windows: 8 keys
     for a, b in zip(run_windowed(frames, labels0, cfg), dense_reference(frames, labels0, cfg)):
         assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("window, window_first", [("square", True), ("disk", False), ("none", True)])
+@pytest.mark.parametrize("screen", ["on", "off"])
+def test_keyframes_join_the_permanent_context_as_the_dense_reference_says(window, window_first, screen, monkeypatch):
+    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    frames = smooth_frames(9, 16, 11, 13, seed=7)
+    g = torch.Generator().manual_seed(3)
+    labels0 = torch.softmax(torch.randn(3, 11, 13, generator=g) * 3, 0)
+    keyframes = {3: torch.softmax(torch.randn(3, 11, 13, generator=g) * 3, 0),
+                 6: torch.softmax(torch.randn(3, 11, 13, generator=g) * 3, 0)}
+    cfg = PropagationConfig(temperature=0.1, topk=5, n_last_frames=2, radius=3, window=window,
+                            window_first=window_first, screen=screen, device="cpu")
+    expected = dense_reference(frames, labels0, cfg, keyframes)
+    prop = LabelPropagator(cfg, device="cpu")
+    prop.start(frames[0], labels0)
+    for t in range(1, 9):
+        if t in keyframes:
+            prop.add_keyframe(frames[t], keyframes[t])
+            continue
+        got = prop.step(frames[t])
+        assert torch.allclose(got, expected[t - 1], atol=1e-5), f"frame {t}"
+        assert torch.equal(got.argmax(0), expected[t - 1].argmax(0))
+
+
+def test_replay_rebuilds_the_same_context_slot_for_slot():
+    frames = smooth_frames(7, 8, 9, 10, seed=2)
+    labels0 = torch.softmax(torch.randn(2, 9, 10, generator=torch.Generator().manual_seed(1)), 0)
+    cfg = PropagationConfig(temperature=0.1, topk=4, n_last_frames=3, radius=2, device="cpu")
+    first = LabelPropagator(cfg, device="cpu")
+    first.start(frames[0], labels0)
+    soft = [first.step(f) for f in frames[1:]]
+    again = LabelPropagator(cfg, device="cpu")
+    again.start(frames[0], labels0)
+    for f, s in zip(frames[1:5], soft[:4]):
+        again.replay(f, s)
+    assert [torch.equal(again.step(f), s) for f, s in zip(frames[5:], soft[4:])] == [True, True]

@@ -148,7 +148,7 @@ def test_run_video_writes_masks_overlay_record_and_manifest(clip, tmp_path):
     out = tmp_path / "out"
     assert summary["frames"] == len(truth)
     files = written_files(out)
-    assert files == sorted([f"{i:05d}.png" for i in range(len(truth))] + ["overlay.mp4", "run_info.json"])
+    assert files == sorted([f"{i:05d}.png" for i in range(len(truth))] + ["confidence.csv", "overlay.mp4", "run_info.json"])
     assert json.loads((out / "run_info.json").read_text())["config"]["features"] == "baseline"
 
 
@@ -221,3 +221,59 @@ def test_run_points_on_a_video_file_without_render(tmp_path):
     summary = run_points(video, points, tmp_path / "out", config, extractor=build_extractor("baseline"),
                          render=False, progress=False)
     assert summary["frames"] == 4 and not (tmp_path / "out" / "overlay.mp4").exists()
+
+
+def test_run_video_with_a_folder_of_keyframes_and_confidence_csv(tmp_path):
+    from test_session import entering_clip
+
+    frames, truth = entering_clip(tmp_path / "clip", frames=8, enter=3)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    from propagate.labels import write_mask
+
+    write_mask(keys / "00000.png", truth[0])
+    write_mask(keys / "00004.png", truth[4])
+    config = load_config("davis_baseline", {"resize.short_side": 128})
+    summary = run_video(frames, keys, tmp_path / "out", config, render=False, progress=False)
+    out = tmp_path / "out"
+    assert summary["keyframes"] == [0, 4] and summary["frames"] == 8
+    from propagate.labels import read_mask
+
+    assert np.array_equal(read_mask(out / "00004.png"), truth[4])
+    rows = (out / "confidence.csv").read_text().splitlines()
+    assert rows[0] == "frame,name,keyframe,object_1,object_2" and len(rows) == 9
+    assert rows[5].startswith("4,00004,1,1.0000,1.0000")
+    assert len(summary["check_first"]) == 3 and all(name not in ("00000", "00004") for name, _ in summary["check_first"])
+    bad = tmp_path / "badkeys"
+    bad.mkdir()
+    write_mask(bad / "frame_x.png", truth[0])
+    with pytest.raises(PropagateError, match="named like no frame"):
+        run_video(frames, bad, tmp_path / "out2", config, progress=False)
+    late = tmp_path / "late"
+    late.mkdir()
+    write_mask(late / "00004.png", truth[4])
+    with pytest.raises(PropagateError, match="direction forward needs a keyframe on the first frame"):
+        run_video(frames, late, tmp_path / "out3", config, progress=False, direction="forward")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_run_points_with_keyframes_gives_them_back_and_fills_both_ways(tmp_path):
+    clip = _moving_clip(tmp_path / "clip", frames=6)
+    points = tmp_path / "points.json"
+    # the square moves by (2, 1) per frame: its centre is at (32 + 2t, 28 + t)
+    points.write_text(json.dumps({"edges": [],
+                                  "keyframes": {"00002": [{"name": "c", "x": 36, "y": 30}],
+                                                "00004": {"c": [40, 32]}}}))
+    config = load_config("jhmdb_baseline", ["resize.size=[96,64]"])
+    summary = run_points(clip, points, tmp_path / "out", config, progress=False, render=False)
+    assert summary["keyframes"] == [2, 4]
+    data = json.loads((tmp_path / "out" / "points.json").read_text())
+    assert data["keyframes"] == ["00002", "00004"]
+    frames = {f["index"]: f["points"]["c"] for f in data["frames"]}
+    assert frames[2] == {"x": 36.0, "y": 30.0, "confidence": 1.0} and frames[4]["x"] == 40.0
+    for t in (0, 1, 3, 5):  # before, between and after the keyframes: near the true centre
+        assert abs(frames[t]["x"] - (32 + 2 * t)) <= 8 and abs(frames[t]["y"] - (28 + t)) <= 8, (t, frames[t])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"keyframes": {"00002": [{"name": "c", "x": 36, "y": 30}], "00003": {"d": [1, 1]}}}))
+    with pytest.raises(PropagateError, match="every keyframe gives the same points"):
+        run_points(clip, bad, tmp_path / "out2", config, progress=False)

@@ -156,3 +156,23 @@ def test_bad_video_inputs(tmp_path):
     (tmp_path / "broken" / "1.png").write_bytes(b"garbage")
     with pytest.raises(PropagateError, match="1.png is not a readable image"):
         list(open_video(tmp_path / "broken"))
+
+
+def test_two_passes_over_one_video_file_are_independent(tmp_path):
+    """A session reads features in one pass while the writer reads frames in another: interleaved, both in order."""
+    import numpy as np
+
+    from propagate.render import OverlayWriter
+    from propagate.video import open_video
+
+    path = tmp_path / "v.mp4"
+    with OverlayWriter(path, 10, (32, 32)) as video:
+        for i in range(6):
+            video.write(np.full((32, 32, 3), 40 * i, np.uint8))
+    from propagate.video import reader_installed
+
+    for reader in [r for r in ("decord", "pyav") if reader_installed(r)]:
+        source = open_video(path, reader=reader)
+        a, b = iter(source), iter(source)
+        order = [(next(a).index, next(b).index) for _ in range(6)]
+        assert order == [(i, i) for i in range(6)], reader

@@ -30,11 +30,13 @@ from tqdm import tqdm
 from propagate import metrics
 from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
+from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
-from propagate.labels import read_mask
-from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, read_json, result_settings, run_record, run_units
+from propagate.labels import VOID, read_mask
+from propagate.runs import (
+    RUN_INFO, ResumableRun, Runner, Unit, check_not_input, result_settings,
+)
 from propagate.video import IMAGE_SUFFIXES, natural_key
 
 RESOLUTION = "480p"
@@ -69,7 +71,12 @@ class DavisDataset:
             known = sorted(p.stem for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
             raise PropagateError(f"split file {split_file} not found: choose a split that exists "
                                  f"({', '.join(known) or 'none in ImageSets/2017'})")
-        self.sequences = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        try:
+            text = split_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise PropagateError(f"split file {split_file} is not UTF-8 text (byte {exc.start}): give one sequence "
+                                 "name per line") from None
+        self.sequences = [line.strip() for line in text.splitlines() if line.strip()]
         if not self.sequences:
             raise PropagateError(f"split file {split_file} lists no sequences")
         self.annotation_root = self.root / "Annotations" / resolution
@@ -117,6 +124,11 @@ class DavisDataset:
                 raise PropagateError(f"annotation {f} is {m.shape[1]}x{m.shape[0]} but {files[0].name} is "
                                      f"{width}x{height}: all annotations of sequence {sequence} must have one size")
         return np.stack(masks), [f.stem for f in files]
+
+
+def _without_void(mask: np.ndarray) -> np.ndarray:
+    """An annotation as a keyframe result: void (255) becomes background, as results hold no void."""
+    return np.where(mask == VOID, 0, mask).astype(np.uint8)
 
 
 def is_davis_root(path: str | Path) -> bool:
@@ -181,6 +193,7 @@ def score_davis(root: str | Path, results: str | Path, split: str = "val",
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     results = Path(results)
+    check_not_input(results, [dataset.root])  # the CSVs are written into the results folder
     if not results.is_dir():
         raise PropagateError(f"results folder {results} does not exist: pass the folder that holds one "
                              "subfolder of PNGs per sequence")
@@ -257,7 +270,8 @@ def format_table(scores: dict[str, Any]) -> str:
 def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str = "val",
                    sequences: Sequence[str] | str | None = None, extractor: FeatureExtractor | None = None,
                    progress: bool = True, preset: str | None = None, command: str | None = None,
-                   cache: FeatureStore | None = None, runner: Runner | None = None) -> dict[str, Any]:
+                   cache: FeatureStore | None = None, runner: Runner | None = None,
+                   keyframes: Sequence[int] = (0,)) -> dict[str, Any]:
     """Run the semi-supervised protocol over a DAVIS split, then score it.
 
     Each sequence is one :class:`propagate.runs.Unit`: its first annotation propagated through its frames and
@@ -274,6 +288,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
         cache: a feature store (:class:`propagate.cache.FeatureCache`), or ``None``.
         runner: runs the pending units (default :func:`propagate.runs.run_units`, in this process; the cluster
             passes one that spreads them over workers).
+        keyframes: frame indices whose annotations are given (default: the first frame only, the DAVIS
+            protocol). More keyframes measure corrections; their frames are their own ground truth when scored.
 
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
@@ -283,6 +299,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     out = Path(out)
     inputs = [dataset.root] + ([cache.folder] if cache is not None else [])
     settings = result_settings(config)
+    if tuple(keyframes) != (0,):
+        settings["keyframes"] = sorted(int(k) for k in keyframes)
     run = ResumableRun(out, inputs=inputs, info={"settings": settings}, keys=["settings"])  # before a model load
     pending = [seq for seq in names if not run.done(seq)]
     units = []
@@ -294,26 +312,20 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
         if first_frame.stem != annotation.stem:
             raise PropagateError(f"sequence {seq}: the first frame is {first_frame.stem} but the first annotation is "
                                  f"{annotation.name}; the first frame must be annotated")
-        units.append(Unit(seq, frames, annotation, out / seq, render=False, inputs=tuple(inputs)))
-    if extractor is None and (units or not (out / RUN_INFO).is_file()):
-        extractor = build_extractor(config.features, config.extractor)
-    if extractor is not None:
-        info = run_record(
-            config, extractor,
-            task="DAVIS-2017 semi-supervised",
-            preset=preset,
-            features=extractor.name,
-            model=config.extractor.get("model", extractor.settings().get("model")),
-            extractor_description=extractor.describe(),
-            settings=settings,
+        given: Path | dict[int, np.ndarray] = annotation
+        if tuple(keyframes) != (0,):
+            files = dataset.annotation_files(seq)
+            missing = [k for k in keyframes if not 0 <= k < len(files)]
+            if missing:
+                raise PropagateError(f"sequence {seq} has {len(files)} annotated frames: keyframe(s) "
+                                     f"{', '.join(map(str, missing))} do not exist; choose frames 0..{len(files) - 1}")
+            given = {k: _without_void(read_mask(files[k])) for k in keyframes}
+        units.append(Unit(seq, frames, given, out / seq, render=False, inputs=tuple(inputs)))
+    model = config.extractor.get("model")
+    run.run(units, config, extractor, cache, progress, runner, task="DAVIS-2017 semi-supervised", preset=preset,
+            **({"model": model} if model is not None else {}),
             dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
-            **({"command": command} if command is not None else {}),
-        )
-        run = ResumableRun(out, inputs=inputs, info=info, keys=["settings", "extractor", "features"])
-        run.record()
-    else:  # every sequence is done: nothing is extracted, the results keep their record
-        run.info = read_json(out / RUN_INFO, "run record")
-    (runner or run_units)(units, config, extractor, cache, progress)
+            keyframes=list(keyframes), **({"command": command} if command is not None else {}))
 
     scores = score_davis(root, out, split=split, sequences=names, progress=False)
     run.info["scores"] = scores["global"]

@@ -40,11 +40,11 @@ import scipy.io
 from propagate import pck as pck_lib
 from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
+from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.keypoints import PointSet
-from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, read_json, result_settings, run_record, run_units
+from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, result_settings
 from propagate.video import open_video
 
 IMAGES = "Rename_Images"
@@ -86,7 +86,12 @@ def read_split(split_file: str | Path, root: str | Path) -> list[JhmdbVideo]:
         raise PropagateError(f"JHMDB root {root} does not exist: pass the folder that holds {IMAGES} and {JOINTS}")
     official = re.fullmatch(r"(.+)_test_split\d+\.txt", split_file.name)
     videos: list[JhmdbVideo] = []
-    for lineno, raw in enumerate(split_file.read_text().splitlines(), start=1):
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PropagateError(f"split list {split_file} is not UTF-8 text (byte {exc.start}): give a text file of "
+                             "<class>/<video> lines") from None
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -270,24 +275,10 @@ def evaluate_jhmdb(
     settings = result_settings(config)
     run = ResumableRun(out, inputs=inputs, info={"settings": settings}, keys=["settings"])  # before a model load
     units = [_unit(video, pred_root, inputs) for video in videos if not run.done(f"videos/{video.name}")]
-    if extractor is None and units:
-        extractor = build_extractor(config.features, config.extractor)
-    if extractor is not None:
-        info = run_record(
-            config, extractor,
-            task="JHMDB keypoint propagation (CRW protocol)",
-            preset=preset,
-            features=extractor.name,
-            settings=settings,
-            dataset={"root": str(Path(root).resolve()), "split_file": str(Path(split_file).resolve()),
-                     "videos": [v.name for v in videos]},
-            **({"command": command} if command is not None else {}),
-        )
-        run = ResumableRun(out, inputs=inputs, info=info, keys=["settings", "extractor", "features"])
-        run.record()
-    elif (out / RUN_INFO).is_file():  # every video is done: nothing is extracted, the results keep their record
-        run.info = read_json(out / RUN_INFO, "run record")
-    (runner or run_units)(units, config, extractor, cache, progress)
+    run.run(units, config, extractor, cache, progress, runner, task="JHMDB keypoint propagation (CRW protocol)",
+            preset=preset, dataset={"root": str(Path(root).resolve()), "split_file": str(Path(split_file).resolve()),
+                                    "videos": [v.name for v in videos]},
+            **({"command": command} if command is not None else {}))
 
     scores = score_jhmdb(videos, pred_root)
     write_pck_csv(out / PCK_CSV, scores)

@@ -19,40 +19,51 @@ from pathlib import Path
 
 import torch
 
-# Channel widths of the tiny UNet; SD-2.1 has [320, 640, 1280, 1280].
-TINY_UNET_CHANNELS = [16, 32, 48, 48]
-TINY_TEXT_DIM = 32
-
-TINY_UNET_CONFIG = {
-    "sample_size": 12,
+# SD-2.1's unet/config.json (the 768 v-prediction model): the layout the tiny model keeps.
+SD21_UNET_CONFIG = {
+    "sample_size": 96,
     "in_channels": 4,
     "out_channels": 4,
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": TINY_UNET_CHANNELS,
-    "layers_per_block": 1,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
     # diffusers reads attention_head_dim as the number of heads when num_attention_heads is unset (as SD-2.1 does).
-    "attention_head_dim": [2, 2, 4, 4],
-    "cross_attention_dim": TINY_TEXT_DIM,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
     "use_linear_projection": True,
     "upcast_attention": True,
-    "norm_num_groups": 8,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
+    "downsample_padding": 1,
+    "act_fn": "silu",
 }
 
-TINY_VAE_CONFIG = {
+# The SD VAE (vae/config.json of SD-2.1; the same autoencoder as SD-1.x).
+SD_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 8, 16, 16],
-    "layers_per_block": 1,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
     "latent_channels": 4,
-    "norm_num_groups": 4,
-    "sample_size": 64,
+    "norm_num_groups": 32,
+    "sample_size": 768,
+    "act_fn": "silu",
     "scaling_factor": 0.18215,
 }
+
+# The tiny model: the same blocks, shrunk widths and depths. SD-2.1 has [320, 640, 1280, 1280].
+TINY_UNET_CHANNELS = [16, 32, 48, 48]
+TINY_TEXT_DIM = 32
+TINY_UNET_CONFIG = {**SD21_UNET_CONFIG, "sample_size": 12, "block_out_channels": TINY_UNET_CHANNELS,
+                    "layers_per_block": 1, "attention_head_dim": [2, 2, 4, 4], "cross_attention_dim": TINY_TEXT_DIM,
+                    "norm_num_groups": 8}
+TINY_VAE_CONFIG = {**SD_VAE_CONFIG, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
+                   "sample_size": 64}
 
 # SD-2.1's scheduler/scheduler_config.json (the 768 v-prediction model).
 SD21_SCHEDULER_CONFIG = {
@@ -175,4 +186,5 @@ def make_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-__all__ = ["make_tiny_sd", "TINY_UNET_CONFIG", "TINY_VAE_CONFIG", "SD21_SCHEDULER_CONFIG", "tiny_vocab"]
+__all__ = ["make_tiny_sd", "TINY_UNET_CONFIG", "TINY_VAE_CONFIG", "SD21_UNET_CONFIG", "SD_VAE_CONFIG",
+           "SD21_SCHEDULER_CONFIG", "tiny_vocab"]

@@ -1,0 +1,310 @@
+"""A labelling session over one video (SAM 2's shape): features computed once, keyframes added and removed on any
+frame, results streamed; a correction costs propagation only.
+
+>>> s = Session("clip.mp4", load_config("davis_baseline"))
+>>> s.add_mask(0, first_mask)                       # [H, W] uint8: 0 background, 1..N objects
+>>> for index, result in s.propagate():             # every frame, in order
+...     write_mask(f"out/{result.name}.png", result.mask)
+>>> s.add_mask(40, corrected)                       # a correction (or an object entering) at frame 40
+>>> for index, result in s.propagate(): ...         # no extraction; frames that cannot change are not recomputed
+
+Keyframes (DESIGN section 9): each keyframe's annotation is its own result and joins the permanent context when a
+sweep reaches it; frames before the first keyframe are propagated backward from it, frames after the last forward,
+and a frame between two keyframes gets both directions' soft labels blended by temporal distance
+(:func:`propagate.pipeline.blend_weights`), then decoded. One keyframe on frame 0 gives exactly the single-mask
+results of :func:`propagate.pipeline.run_masks`.
+
+Features are kept in memory up to ``memory_bytes`` (float32, exact); beyond that they go to a scratch folder the
+session creates and removes (:meth:`Session.close`), so results never depend on where features were kept.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from propagate.config import Config
+from propagate.errors import PropagateError
+from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.stream import FeatureStore, iter_features
+from propagate.keypoints import decode_keypoints, keypoint_heatmaps, pixels_to_grid
+from propagate.labels import decode_mask, mask_to_labels, object_ids
+from propagate.pipeline import Sweep, as_source, check_length, propagate_keyframes
+from propagate.video import VideoSource, processing_size
+
+MEMORY_BYTES = 4 * 2**30  # features kept in memory before the session spills them to its scratch folder
+
+
+@dataclass
+class FrameResult:
+    """One frame's result: a mask (``mask`` mode) or points (``points`` mode), with confidences.
+
+    ``confidence``: per object id (masks; see :func:`propagate.labels.decode_mask`) or per point name (points: the
+    peak of its map), 1 on keyframes.
+    """
+
+    index: int
+    name: str
+    keyframe: bool
+    mask: np.ndarray | None = None  # [H, W] uint8
+    xy: np.ndarray | None = None  # [J, 2] native pixels, NaN where lost
+    confidence: dict[int | str, float] = field(default_factory=dict)
+
+    def least_confidence(self) -> float:
+        """The lowest confidence of any object or point (1 if there is none)."""
+        return min(self.confidence.values(), default=1.0)
+
+
+class _FeatureMemory:
+    """Features ``[C, h, w]`` of every frame, in memory up to a budget, then as files in a scratch folder."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.ram: dict[int, torch.Tensor] = {}
+        self.scratch: Path | None = None
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.ram or (self.scratch is not None and (self.scratch / f"{index}.pt").is_file())
+
+    def put(self, index: int, feats: torch.Tensor) -> None:
+        size = feats.numel() * feats.element_size()
+        if self.used + size <= self.budget:
+            self.ram[index] = feats
+            self.used += size
+            return
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix="propagate-session-"))
+        torch.save(feats.cpu(), self.scratch / f"{index}.pt")
+
+    def get(self, index: int) -> torch.Tensor:
+        if index in self.ram:
+            return self.ram[index]
+        assert self.scratch is not None
+        return torch.load(self.scratch / f"{index}.pt", weights_only=True)
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)  # the folder this object created
+            self.scratch = None
+
+
+class Session:
+    """Keyframes and results of one video. See the module docstring.
+
+    Args:
+        video: a frame folder, a video file, or an open :class:`VideoSource`.
+        config: run configuration (propagation, keypoints, resize, keyframes: direction and blend).
+        extractor: a ready extractor; built from ``config`` if None.
+        cache: a feature store (:class:`propagate.cache.FeatureCache`) to read features from / write them to.
+        memory_bytes: features kept in memory before spilling to a scratch folder.
+    """
+
+    def __init__(self, video: str | Path | VideoSource, config: Config, *, extractor: FeatureExtractor | None = None,
+                 cache: FeatureStore | None = None, memory_bytes: int = MEMORY_BYTES, progress: bool = False):
+        self.source = as_source(video)
+        check_length(self.source)
+        self.config = config
+        self.extractor = extractor or build_extractor(config.features, config.extractor)
+        self.cache = cache
+        self.progress = progress
+        self.names = list(self.source.names)
+        self.native_size = self.source.native_size
+        self.proc_size = processing_size(self.native_size, config.resize)
+        self.kind: str | None = None  # "masks" or "points", set by the first keyframe
+        self.point_names: list[str] = []
+        self._annotations: dict[int, np.ndarray] = {}  # frame -> mask [H, W] or points [J, 2]
+        self._features = _FeatureMemory(memory_bytes)
+        self._sweeps = (Sweep(config.propagation), Sweep(config.propagation))
+        self.results: dict[int, FrameResult] = {}
+        self.stats = {"extractor_frames": 0, "propagated_frames": 0}
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.names)
+
+    @property
+    def keyframes(self) -> list[int]:
+        return sorted(self._annotations)
+
+    # ------------------------------------------------------------------------------------------ features, frames
+
+    def extract(self, progress_callback: Callable[[int, int], None] | None = None) -> None:
+        """Compute (or read from the cache) the features of every frame not held yet: the first pass's extraction."""
+        if all(i in self._features for i in range(self.num_frames)):
+            return
+        counter = _Counting(self.extractor)
+        stream = iter_features(self.source, counter, self.config.resize, self.config.batch_frames, self.cache)
+        with tqdm(total=self.num_frames, desc="features", unit="frame", disable=not self.progress, leave=False,
+                  file=sys.stderr) as bar:
+            for frame, feats in stream:
+                if frame.index not in self._features:
+                    self._features.put(frame.index, feats)
+                bar.update(1)
+                if progress_callback is not None:
+                    progress_callback(frame.index + 1, self.num_frames)
+        self.stats["extractor_frames"] += counter.frames
+
+    def features(self, index: int) -> torch.Tensor:
+        """Features ``[C, h, w]`` of frame ``index`` (every frame's are extracted on first use, then kept)."""
+        self._check_index(index)
+        if index not in self._features:
+            self.extract()
+        return self._features.get(index)
+
+    def image(self, index: int) -> np.ndarray:
+        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size."""
+        self._check_index(index)
+        for frame in self.source:
+            if frame.index == index:
+                return frame.image
+        raise PropagateError(f"frame {index} of {self.source.path} could not be read")
+
+    # ------------------------------------------------------------------------------------------ keyframes
+
+    def add_mask(self, index: int, mask: np.ndarray) -> None:
+        """Make frame ``index`` a keyframe with ``mask [H, W]`` uint8 (0 background, 1..N objects, 255 void)."""
+        self._check_index(index)
+        self._set_kind("masks")
+        mask = np.asarray(mask)
+        w, h = self.native_size
+        if mask.shape != (h, w) or mask.dtype != np.uint8:
+            raise PropagateError(f"keyframe {index}: the mask is {mask.dtype} {mask.shape[::-1]}, the frames are "
+                                 f"{w}x{h}: give a [H, W] uint8 mask of the frame's size")
+        self._annotations[index] = mask.copy()
+
+    def add_points(self, index: int, xy: np.ndarray, names: Sequence[str] | None = None) -> None:
+        """Make frame ``index`` a keyframe with points ``xy [J, 2]`` (native pixels). Every keyframe gives the same
+        points (``names``, default those of the first call, or ``p1``, ``p2``, ...)."""
+        self._check_index(index)
+        self._set_kind("points")
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        names = list(names) if names is not None else (self.point_names or [f"p{j + 1}" for j in range(len(xy))])
+        if len(names) != len(xy):
+            raise PropagateError(f"keyframe {index}: {len(xy)} points but {len(names)} names")
+        if self.point_names and names != self.point_names:
+            raise PropagateError(f"keyframe {index} gives points {', '.join(names)} but the session tracks "
+                                 f"{', '.join(self.point_names)}: every keyframe must give the same points")
+        self.point_names = names
+        self._annotations[index] = xy.copy()
+
+    def remove(self, index: int) -> None:
+        """Frame ``index`` is a keyframe no more."""
+        if index not in self._annotations:
+            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+        del self._annotations[index]
+        if not self._annotations:
+            self.kind, self.point_names = None, []
+
+    # ------------------------------------------------------------------------------------------ propagation
+
+    def propagate(self, direction: str | None = None) -> Iterator[tuple[int, FrameResult]]:
+        """Yield ``(index, FrameResult)`` for every frame in order, from the current keyframes.
+
+        ``direction``: ``auto`` (default: ``config.keyframes.direction``), ``forward``, ``backward`` or ``both``.
+        Features are extracted on the first call only; later calls recompute only the frames whose result the
+        changed keyframes can change.
+        """
+        if not self._annotations:
+            raise PropagateError("no keyframe: add a mask (add_mask) or points (add_points) on some frame first")
+        direction = direction or self.config.keyframes.direction
+        self.extract()
+        grid_hw = tuple(self.features(self.keyframes[0]).shape[1:])
+        labels = self._keyframe_labels(grid_hw)
+        stream = propagate_keyframes(self.features, self.num_frames, labels, self.config.propagation, direction,
+                                     self.config.keyframes.blend, self._sweeps)
+        self.results = {}
+        for index, soft, is_key in stream:
+            result = self._decode(index, soft, is_key)
+            self.results[index] = result
+            yield index, result
+        self.stats["propagated_frames"] += sum(s.propagated for s in self._sweeps)
+
+    def _keyframe_labels(self, grid_hw: tuple[int, int]) -> dict[int, torch.Tensor]:
+        """Every keyframe's labels ``[K, h, w]`` on the feature grid (K counts the objects of all keyframes)."""
+        if self.kind == "masks":
+            ids = sorted({o for m in self._annotations.values() for o in object_ids(m)})
+            if not ids:
+                raise PropagateError("the keyframes hold no object (only background 0 / void 255): label at least "
+                                     "one object 1..N")
+            mode = self.config.propagation.label_downsample
+            return {i: mask_to_labels(m, ids[-1], grid_hw, mode) for i, m in sorted(self._annotations.items())}
+        kp = self.config.keypoints
+        return {i: keypoint_heatmaps(pixels_to_grid(xy, self.native_size, grid_hw, kp.cell_convention), grid_hw,
+                                     kp.sigma)
+                for i, xy in sorted(self._annotations.items())}
+
+    def _decode(self, index: int, soft: torch.Tensor, is_key: bool) -> FrameResult:
+        name = self.names[index]
+        w, h = self.native_size
+        if self.kind == "masks":
+            if is_key:
+                mask = self._annotations[index]
+                return FrameResult(index, name, True, mask=mask, confidence={o: 1.0 for o in range(1, soft.shape[0])})
+            mask, confidence = decode_mask(soft, (self.proc_size[1], self.proc_size[0]), (h, w),
+                                           self.config.propagation.minmax_norm)
+            return FrameResult(index, name, False, mask=mask, confidence=dict(confidence))
+        if is_key:
+            xy = self._annotations[index]
+            return FrameResult(index, name, True, xy=xy, confidence={n: 1.0 for n in self.point_names})
+        kp = self.config.keypoints
+        xy, peak = decode_keypoints(soft, self.native_size, kp.decode_topk, kp.cell_convention)
+        return FrameResult(index, name, False, xy=xy, confidence=dict(zip(self.point_names, map(float, peak))))
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def least_confident(self, count: int = 3) -> list[FrameResult]:
+        """The ``count`` propagated frames (not keyframes) of the last pass with the lowest confidence."""
+        ranked = sorted((r for r in self.results.values() if not r.keyframe), key=lambda r: (r.least_confidence(), r.index))
+        return ranked[:count]
+
+    def close(self) -> None:
+        """Remove the scratch folder of spilled features (if any)."""
+        self._features.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_index(self, index: int) -> None:
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_frames:
+            raise PropagateError(f"frame {index!r} is not a frame of {self.source.path} (0..{self.num_frames - 1})")
+
+    def _set_kind(self, kind: str) -> None:
+        if self.kind not in (None, kind):
+            raise PropagateError(f"this session holds {self.kind} keyframes: a session labels masks or points, not both")
+        self.kind = kind
+
+
+class _Counting(FeatureExtractor):
+    """Wraps an extractor and counts the frames it extracts (the session's ``stats``)."""
+
+    def __init__(self, inner: FeatureExtractor):
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.stride = inner.stride
+        self.device = inner.device
+        self.frames = 0
+
+    @property
+    def size_multiple(self) -> int:
+        return self.inner.size_multiple
+
+    def extract(self, images: torch.Tensor, frame_ids: Sequence[int]) -> torch.Tensor:
+        self.frames += len(frame_ids)
+        return self.inner.extract(images, frame_ids)
+
+    def settings(self) -> dict[str, object]:
+        return self.inner.settings()
+
+    def describe(self) -> str:
+        return self.inner.describe()

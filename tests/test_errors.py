@@ -1,0 +1,660 @@
+"""Issue 10's acceptance test: every failure a user can cause is one ``error:`` line, exit status 2, no traceback,
+nothing the user owned is changed and nothing is marked complete.
+
+Each case of :data:`CASES` builds a small world in ``tmp_path`` (a 4-frame clip, its mask and points; a DAVIS or
+JHMDB root on demand; earlier results where the case needs them), checksums every file in it, runs the CLI
+in-process (:func:`propagate.cli.main`), and checks the exit status, the one line, the checksums, and that no new
+``.complete`` mark or staging folder is left. Faults that need the real console or the operating system (SIGINT and
+SIGKILL mid-run, a read-only folder, a full disk) run in subprocesses or on small tmpfs mounts, skipped with the
+reason printed where mounting is not allowed.
+
+``pytest -s tests/test_errors.py`` prints every error line the cases produced.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from propagate.cli import main
+from propagate.labels import read_mask, write_mask
+from propagate.runs import COMPLETE, STAGING_TAG
+
+from conftest import write_clip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "resize.short_side=48", "--set", "resize.multiple=8"]
+BASE = ["--features", "baseline", *SMALL, "--no-video"]
+ERRORS: list[str] = []  # every error line printed by a case, shown at the end with -s
+PROGRESS = re.compile(r"(\d+/\d+ \[|\?\w+/s\]|\w+/s\]|it/s)")  # tqdm residue on stderr
+
+
+# ---------------------------------------------------------------------------------------------- the world
+
+
+class World:
+    """The files of one case: a 4-frame clip (64x48), its mask and points, and on demand a DAVIS or JHMDB root,
+    earlier results, a home folder and a working directory that hold user files."""
+
+    def __init__(self, root: Path, shared: dict[str, Path]):
+        self.root = root
+        self.frames, self.mask, _ = write_clip(root / "clip", num_frames=4, size=(64, 48))
+        self.points = root / "clip" / "points.json"
+        self.points.write_text(json.dumps({"points": [{"name": "a", "x": 20, "y": 20},
+                                                      {"name": "b", "x": 40, "y": 30}]}))
+        self.out = root / "out"
+        self.shared = shared
+        self.home = root / "home"
+        self.home.mkdir()
+        (self.home / "notes.txt").write_text("my notes")
+        self.cwd = root / "work"
+        self.cwd.mkdir()
+        (self.cwd / "draft.txt").write_text("my draft")
+
+    def copy(self, name: str) -> Path:
+        """A copy of a shared dataset (``davis`` or ``jhmdb``) inside this world."""
+        target = self.root / name
+        if not target.exists():
+            shutil.copytree(self.shared[name], target)
+        return target
+
+    @property
+    def davis(self) -> Path:
+        return self.copy("davis")
+
+    @property
+    def jhmdb(self) -> Path:
+        return self.copy("jhmdb")
+
+    def results(self, out: Path | None = None, *extra: str) -> Path:
+        """Earlier results of ours in ``out`` (default :attr:`out`)."""
+        out = out or self.out
+        assert main(["run", str(self.frames), "--mask", str(self.mask), "--out", str(out), *BASE, *extra]) == 0
+        assert (out / COMPLETE).is_file()
+        return out
+
+    def file(self, relative: str, data: bytes) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (symlinks not followed)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def marks(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob(COMPLETE)}
+
+
+def staging_left(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob(f"*{STAGING_TAG}*")]
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of stderr that are not progress-bar residue."""
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines()]
+    return [line for line in lines if line.startswith(("error: ", "note: ", "interrupted: "))
+            or (line and not PROGRESS.search(line))]
+
+
+def assert_one_error(code: int, err: str, expected_code: int = 2, needle: str | None = None) -> str:
+    assert "Traceback" not in err, err
+    assert code == expected_code, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if needle is not None:
+        assert needle in lines[0], lines[0]
+    ERRORS.append(lines[0])
+    return lines[0]
+
+
+def assert_nothing_lost(root: Path, before: dict[str, str], marks_before: set[str]) -> None:
+    after = checksums(root)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    assert not changed, f"files changed or removed: {changed}"
+    assert marks(root) <= marks_before, f"new completion marks: {marks(root) - marks_before}"
+    assert not staging_left(root), staging_left(root)
+
+
+def cli(args: list) -> int:
+    """``propagate ARGS`` in this process; its exit status."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's usage errors
+        return int(exc.code or 0)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> dict[str, Path]:
+    from propagate.datasets.synthetic_davis import make_synthetic_davis
+    from propagate.datasets.synthetic_jhmdb import make_synthetic_jhmdb
+    from propagate.features.adm_net import save_tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("shared")
+    make_synthetic_davis(base / "davis", num_sequences=2, num_frames=4, size=(64, 48), seed=0)
+    make_synthetic_jhmdb(base / "jhmdb", num_videos=1, num_frames=3, size=(64, 48), seed=0)
+    return {"davis": base / "davis", "jhmdb": base / "jhmdb", "tiny_sd": tiny_sd_dir,
+            "adm": save_tiny_checkpoint(base / "adm" / "tiny.pt")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_errors():
+    yield
+    if ERRORS:
+        print(f"\n--- {len(ERRORS)} one-line errors printed by tests/test_errors.py ---")
+        print("\n".join(ERRORS))
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+Args = Callable[[World], list]
+
+
+@dataclass
+class Case:
+    id: str
+    args: Args  # the command line (paths from the world)
+    needle: str  # must appear in the error line
+    setup: Callable[[World], object] | None = None
+    code: int = 2
+    cwd: bool = False  # run inside the world's working directory (which holds a user file)
+    env: dict[str, str] = field(default_factory=dict)
+    missing: str | None = None  # a device the case needs this machine to lack (cuda, mps)
+
+
+def run(w: World, *extra: object, out: object = None, overwrite: bool = False) -> list:
+    return ["run", w.frames, "--mask", w.mask, "--out", w.out if out is None else out, *BASE, *extra,
+            *(["--overwrite"] if overwrite else [])]
+
+
+def points(w: World, *extra: object, file: object = None, out: object = None) -> list:
+    return ["run", w.frames, "--points", w.points if file is None else file, "--out", w.out if out is None else out,
+            *BASE, *extra]
+
+
+def eval_davis(w: World, *extra: object, out: object = None) -> list:
+    return ["eval", "davis", "--root", w.davis, "--out", w.out if out is None else out, "--features", "baseline",
+            *SMALL, *extra]
+
+
+def eval_jhmdb(w: World, *extra: object, out: object = None, split: object = None) -> list:
+    return ["eval", "jhmdb", "--root", w.jhmdb, "--split-file", split or w.jhmdb / "test_list.txt",
+            "--out", w.out if out is None else out, "--features", "baseline", "--set", "resize.size=[64,48]", *extra]
+
+
+def gt_results(w: World) -> Path:
+    """The DAVIS ground truth copied as results into ``w.out``."""
+    from propagate.datasets.davis import DavisDataset
+
+    dataset = DavisDataset(w.davis)
+    for seq in dataset.sequences:
+        gt, names = dataset.read_annotations(seq)
+        for mask, name in zip(gt, names):
+            write_mask(w.out / seq / f"{name}.png", np.where(mask == 255, 0, mask))
+    return w.out
+
+
+def jpeg_mask(w: World) -> None:
+    mask = read_mask(w.mask)
+    Image.fromarray((mask * 100).astype(np.uint8), mode="L").save(w.root / "first.jpg", quality=90)
+
+
+def make_cache(w: World) -> None:
+    """A feature cache of the clip in ``w.root / "cache"``."""
+    assert cli(["extract", w.frames, "--out", w.root / "cache", "--features", "baseline", *SMALL]) == 0
+
+
+def not_utf8(w: World) -> None:
+    w.file("bad.yaml", "features: baseline\n# caf\xe9\n".encode("latin-1"))
+
+
+CASES: list[Case] = [
+    # --- run --mask: inputs
+    Case("video-missing", lambda w: run(w)[:1] + [w.root / "nowhere"] + run(w)[2:], "nowhere"),
+    Case("video-empty-folder", lambda w: ["run", w.root / "empty", *run(w)[2:]], "holds no frames",
+         setup=lambda w: (w.root / "empty").mkdir()),
+    Case("frame-unreadable", lambda w: run(w), "00002.jpg",
+         setup=lambda w: (w.frames / "00002.jpg").write_bytes(b"\xff\xd8 truncated")),
+    Case("frames-of-two-sizes", lambda w: run(w), "all frames must have one size",
+         setup=lambda w: Image.new("RGB", (32, 32)).save(w.frames / "00003.jpg")),
+    Case("mask-missing", lambda w: ["run", w.frames, "--mask", w.root / "no.png", "--out", w.out, *BASE],
+         "does not exist"),
+    Case("mask-is-a-folder", lambda w: ["run", w.frames, "--mask", w.frames, "--out", w.out, *BASE], "is a folder"),
+    Case("mask-jpeg", lambda w: ["run", w.frames, "--mask", w.root / "first.jpg", "--out", w.out, *BASE],
+         "save it as PNG", setup=jpeg_mask),
+    Case("mask-other-size", lambda w: ["run", w.frames, "--mask", w.root / "small.png", "--out", w.out, *BASE],
+         "32x24 but the frames are 64x48",
+         setup=lambda w: write_mask(w.root / "small.png", read_mask(w.mask)[:24, :32])),
+    Case("mask-no-object", lambda w: ["run", w.frames, "--mask", w.root / "blank.png", "--out", w.out, *BASE],
+         "holds no object", setup=lambda w: write_mask(w.root / "blank.png", np.zeros((48, 64), np.uint8))),
+    Case("mask-not-an-image", lambda w: ["run", w.frames, "--mask", w.root / "mask.png", "--out", w.out, *BASE],
+         "not a readable image", setup=lambda w: w.file("mask.png", b"not a png")),
+    Case("mask-and-points", lambda w: run(w, "--points", w.points), "exactly one of"),
+    Case("option-unknown", lambda w: run(w, "--temprature", "0.1"), "--temprature"),
+    Case("option-bad-choice", lambda w: run(w, "--device", "tpu"), "tpu"),
+    Case("option-not-a-number", lambda w: run(w, "--topk", "ten"), "ten"),
+    Case("out-missing", lambda w: ["run", w.frames, "--mask", w.mask], "--out"),
+    # --- run: output overlapping an input (refused with or without --overwrite)
+    Case("out-is-frames", lambda w: run(w, out=w.frames, overwrite=True), "is the input"),
+    Case("out-inside-frames", lambda w: run(w, out=w.frames / "res"), "lies inside the input"),
+    Case("out-contains-frames", lambda w: run(w, out=w.root / "clip", overwrite=True), "contains the input"),
+    Case("out-is-mask-folder", lambda w: ["run", w.frames, "--mask", w.root / "masks" / "m.png", "--out",
+                                          w.root / "masks", *BASE, "--overwrite"], "contains the input",
+         setup=lambda w: shutil.copy(w.mask, w.file("masks/m.png", b""))),
+    Case("out-is-mask-file", lambda w: run(w, out=w.mask, overwrite=True), "is the input"),
+    Case("out-dot", lambda w: run(w, out="."), "working directory", cwd=True),
+    Case("out-dot-overwrite", lambda w: run(w, out=".", overwrite=True), "working directory", cwd=True),
+    Case("out-tilde", lambda w: run(w, out="~", overwrite=True), "not empty", cwd=True, env={"HOME": "{home}"}),
+    Case("out-home", lambda w: run(w, out=w.home, overwrite=True), "not empty", env={"HOME": "{home}"}),
+    Case("out-user-folder", lambda w: run(w, out=w.cwd, overwrite=True), "draft.txt"),
+    Case("out-is-a-file", lambda w: run(w, out=w.cwd / "draft.txt"), "not a folder"),
+    Case("out-is-cache", lambda w: run(w, "--cache", w.root / "cache", out=w.root / "cache"), "is the input",
+         setup=make_cache),
+    Case("out-inside-cache", lambda w: run(w, "--cache", w.root / "cache", out=w.root / "cache" / "r"),
+         "lies inside the input",
+         setup=make_cache),
+    # --- run: earlier results
+    Case("results-without-overwrite", lambda w: run(w), "--overwrite", setup=lambda w: w.results()),
+    Case("overwrite-foreign-file", lambda w: run(w, overwrite=True), "notes.txt",
+         setup=lambda w: (w.results(), (w.out / "notes.txt").write_text("mine"))),
+    Case("overwrite-foreign-subfolder", lambda w: run(w, overwrite=True), "keep/x.txt",
+         setup=lambda w: (w.results(), w.file("out/keep/x.txt", b"mine"))),
+    Case("overwrite-typo-topk", lambda w: run(w, "--set", "propagation.topk=abc", overwrite=True), "topk",
+         setup=lambda w: w.results()),
+    Case("overwrite-typo-features", lambda w: run(w, "--features", "basline", overwrite=True), "basline",
+         setup=lambda w: w.results()),
+    Case("overwrite-typo-mask", lambda w: ["run", w.frames, "--mask", w.root / "frist.png", "--out", w.out, *BASE,
+                                           "--overwrite"], "frist.png", setup=lambda w: w.results()),
+    # --- values: wrong types, ranges, non-finite
+    Case("temperature-nan", lambda w: run(w, "--temperature", "nan"), "temperature"),
+    Case("temperature-inf", lambda w: run(w, "--temperature", "inf"), "temperature"),
+    Case("temperature-negative", lambda w: run(w, "--temperature=-1"), "temperature"),
+    Case("set-topk-abc", lambda w: run(w, "--set", "propagation.topk=abc"), "propagation.topk"),
+    Case("set-multiple-0", lambda w: run(w, "--set", "resize.multiple=0"), "resize.multiple"),
+    Case("set-size-0-0", lambda w: run(w, "--set", "resize.size=[0,0]"), "resize.size"),
+    Case("set-size-text", lambda w: run(w, "--set", "resize.size=big"), "resize.size"),
+    Case("set-short-side-float", lambda w: run(w, "--set", "resize.short_side=4.5"), "resize.short_side"),
+    Case("set-unknown-key", lambda w: run(w, "--set", "propagation.topkk=3"), "propagation.topkk"),
+    Case("set-section-not-mapping", lambda w: run(w, "--set", "propagation=3"), "propagation"),
+    Case("set-no-equals", lambda w: run(w, "--set", "topk"), "KEY=VALUE"),
+    Case("set-bad-yaml", lambda w: run(w, "--set", "resize.size=[1,"), "not valid YAML"),
+    Case("set-window-bool", lambda w: run(w, "--set", "propagation.minmax_norm=maybe"), "minmax_norm"),
+    Case("batch-frames-0", lambda w: run(w, "--batch-frames", "0"), "batch_frames"),
+    Case("seed-negative", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
+                                     *SMALL, "--seed=-1"], "seed=-1"),
+    Case("seed-for-baseline", lambda w: run(w, "--seed=1"), "no option(s) seed"),
+    Case("sigma-nan", lambda w: points(w, "--set", "keypoints.sigma=.nan"), "keypoints.sigma"),
+    Case("set-device-typo", lambda w: run(w, "--set", "extractor.device=cdua"), "cdua"),
+    Case("features-unknown", lambda w: run(w, "--features", "nope"), "nope"),
+    Case("preset-unknown", lambda w: run(w, "--config", "davis_nope"), "davis_nope"),
+    # --- config files
+    Case("config-not-utf8", lambda w: run(w, "--config", w.root / "bad.yaml"), "not UTF-8", setup=not_utf8),
+    Case("config-bad-yaml", lambda w: run(w, "--config", w.root / "bad.yaml"), "not valid YAML",
+         setup=lambda w: w.file("bad.yaml", b"features: [baseline\n")),
+    Case("config-a-list", lambda w: run(w, "--config", w.root / "bad.yaml"), "mapping",
+         setup=lambda w: w.file("bad.yaml", b"- 1\n- 2\n")),
+    Case("config-bad-value", lambda w: run(w, "--config", w.root / "bad.yaml"), "propagation.temperature",
+         setup=lambda w: w.file("bad.yaml", b"features: baseline\npropagation:\n  temperature: .nan\n")),
+    Case("config-unknown-section", lambda w: run(w, "--config", w.root / "bad.yaml"), "propagtion",
+         setup=lambda w: w.file("bad.yaml", b"propagtion:\n  topk: 3\n")),
+    # --- devices this machine lacks, for every extractor
+    Case("cuda-baseline", lambda w: run(w, "--device", "cuda"), "cuda", missing="cuda"),
+    Case("mps-baseline", lambda w: run(w, "--device", "mps"), "mps", missing="mps"),
+    Case("cuda-index-baseline", lambda w: run(w, "--set", "extractor.device=cuda:9"), "cuda:9"),
+    Case("cuda-propagation-only", lambda w: run(w, "--set", "propagation.device=cuda:9"), "cuda:9"),
+    Case("cuda-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
+                                    *SMALL, "--device", "cuda"], "cuda", missing="cuda"),
+    Case("mps-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
+                                   *SMALL, "--device", "mps"], "mps", missing="mps"),
+    Case("cuda-adm", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--features", "adm", "--model",
+                                w.shared["adm"], *SMALL, "--device", "cuda"], "cuda", missing="cuda"),
+    Case("model-missing", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model",
+                                     w.root / "no_model", *SMALL], "no_model"),
+    # --- run --points
+    Case("points-missing", lambda w: points(w, file=w.root / "nope.json"), "nope.json"),
+    Case("points-bad-json", lambda w: points(w, file=w.root / "p.json"), "not valid JSON",
+         setup=lambda w: w.file("p.json", b"{points: ")),
+    Case("points-nan", lambda w: points(w, file=w.root / "p.json"), "finite",
+         setup=lambda w: w.file("p.json", b'{"points": [{"name": "a", "x": NaN, "y": 1}]}')),
+    Case("points-csv-text", lambda w: points(w, file=w.root / "p.csv"), "p.csv",
+         setup=lambda w: w.file("p.csv", b"name,x,y\nhead,left,3\n")),
+    Case("points-outside", lambda w: points(w, file=w.root / "p.csv"), "outside",
+         setup=lambda w: w.file("p.csv", b"name,x,y\nhead,500,3\n")),
+    Case("points-not-utf8", lambda w: points(w, file=w.root / "p.json"), "p.json",
+         setup=lambda w: w.file("p.json", '{"points": [{"name": "t\xeate", "x": 1, "y": 1}]}'.encode("latin-1"))),
+    Case("points-out-is-their-folder", lambda w: points(w, out=w.root / "clip"), "contains the input"),
+    # --- eval davis
+    Case("davis-root-missing", lambda w: ["eval", "davis", "--root", w.root / "DAVIS", "--out", w.out], "DAVIS"),
+    Case("davis-split-missing", lambda w: eval_davis(w, "--split", "tset"), "tset"),
+    Case("davis-unknown-sequence", lambda w: eval_davis(w, "--sequences", "synth-99"), "synth-99"),
+    Case("davis-out-is-root", lambda w: eval_davis(w, out=w.davis), "is the input"),
+    Case("davis-out-in-annotations", lambda w: eval_davis(w, out=w.davis / "Annotations" / "480p"),
+         "lies inside the input"),
+    Case("davis-out-in-jpegimages", lambda w: eval_davis(w, out=w.davis / "JPEGImages"), "lies inside the input"),
+    Case("davis-out-contains-root", lambda w: eval_davis(w, out=w.root), "contains the input"),
+    Case("davis-out-is-cache", lambda w: eval_davis(w, "--cache", w.root / "cache", out=w.root / "cache"),
+         "is the input", setup=lambda w: (w.root / "cache").mkdir()),
+    Case("davis-foreign-sequence-folder", lambda w: eval_davis(w), "notes.txt",
+         setup=lambda w: w.file("out/synth-00/notes.txt", b"mine")),
+    Case("davis-foreign-sequence-pngs", lambda w: eval_davis(w), "00000.png",
+         setup=lambda w: shutil.copytree(w.davis / "Annotations" / "480p" / "synth-01", w.out / "synth-01")),
+    Case("davis-other-settings", lambda w: eval_davis(w, "--topk", "3"), "other settings",
+         setup=lambda w: main([str(a) for a in eval_davis(w, "--sequences", "synth-00")])),
+    Case("davis-out-dot", lambda w: eval_davis(w, out="."), "working directory", cwd=True),
+    Case("davis-split-not-utf8", lambda w: eval_davis(w, "--split", "bad"), "bad.txt",
+         setup=lambda w: (w.davis / "ImageSets" / "2017" / "bad.txt").write_bytes(b"synth-0\xe9\n")),
+    Case("davis-cuda", lambda w: eval_davis(w, "--device", "cuda"), "cuda", missing="cuda"),
+    # --- eval jhmdb
+    Case("jhmdb-split-missing", lambda w: eval_jhmdb(w, split=w.root / "nolist.txt"), "nolist.txt"),
+    Case("jhmdb-out-in-root", lambda w: eval_jhmdb(w, out=w.jhmdb / "Rename_Images"), "lies inside the input"),
+    Case("jhmdb-out-is-split-folder", lambda w: eval_jhmdb(w, split=w.root / "lists" / "l.txt", out=w.root / "lists"),
+         "contains the input", setup=lambda w: w.file("lists/l.txt", b"walk/walk_synthetic_00\n")),
+    Case("jhmdb-foreign-video-folder", lambda w: eval_jhmdb(w), "mine.txt",
+         setup=lambda w: w.file("out/videos/walk/walk_synthetic_00/mine.txt", b"mine")),
+    Case("jhmdb-split-not-utf8", lambda w: eval_jhmdb(w, split=w.root / "l.txt"), "l.txt",
+         setup=lambda w: w.file("l.txt", b"walk/walk_synth\xe9\n")),
+    Case("jhmdb-temperature-nan", lambda w: eval_jhmdb(w, "--temperature", "nan"), "temperature"),
+    # --- score davis
+    Case("score-results-missing", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out], "does not exist"),
+    Case("score-frame-missing", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out], "00001",
+         setup=lambda w: (gt_results(w) / "synth-00" / "00001.png").unlink()),
+    Case("score-rgb-result", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out], "RGB",
+         setup=lambda w: Image.new("RGB", (64, 48)).save(gt_results(w) / "synth-01" / "00002.png")),
+    Case("score-results-in-root", lambda w: ["score", "davis", "--root", w.davis, "--results",
+                                             w.davis / "Annotations" / "480p"], "inside the input"),
+    # --- extract
+    Case("extract-out-is-input", lambda w: ["extract", w.frames, "--out", w.frames, "--features", "baseline"],
+         "is the input"),
+    Case("extract-out-in-davis", lambda w: ["extract", w.davis, "--out", w.davis / "cache", "--features", "baseline"],
+         "lies inside the input"),
+    Case("extract-out-user-folder", lambda w: ["extract", w.frames, "--out", w.cwd, "--features", "baseline"],
+         "not a feature cache"),
+    Case("extract-cuda", lambda w: ["extract", w.frames, "--out", w.root / "cache", "--features", "baseline",
+                                    "--device", "cuda"], "cuda", missing="cuda"),
+    Case("extract-other-settings", lambda w: ["extract", w.frames, "--out", w.root / "cache", "--features", "baseline",
+                                              "--set", "resize.short_side=40"], "other feature settings",
+         setup=make_cache),
+]
+
+
+def device_available(kind: str) -> bool:
+    import torch
+
+    return torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_every_failure_is_one_line_and_loses_nothing(case: Case, shared, tmp_path, capsys, monkeypatch):
+    if case.missing is not None and device_available(case.missing):
+        pytest.skip(f"this machine has {case.missing}: the case needs it missing")
+    world = World(tmp_path, shared)
+    if case.setup is not None:
+        case.setup(world)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value.format(home=world.home))
+    if case.cwd:
+        monkeypatch.chdir(world.cwd)
+    capsys.readouterr()
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+    code = cli(case.args(world))
+    err = capsys.readouterr().err
+    assert_one_error(code, err, case.code, case.needle)
+    assert_nothing_lost(tmp_path, before, marks_before)
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 40
+
+
+# ---------------------------------------------------------------------------------------------- --debug
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from propagate.errors import PropagateError
+
+    args = ["run", str(tmp_path / "nowhere"), "--mask", "m.png", "--out", str(tmp_path / "o")]
+    with pytest.raises(PropagateError, match="nowhere"):
+        main(["--debug", *args])
+    monkeypatch.setenv("PROPAGATE_DEBUG", "1")
+    with pytest.raises(PropagateError, match="nowhere"):
+        main(args)
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def test_a_black_and_white_mask_reads_255_as_object_1_with_a_note(tmp_path, capsys):
+    truth = (read_mask(write_clip(tmp_path, num_frames=2, size=(64, 48))[1]) == 1)
+    Image.fromarray(truth.astype(np.uint8) * 255, mode="L").save(tmp_path / "bw.png")
+    mask = read_mask(tmp_path / "bw.png")
+    assert mask.dtype == np.uint8 and np.array_equal(mask, truth.astype(np.uint8))
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("note: ") and "bw.png" in lines[0] and "object 1" in lines[0]
+    # indices with void stay as they are: 0, 1 and 255 is not a black-and-white mask
+    Image.fromarray(np.where(truth, 1, 255).astype(np.uint8), mode="L").save(tmp_path / "void.png")
+    assert set(np.unique(read_mask(tmp_path / "void.png"))) == {1, 255}
+    assert capsys.readouterr().err == ""
+
+
+def test_a_lossy_mask_is_refused_whatever_its_name(tmp_path):
+    from propagate.errors import PropagateError
+
+    Image.new("L", (8, 8)).save(tmp_path / "looks.png", format="JPEG")
+    Image.new("P", (8, 8)).save(tmp_path / "m.webp", format="WEBP", lossless=True)
+    for name in ("looks.png", "m.webp"):
+        with pytest.raises(PropagateError, match="save it as PNG"):
+            read_mask(tmp_path / name)
+
+
+# ---------------------------------------------------------------------------------------------- faults
+
+
+def _mount(what: list[str], where: Path) -> str | None:
+    """Run ``mount WHAT WHERE``; the reason it failed, or None."""
+    if os.geteuid() != 0:
+        return "not root: cannot mount"
+    if shutil.which("mount") is None:
+        return "no mount command"
+    done = subprocess.run(["mount", *what, str(where)], capture_output=True, text=True)
+    return None if done.returncode == 0 else f"mount {' '.join(what)} failed: {done.stderr.strip()}"
+
+
+def _umount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], check=False, capture_output=True)
+
+
+def _console(args: list, env: dict[str, str] | None = None, script: str | None = None) -> subprocess.Popen:
+    """``python -m propagate.cli ARGS`` (or ``python -c SCRIPT ARGS``), as a user's console runs it."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "propagate.cli"] if script is None else [sys.executable, "-c", script]
+    return subprocess.Popen([*command, *[str(a) for a in args]], env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _read_only_view(source: Path, view: Path) -> str | None:
+    """Make ``view`` a read-only view of ``source``: a read-only bind mount as root (root ignores file modes), else
+    ``chmod`` of ``source`` and a symlink. The reason it could not, or None."""
+    if os.geteuid() != 0:
+        view.symlink_to(source)
+        source.chmod(0o555)
+        return None
+    view.mkdir()
+    reason = _mount(["--bind", str(source)], view)
+    if reason is None and _mount(["-o", "remount,bind,ro"], view) is not None:
+        _umount(view)
+        reason = "remount read-only failed"
+    return reason
+
+
+def _undo_read_only_view(source: Path, view: Path) -> None:
+    if os.geteuid() != 0:
+        source.chmod(0o755)
+    else:
+        _umount(view)
+
+
+def test_console_prints_one_line_for_a_bad_value_and_a_read_only_folder(shared, tmp_path):
+    """The real console path (``python -m propagate.cli``): a bad ``--set`` value, and ``--overwrite`` of results in
+    a read-only folder, each give one line and status 2, and change nothing."""
+    world = World(tmp_path, shared)
+    store = world.results(tmp_path / "store" / "out").parent
+    ro = tmp_path / "ro"
+    reason = _read_only_view(store, ro)
+    try:
+        before, marks_before = checksums(tmp_path), marks(tmp_path)
+        bad = _console(run(world, "--set", "propagation.topk=abc"))
+        read_only = None if reason else _console(run(world, out=ro / "out", overwrite=True))
+        _, err = bad.communicate(timeout=120)
+        assert_one_error(bad.returncode, err, 2, "propagation.topk='abc'")
+        if read_only is not None:
+            _, err = read_only.communicate(timeout=120)
+            assert_one_error(read_only.returncode, err, 2, "ead-only file system" if os.geteuid() == 0 else "ermission")
+        assert_nothing_lost(tmp_path, before, marks_before)
+    finally:
+        if reason is None:
+            _undo_read_only_view(store, ro)
+    if reason:
+        print(f"SKIPPED part: read-only folder not tested: {reason}")
+        pytest.skip(f"read-only folder not tested: {reason}")
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_results_survive(shared, tmp_path, capsys):
+    """A 64 KiB tmpfs holds earlier results and a user's file that fills it: ``--overwrite`` fails with one line and
+    leaves both as they were; a new folder there fails the same way and leaves nothing."""
+    world = World(tmp_path, shared)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    reason = _mount(["-t", "tmpfs", "-o", "size=64k", "tmpfs"], disk)
+    if reason:
+        print(f"SKIPPED: full disk not tested: {reason}")
+        pytest.skip(f"full disk not tested: {reason}")
+    try:
+        world.results(disk / "out")
+        stat = os.statvfs(disk)
+        (disk / "filler.bin").write_bytes(b"x" * max(0, stat.f_bavail * stat.f_frsize - 4096))  # one page left
+        capsys.readouterr()
+        before, marks_before = checksums(tmp_path), marks(tmp_path)
+        for out, overwrite in ((disk / "out", True), (disk / "new", False)):
+            code = cli(run(world, out=out, overwrite=overwrite))
+            assert_one_error(code, capsys.readouterr().err, 2, "No space left on device")
+            assert_nothing_lost(tmp_path, before, marks_before)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler.bin", "out"]
+    finally:
+        _umount(disk)
+
+
+# ---------------------------------------------------------------------------------------------- kill, then rerun
+
+# The CLI with each mask write slowed down, so that a signal reliably lands mid-run.
+SLOW_CLI = """
+import sys, time
+import propagate.runs as runs
+write = runs.write_mask
+def slow_write(path, mask):
+    write(path, mask)
+    time.sleep(0.25)
+runs.write_mask = slow_write
+from propagate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def same_results(a: Path, b: Path) -> None:
+    """Two results folders hold the same files, byte for byte (``run_info.json``: all but the date and command)."""
+    files_a, files_b = checksums(a), checksums(b)
+    assert sorted(files_a) == sorted(files_b)
+    for name in files_a:
+        if Path(name).name == "run_info.json":
+            info_a, info_b = (json.loads((folder / name).read_text()) for folder in (a, b))
+            for info in (info_a, info_b):
+                del info["date"], info["command"]
+            assert info_a == info_b, name
+        else:
+            assert files_a[name] == files_b[name], name
+
+
+def _wait_for_partial_results(parent: Path, frames: int = 2, timeout: float = 60.0) -> None:
+    """Until a staging folder under ``parent`` holds ``frames`` masks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(len(list(s.rglob("*.png"))) >= frames for s in parent.rglob(f".*{STAGING_TAG}*") if s.is_dir()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the slowed-down run wrote no partial results in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_killed_run_leaves_earlier_results_and_a_rerun_equals_an_uninterrupted_one(sig, shared, tmp_path, capsys):
+    world = World(tmp_path, shared)
+    for index in range(4, 10):  # 10 frames
+        shutil.copy(world.frames / f"{index % 4:05d}.jpg", world.frames / f"{index:05d}.jpg")
+    args = ["run", world.frames, "--mask", world.mask, "--out", world.out, "--features", "baseline", *SMALL,
+            "--overwrite"]
+    world.results(world.out, "--topk", "3")  # earlier results, made with other settings
+    reference = tmp_path / "reference"
+    assert cli([*args[:5], reference, *args[6:-1]]) == 0
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+
+    process = _console(args, script=SLOW_CLI)
+    _wait_for_partial_results(tmp_path)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert process.returncode == 130 and "Traceback" not in err, err
+        lines = error_lines(err)
+        assert len(lines) == 1 and lines[0].startswith("interrupted: "), err
+        ERRORS.append(lines[0])
+        assert_nothing_lost(tmp_path, before, marks_before)
+    else:
+        assert process.returncode == -signal.SIGKILL
+        staging = staging_left(tmp_path)
+        assert len(staging) == 1  # a kill leaves its staging folder (marked in progress): the next run removes it
+        left = {k: v for k, v in checksums(tmp_path).items() if not k.startswith(staging[0] + "/")}
+        assert left == before and marks(tmp_path) == marks_before
+    capsys.readouterr()
+    assert cli(args) == 0  # the rerun
+    assert not staging_left(tmp_path)
+    same_results(world.out, reference)
+
+
+def test_a_failure_while_moving_new_results_into_place_puts_the_earlier_ones_back(shared, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """The last step of ``--overwrite`` sets the earlier results aside, then moves the new ones in; if that move
+    fails (here: an injected EIO), the earlier results go back, and nothing is left for a later run to delete."""
+    import errno
+
+    world = World(tmp_path, shared)
+    world.results(world.out, "--topk", "3")
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if STAGING_TAG in Path(src).name and not Path(src).name.endswith("-old") and Path(dst) == world.out:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        rename(src, dst)
+
+    capsys.readouterr()
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+    monkeypatch.setattr(os, "rename", failing_rename)
+    assert_one_error(cli(run(world, overwrite=True)), capsys.readouterr().err, 2, "Input/output error")
+    assert_nothing_lost(tmp_path, before, marks_before)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -1,0 +1,207 @@
+"""Keyframes and the session: objects entering late, backward = forward on the reversed video, keyframes written
+unchanged, blending by hand, corrections without extraction, confidence where an object is hidden."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from propagate.config import PropagationConfig, load_config
+from propagate.demo import _texture
+from propagate.errors import PropagateError
+from propagate.features import build_extractor
+from propagate.labels import read_mask
+from propagate.pipeline import Sweep, blend_weights, propagate_keyframes, resolve_direction, run_masks
+from propagate.session import Session
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CONFIG = {"resize.short_side": 128}
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def entering_clip(folder, frames=10, enter=5, size=(192, 128)):
+    """Object 1 (a disk) moves right through every frame; object 2 (a square) slides in from the right edge at
+    frame ``enter``. Returns the frame folder and the true masks."""
+    w, h = size
+    rng = np.random.default_rng(4)
+    background = _texture(rng, h, w, (90, 120, 90), 6)
+    disk_tex, square_tex = _texture(rng, h, w, (200, 60, 50), 12), _texture(rng, h, w, (50, 80, 200), 12)
+    yy, xx = np.mgrid[0:h, 0:w]
+    folder.mkdir()
+    truth = []
+    for t in range(frames):
+        image, mask = background.copy(), np.zeros((h, w), np.uint8)
+        cx, cy = 40 + 4 * t, 50
+        disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= 22**2
+        image[disk], mask[disk] = disk_tex[(yy - cy) % h, (xx - cx) % w][disk], 1
+        if t >= enter:
+            sx = w - 20 - 6 * (t - enter)
+            square = (np.abs(xx - sx) <= 18) & (np.abs(yy - 90) <= 18)
+            image[square], mask[square] = square_tex[(yy - 90) % h, (xx - sx) % w][square], 2
+        Image.fromarray(image).save(folder / f"{t:05d}.png")
+        truth.append(mask)
+    return folder, truth
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return build_extractor("baseline")
+
+
+def test_an_object_entering_late_is_tracked_from_its_keyframe(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip")
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    session.add_mask(5, truth[5])
+    results = dict(session.propagate())
+    assert sorted(results) == list(range(10))
+    for t in range(6, 10):
+        assert iou(results[t].mask == 2, truth[t] == 2) > 0.6, f"frame {t}: the late object is lost"
+        assert iou(results[t].mask == 1, truth[t] == 1) > 0.6
+    for t in range(1, 5):  # before it enters it is (almost) nowhere
+        assert (results[t].mask == 2).sum() < 0.2 * (truth[5] == 2).sum()
+
+
+def test_keyframes_are_written_unchanged_byte_for_byte(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip")
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    odd = truth[7].copy()
+    odd[0:3, 0:3] = 1  # a mask no propagation would give
+    for t, mask in ((2, truth[2]), (7, odd)):
+        session.add_mask(t, mask)
+    results = dict(session.propagate())
+    assert np.array_equal(results[2].mask, truth[2]) and np.array_equal(results[7].mask, odd)
+    assert results[2].keyframe and results[7].keyframe and not results[0].keyframe
+    assert all(results[t].confidence == {1: 1.0, 2: 1.0} for t in (2, 7))
+
+
+def test_backward_from_a_last_frame_keyframe_equals_forward_on_the_reversed_video(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=8, enter=0)
+    reversed_dir = tmp_path / "reversed"
+    reversed_dir.mkdir()
+    for t in range(8):
+        (reversed_dir / f"{t:05d}.png").write_bytes((frames / f"{7 - t:05d}.png").read_bytes())
+    config = load_config("davis_baseline", CONFIG)
+    session = Session(frames, config, extractor=baseline)
+    session.add_mask(7, truth[7])
+    backward = {t: r.mask for t, r in session.propagate("backward")}
+    forward = {t: m for t, (_, m) in enumerate(run_masks(reversed_dir, truth[7], config, baseline, progress=False))}
+    for t in range(8):
+        assert np.array_equal(backward[t], forward[7 - t]), f"frame {t}"
+
+
+def test_one_keyframe_on_frame_0_is_exactly_the_single_mask_stream(clip, baseline):
+    frames, mask_path, _ = clip
+    config = load_config("davis_baseline", CONFIG)
+    first = read_mask(mask_path)
+    session = Session(frames, config, extractor=baseline)
+    session.add_mask(0, first)
+    ours = [r.mask for _, r in session.propagate()]
+    theirs = [m for _, m in run_masks(frames, first, config, baseline, progress=False)]
+    assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_blend_weights_by_hand():
+    assert blend_weights(5, 4, 8) == (0.75, 0.25)  # nearer the earlier keyframe: mostly forward
+    assert blend_weights(7, 4, 8) == (0.25, 0.75)
+    assert blend_weights(6, 4, 8) == (0.5, 0.5)
+    assert blend_weights(5, 4, 8, "nearest") == (1.0, 0.0) and blend_weights(7, 4, 8, "nearest") == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        blend_weights(4, 4, 8)
+
+
+def test_propagate_keyframes_blends_the_two_sweeps_on_a_tiny_case():
+    """3 frames, keyframes 0 and 2 with labels [1, 0] and [0, 1] everywhere: frame 1's forward sweep sees only frame
+    0's labels and its backward sweep only frame 2's, so with weights 1/2 its labels are exactly [0.5, 0.5]."""
+    feats = torch.randn(3, 4, 2, 3, generator=torch.Generator().manual_seed(0))
+    one, two = torch.zeros(2, 2, 3), torch.zeros(2, 2, 3)
+    one[0], two[1] = 1, 1
+    cfg = PropagationConfig(temperature=0.1, topk=2, n_last_frames=1, radius=1, device="cpu")
+    out = list(propagate_keyframes(lambda t: feats[t], 3, {0: one, 2: two}, cfg))
+    assert [(t, key) for t, _, key in out] == [(0, True), (1, False), (2, True)]
+    assert torch.equal(out[0][1], one) and torch.equal(out[2][1], two)
+    assert torch.allclose(out[1][1], torch.full((2, 2, 3), 0.5))
+
+
+def test_direction_rules():
+    assert resolve_direction("auto", [0], 10) == (True, False)
+    assert resolve_direction("auto", [0, 5], 10) == (True, True)
+    assert resolve_direction("auto", [3], 10) == (True, True)
+    assert resolve_direction("backward", [9], 10) == (False, True)
+    with pytest.raises(PropagateError, match="needs a keyframe on the first frame"):
+        resolve_direction("forward", [3], 10)
+    with pytest.raises(PropagateError, match="needs a keyframe on the last frame"):
+        resolve_direction("backward", [3], 10)
+
+
+def test_a_correction_extracts_nothing_and_recomputes_only_what_can_change(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=10)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    first = {t: r.mask for t, r in session.propagate()}
+    assert session.stats["extractor_frames"] == 10 and session.stats["propagated_frames"] == 9
+    corrected = np.where(truth[6] == 1, 1, 0).astype(np.uint8)  # a correction of the disk at frame 6
+    session.add_mask(6, corrected)
+    second = {t: r.mask for t, r in session.propagate()}
+    assert session.stats["extractor_frames"] == 10  # no extraction: features were kept
+    # forward sweep: frames 1..5 replayed (they cannot change), 7..9 propagated; backward sweep (new): 5..1
+    fwd, bwd = session._sweeps
+    assert fwd.propagated == 3 and bwd.propagated == 5
+    assert np.array_equal(second[6], corrected)
+    session.remove(6)  # back to one keyframe: the same results as the first pass
+    third = {t: r.mask for t, r in session.propagate()}
+    assert all(np.array_equal(first[t], third[t]) for t in range(10))
+
+
+def test_a_new_object_at_a_correction_is_followed_without_extraction(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=10)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    first = {t: r.mask for t, r in session.propagate()}
+    session.add_mask(6, truth[6])  # the square entered at frame 5: a new object id (all frames are recomputed)
+    second = {t: r.mask for t, r in session.propagate()}
+    assert session.stats["extractor_frames"] == 10
+    assert np.array_equal(second[6], truth[6])
+    assert iou(second[8] == 2, truth[8] == 2) > 0.6 > iou(first[8] == 2, truth[8] == 2)
+
+
+def test_confidence_falls_where_an_object_is_hidden(clip, baseline):
+    frames, mask_path, truth = clip  # the square (object 2) is hidden behind the disk at frame 3
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, read_mask(mask_path))
+    results = dict(session.propagate())
+    square = {t: results[t].confidence[2] for t in range(1, 6)}
+    assert square[3] < min(square[t] for t in (1, 2, 4, 5)), square
+    assert session.least_confident(1)[0].index == 3
+
+
+def test_session_refuses_bad_keyframes(clip, baseline):
+    frames, mask_path, truth = clip
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    with pytest.raises(PropagateError, match="no keyframe"):
+        list(session.propagate())
+    with pytest.raises(PropagateError, match="is not a frame"):
+        session.add_mask(99, truth[0])
+    with pytest.raises(PropagateError, match="frame's size"):
+        session.add_mask(1, np.zeros((5, 5), np.uint8))
+    session.add_mask(0, truth[0])
+    with pytest.raises(PropagateError, match="masks or points, not both"):
+        session.add_points(1, np.array([[1.0, 2.0]]))
+    with pytest.raises(PropagateError, match="not a keyframe"):
+        session.remove(4)
+
+
+def test_sweep_replays_unchanged_prefix(baseline):
+    feats = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    labels = torch.softmax(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(2)), 0)
+    cfg = PropagationConfig(temperature=0.1, topk=3, n_last_frames=2, radius=1, device="cpu")
+    sweep = Sweep(cfg)
+    first = dict(sweep.run(range(6), lambda t: feats[t], {0: labels}))
+    assert sweep.propagated == 5
+    again = dict(sweep.run(range(6), lambda t: feats[t], {0: labels, 4: labels}))
+    assert sweep.propagated == 1  # only frame 5 follows the new keyframe
+    assert all(torch.equal(first[t], again[t]) for t in range(4))
