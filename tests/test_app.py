@@ -135,3 +135,78 @@ def test_image_of_a_size_the_extractor_cannot_take_is_refused_in_one_line():
     corr = Correspondence(build_extractor(config.features, config.extractor), config.resize)
     with pytest.raises(PropagateError, match="not a multiple of 8"):
         corr.features(np.zeros((60, 100, 3), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- the workspace
+
+
+def small_config():
+    return load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+
+
+def test_workspace_masks_then_a_correction_reuses_features(tmp_path):
+    from propagate.app.workspace import Workspace
+    from propagate.labels import read_mask
+    from propagate.video import open_video
+
+    frames, _, masks = write_clip(tmp_path / "clip", 5, (192, 128))
+    config = small_config()
+    (tmp_path / "ws").mkdir()
+    ws = Workspace(open_video(frames), config, build_extractor(config.features, config.extractor), tmp_path / "ws")
+    with pytest.raises(PropagateError, match="no keyframe yet"):
+        next(ws.propagate())
+    with pytest.raises(PropagateError, match="nothing is painted"):
+        ws.set_mask(0, np.zeros_like(masks[0]))
+    assert ws.set_mask(0, masks[0]) == [1, 2] and ws.objects == 2
+    assert [r.index for r in ws.propagate()] == [0, 1, 2, 3, 4]
+    assert set(ws.confidence()) == {1, 2, 3, 4}
+    ws.set_mask(3, masks[3])
+    list(ws.propagate())
+    assert ws.session.stats["extractor_frames"] == 5  # the correction extracted nothing
+    assert np.array_equal(ws.mask(3), masks[3]) and ws.overlay(2).shape == (128, 192, 3)
+    files = ws.export()
+    assert [f.name for f in files] == ["masks-1.zip", "coco.json", "overlay.mp4", "confidence.csv"]
+    with zipfile.ZipFile(files[0]) as zf:
+        assert sorted(zf.namelist()) == [f"{i:05d}.png" for i in range(5)]
+    assert np.array_equal(read_mask(tmp_path / "ws" / "export-1" / "00003.png"), masks[3])
+    ws.remove(3)
+    assert ws.keyframes == [0]
+    ws.close()
+    assert not (tmp_path / "ws").exists()
+
+
+def test_workspace_points_are_placed_moved_and_propagated(tmp_path):
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    frames, _, _ = write_clip(tmp_path / "clip", 4, (192, 128))
+    config = load_config("jhmdb_baseline", {"resize.size": [192, 128]})
+    (tmp_path / "ws").mkdir()
+    ws = Workspace(open_video(frames), config, build_extractor(config.features, config.extractor), tmp_path / "ws")
+    with pytest.raises(PropagateError, match="needs a name"):
+        ws.place_point(0, " ", (10, 10))
+    ws.place_point(0, "disk", (20, 20))
+    ws.place_point(0, "square", (144, 33))
+    ws.place_point(0, "disk", (33, 65))  # moved
+    assert ws.points[0] == {"disk": (33.0, 65.0), "square": (144.0, 33.0)}
+    assert ws.set_points(0) == ["disk", "square"]
+    results = list(ws.propagate())
+    assert len(results) == 4 and results[0].keyframe and np.allclose(results[0].xy, [[33, 65], [144, 33]])
+    assert results[3].xy.shape == (2, 2) and ws.overlay(3).shape == (128, 192, 3)
+    with pytest.raises(PropagateError, match="points are not exported"):
+        ws.export()
+    ws.close()
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def test_serve_refuses_a_video_outside_root_and_a_missing_root(tmp_path, capsys):
+    from propagate.cli import main
+
+    frames, _, _ = write_clip(tmp_path / "clip", 2)
+    (tmp_path / "root").mkdir()
+    assert main(["serve", str(frames), "--root", str(tmp_path / "root"), "--features", "baseline"]) == 2
+    assert "outside --root" in capsys.readouterr().err
+    assert main(["serve", "--root", str(tmp_path / "nowhere"), "--features", "baseline"]) == 2
+    assert "is not a folder" in capsys.readouterr().err

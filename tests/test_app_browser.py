@@ -4,8 +4,9 @@ click-to-correspond on an image pair with a known shift; the guards (paths outsi
 browser's video invisible to another).
 
 Needs the app extra (gradio), the playwright package and Debian's chromium (`.ci/run` installs it); skipped with
-the reason where one is missing. Screenshots go to ``$PROPAGATE_SCREENSHOTS`` if set (``docs/`` makes the README's
-``docs/serve.jpg``), else to a temporary folder.
+the reason where one is missing. Screenshots (``serve.jpg``, ``propagated.jpg``, ``correspond.jpg``) go to
+``$PROPAGATE_SCREENSHOTS`` if set (``PROPAGATE_SCREENSHOTS=docs`` remakes the README's ``docs/serve.jpg``), else to a
+temporary folder.
 """
 from __future__ import annotations
 
@@ -122,6 +123,11 @@ def step(what: str) -> None:
     _T0[0] = now
 
 
+def shoot(page, site, name: str) -> None:
+    """A screenshot of the page as it is (JPEG, small enough to commit)."""
+    page.screenshot(path=str(site["shots"] / f"{name}.jpg"), type="jpeg", quality=70)
+
+
 def status(page) -> str:
     return page.inner_text("#status")
 
@@ -133,7 +139,8 @@ def wait_status(page, text: str) -> str:
             "([t]) => { const s = document.querySelector('#status'); return s && (s.innerText.includes(t) || "
             "s.innerText.includes('error:')); }", arg=[text])
     except playwright_api.TimeoutError:
-        page.screenshot(path=str(Path(os.environ.get("PROPAGATE_SCREENSHOTS", ".")) / "timeout.png"), full_page=True)
+        page.screenshot(path=str(Path(os.environ.get("PROPAGATE_SCREENSHOTS", ".")) / "timeout.jpg"), full_page=True,
+                        quality=70)
         raise AssertionError(f"waited in vain for {text!r}; the status says {status(page)!r}") from None
     shown = status(page)
     assert text in shown, shown
@@ -210,8 +217,6 @@ def test_paint_propagate_correct_export_equals_run(page, site, tmp_path, capsys)
     page.click("#add-object")
     wait_status(page, "object 2 added")
     wait_brush(page, 2)
-    if os.environ.get("DEBUG_SHOTS"):
-        page.screenshot(path="/tmp/shots/before2.png")
     stroke(page, to_screen, 0.75 * w, 0.26 * h, 9)
     page.click("#save-keyframe")
     wait_status(page, "frame 0 is a keyframe: objects 1, 2")
@@ -219,7 +224,7 @@ def test_paint_propagate_correct_export_equals_run(page, site, tmp_path, capsys)
     page.click("#propagate")
     first = wait_status(page, "propagated")
     assert f"{FRAMES} frames' features extracted" in first
-    page.screenshot(path=str(site["shots"] / "propagated.png"))
+    shoot(page, site, "propagated")
 
     # correct frame 4: the disk is at (0.17 + 0.62 * 0.8) w; paint its centre as object 1 again
     go_to_frame(page, 4)
@@ -233,8 +238,7 @@ def test_paint_propagate_correct_export_equals_run(page, site, tmp_path, capsys)
     page.click("#propagate")
     again = wait_status(page, "propagated")
     assert f"{FRAMES} frames' features extracted" in again, "re-propagation must reuse the features"
-    page.screenshot(path=str(site["shots"] / "corrected.png"))
-    page.locator("#editor").screenshot(path=str(site["shots"] / "editor.png"))
+    shoot(page, site, "serve")  # the README's screenshot
 
     page.click("#export")
     wait_status(page, "exported")
@@ -296,7 +300,7 @@ def test_correspond_click_lands_within_one_cell(page, site):
         print(f"correspond click ({x}, {y}) -> ({mx:.0f}, {my:.0f}), truth ({tx}, {ty}), {latency:.2f} s in the browser")
         assert abs(mx - tx) <= cell and abs(my - ty) <= cell, (mx, my, tx, ty)
         assert latency < 5
-    page.screenshot(path=str(site["shots"] / "correspond.png"))
+    shoot(page, site, "correspond")
 
 
 # ---------------------------------------------------------------------------------------------- guards
