@@ -41,6 +41,7 @@ SMALL = ["--features", "baseline", "--set", "resize.short_side=128", "--set", "r
 FRAMES, SIZE = 6, (192, 128)
 PAIR_SIZE, SHIFT = (256, 128), (24, 16)  # the right image is the left one moved by SHIFT pixels (3 x 2 cells)
 TIMEOUT_MS = 60_000
+SHOTS: list[Path] = []  # where screenshots go (set by the server fixture)
 
 
 def free_port() -> int:
@@ -82,6 +83,7 @@ def site(tmp_path_factory):
             time.sleep(0.3)
     shots = Path(os.environ.get("PROPAGATE_SCREENSHOTS") or base / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
+    SHOTS[:] = [shots]
     yield {"url": url, "root": root, "frames": frames, "outside": outside, "base": base, "shots": shots}
     server.terminate()
     try:
@@ -124,7 +126,8 @@ def step(what: str) -> None:
 
 
 def shoot(page, site, name: str) -> None:
-    """A screenshot of the page as it is (JPEG, small enough to commit)."""
+    """A screenshot of the page from its top (JPEG, small enough to commit)."""
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(site["shots"] / f"{name}.jpg"), type="jpeg", quality=70)
 
 
@@ -139,8 +142,8 @@ def wait_status(page, text: str) -> str:
             "([t]) => { const s = document.querySelector('#status'); return s && (s.innerText.includes(t) || "
             "s.innerText.includes('error:')); }", arg=[text])
     except playwright_api.TimeoutError:
-        page.screenshot(path=str(Path(os.environ.get("PROPAGATE_SCREENSHOTS", ".")) / "timeout.jpg"), full_page=True,
-                        quality=70)
+        if SHOTS:
+            page.screenshot(path=str(SHOTS[0] / "timeout.jpg"), full_page=True, type="jpeg", quality=70)
         raise AssertionError(f"waited in vain for {text!r}; the status says {status(page)!r}") from None
     shown = status(page)
     assert text in shown, shown
