@@ -210,3 +210,27 @@ def test_serve_refuses_a_video_outside_root_and_a_missing_root(tmp_path, capsys)
     assert "outside --root" in capsys.readouterr().err
     assert main(["serve", "--root", str(tmp_path / "nowhere"), "--features", "baseline"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_cancelled_propagation_then_a_full_one_equals_a_clean_run(tmp_path):
+    """Cancel in the page closes the result stream mid-way; the next propagation must not depend on it."""
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    frames, _, masks = write_clip(tmp_path / "clip", 6, (192, 128))
+    config = small_config()
+    extractor = build_extractor(config.features, config.extractor)
+    spaces = []
+    for name in ("cancelled", "clean"):
+        (tmp_path / name).mkdir()
+        ws = Workspace(open_video(frames), config, extractor, tmp_path / name)
+        ws.set_mask(0, masks[0])
+        ws.set_mask(5, masks[5])
+        spaces.append(ws)
+    stream = spaces[0].propagate()
+    next(stream), next(stream), next(stream)
+    stream.close()  # what cancelling does to the generator
+    assert len(spaces[0].results) == 3
+    final = [{r.index: r.mask for r in ws.propagate()} for ws in spaces]
+    assert final[0].keys() == final[1].keys() == set(range(6))
+    assert all(np.array_equal(final[0][i], final[1][i]) for i in range(6))

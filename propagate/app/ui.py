@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ def _brush(obj: int) -> gr.Brush:
 def build_app(server: Server) -> gr.Blocks:
     """The page: an "annotate" tab (open, scrub, paint, propagate, correct, export) and a "correspond" tab."""
     with gr.Blocks(title="propagate", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
-        ws = gr.State(None)  # this browser session's Workspace
+        # this browser session's Workspace, closed (features freed, folder removed) when the session ends
+        ws = gr.State(None, delete_callback=lambda w: w.close() if w is not None else None)
         corr = gr.State(None)  # this browser session's correspond pair: dict(left=..., right=..., feats...)
         gr.Markdown("## propagate: label propagation with diffusion features")
         gr.Markdown(f"Features in use: {server.features_label}", elem_id="features")
@@ -123,16 +125,18 @@ def build_app(server: Server) -> gr.Blocks:
         view_outputs = [editor, result, points_view, strip]
 
         def opened(w: Workspace | None, new: Workspace, what: str) -> tuple:
+            """The outputs of ``open_outputs`` for a newly opened workspace (the previous one is closed)."""
             if w is not None:
                 w.close()
-            text = (f"opened {what}: {new.num_frames} frames, {new.session.native_size[0]}x"
-                    f"{new.session.native_size[1]}")
-            return (new, text, gr.update(maximum=new.num_frames - 1, value=0), *frame_outputs(new, 0),
-                    gr.update(choices=["1"], value="1"), gr.update(brush=_brush(1)))
+            width, height = new.session.native_size
+            return (f"opened {what}: {new.num_frames} frames, {width}x{height}", new,
+                    gr.update(maximum=new.num_frames - 1, value=0), *frame_outputs(new, 0),
+                    gr.update(choices=["1"], value="1"))  # object 1 again (its change sets the brush)
 
-        open_outputs = [ws, status, frame, *view_outputs, obj, editor]
+        open_outputs = [status, ws, frame, *view_outputs, obj]
 
         def workspace(source_path: Path | None, upload_path: str | None) -> tuple[Workspace, str]:
+            """A new workspace (in its own folder) over a path under the root or an upload."""
             folder = server.work / uuid.uuid4().hex
             folder.mkdir()
             try:
@@ -142,38 +146,31 @@ def build_app(server: Server) -> gr.Blocks:
                 else:
                     assert source_path is not None
                     source = open_video(source_path)
-                    what = str(source_path.relative_to(server.root.resolve()))
+                    what = str(source_path.relative_to(server.root))
                 return Workspace(source, server.config, server.extractor, folder), what
             except BaseException:
-                import shutil
-
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
 
-        def guarded(fn: Callable) -> Callable:
-            """Run ``fn``; on a user's mistake show ``error: ...`` in the status (its first output), change nothing else."""
+        def guarded(fn: Callable, count: int) -> Callable:
+            """Run ``fn``; on a user's mistake show ``error: ...`` in the status (the first of its ``count``
+            outputs) and change nothing else."""
 
             @functools.wraps(fn)
             def wrapper(*args, **kwargs):
                 try:
                     return fn(*args, **kwargs)
                 except PropagateError as exc:
-                    count = wrapper.outputs
                     return (_error(exc), *([gr.skip()] * (count - 1))) if count > 1 else _error(exc)
 
-            wrapper.outputs = 1
             return wrapper
 
         def on(event, fn: Callable, inputs: list, outputs: list, **kwargs):
             """Wire ``fn`` (status first among its outputs) through :func:`guarded`."""
-            g = guarded(fn)
-            g.outputs = len(outputs)
-            return event(g, inputs, outputs, **kwargs)
+            return event(guarded(fn, len(outputs)), inputs, outputs, **kwargs)
 
         def open_path(text: str, w: Workspace | None):
-            new, what = workspace(resolve_under_root(server.root, text), None)
-            out = opened(w, new, what)
-            return (out[1], out[0], *out[2:])
+            return opened(w, *workspace(resolve_under_root(server.root, text), None))
 
         def open_uploaded(file: str | None, w: Workspace | None):
             if file is None:
@@ -182,16 +179,14 @@ def build_app(server: Server) -> gr.Blocks:
                 new, what = workspace(None, file)
             except PropagateError as exc:  # shown, and the upload box is emptied for the next try
                 return (_error(exc), *([gr.skip()] * (len(open_outputs) - 1)), None)
-            out = opened(w, new, what)
-            return (out[1], out[0], *out[2:], gr.skip())
+            return (*opened(w, new, what), gr.skip())
 
-        status_first = [status, ws, frame, *view_outputs, obj, editor]
-        on(open_button.click, open_path, [path, ws], status_first)
-        on(path.submit, open_path, [path, ws], status_first)
-        on(upload.upload, open_uploaded, [upload, ws], [*status_first, upload])
+        on(open_button.click, open_path, [path, ws], open_outputs)
+        on(path.submit, open_path, [path, ws], open_outputs)
+        on(upload.upload, open_uploaded, [upload, ws], [*open_outputs, upload])
         if server.video is not None:
-            video_text = str(server.video.relative_to(server.root.resolve()))
-            on(app.load, lambda w: open_path(video_text, w), [ws], status_first)
+            video_text = str(server.video.relative_to(server.root))
+            on(app.load, lambda w: open_path(video_text, w), [ws], open_outputs)
 
         def need(w: Workspace | None) -> Workspace:
             if w is None:
