@@ -7,6 +7,7 @@ shows it, for bug reports).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--topk", type=int)
     g.add_argument("--n-last-frames", type=int, help="recent frames kept in the context besides frame 0")
     g.add_argument("--radius", type=int, help="window radius in feature cells")
-    g.add_argument("--window", choices=["square", "disk", "none"])
+    g.add_argument("--window", choices=["square", "disk", "open_disk", "none"])
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set propagation.minmax_norm=false (repeatable)")
 
@@ -110,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
-                             render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction)
+                             render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction,
+                             formats=[f.strip() for f in args.format.split(",") if f.strip()])
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 
@@ -233,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "of keyframe masks named like frames (00000.png, 00040.png, ...)")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
-    run.add_argument("--format", default="png", help="outputs: png (always), coco (adds coco.json); e.g. png,coco")
+    run.add_argument("--format", default="png", help="outputs: png (always; points.json for points), coco (adds "
+                     "coco.json, or coco_keypoints.json for points); e.g. png,coco")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -305,9 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLines(logging.Handler):
+    """The package's info lines (e.g. the precision an extractor resolved to) on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("propagate")
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines())
+        log.setLevel(logging.INFO)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
     try:
         status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)

@@ -43,8 +43,10 @@ class PropagationConfig:
     topk: int = 15
     n_last_frames: int = 28
     radius: int = 15
-    window: str = "square"  # square (|dy|<=r and |dx|<=r), disk (dy^2+dx^2 <= r^2) or none
+    window: str = "square"  # square (|dy|<=r and |dx|<=r), disk (dy^2+dx^2 <= r^2), open_disk (< r^2, CRW) or none
     window_first: bool = True  # restrict frame 0's keys to the window as well (DIFT/DINO yes, CRW no)
+    queue_init: str = "first"  # first: the queue starts empty (frame 0 alone); copies: full of frame 0 (CRW)
+    topk_rule: str = "ties"  # ties: keep every affinity >= the k-th (DINO); exact: exactly k (torch.topk, CRW)
     label_downsample: str = "nearest"  # first-frame mask to the grid: nearest (DINO) or area (soft fractions)
     minmax_norm: bool = True  # per-channel min-max normalisation of upsampled labels before argmax (DINO)
     screen: str = "auto"  # bf16 pre-screening of affinities with an exact fp32 re-check: auto, on or off
@@ -74,8 +76,19 @@ class KeyframeConfig:
 
 
 @dataclass
+class PckConfig:
+    """PCK scoring of keypoints (:mod:`propagate.pck`)."""
+
+    lost_joints: str = "wrong"  # a joint with no prediction: wrong (counted a miss, kept in the box) or drop (CRW)
+
+
+@dataclass
 class Config:
-    """Everything one run needs besides its inputs."""
+    """Everything one run needs besides its inputs.
+
+    ``overrides`` maps a sequence (or video) name to dotted keys whose values differ for it, applied by the
+    dataset protocols (:func:`sequence_config`): ``{"shooting": {"propagation.n_last_frames": {"at_most": 10}}}``.
+    """
 
     features: str = "dift_sd"
     extractor: dict[str, Any] = field(default_factory=dict)
@@ -83,14 +96,16 @@ class Config:
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    pck: PckConfig = field(default_factory=PckConfig)
     batch_frames: int = 4  # frames extracted together (each with its ensemble copies)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per sequence: {dotted key: value}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _SECTIONS = {"resize": ResizeConfig, "propagation": PropagationConfig, "keypoints": KeypointConfig,
-             "keyframes": KeyframeConfig}
+             "keyframes": KeyframeConfig, "pck": PckConfig}
 
 
 # What each field accepts: a test and the words that tell the user what to give. Keys are dotted as in overrides.
@@ -131,8 +146,10 @@ CHECKS: dict[str, Check] = {
     "propagation.topk": _int_at_least(1),
     "propagation.n_last_frames": _int_at_least(0),
     "propagation.radius": _int_at_least(0),
-    "propagation.window": _one_of("square", "disk", "none"),
+    "propagation.window": _one_of("square", "disk", "open_disk", "none"),
     "propagation.window_first": _BOOL,
+    "propagation.queue_init": _one_of("first", "copies"),
+    "propagation.topk_rule": _one_of("ties", "exact"),
     "propagation.label_downsample": _one_of("nearest", "area"),
     "propagation.minmax_norm": _BOOL,
     "propagation.screen": _SCREEN,
@@ -142,6 +159,7 @@ CHECKS: dict[str, Check] = {
     "keypoints.cell_convention": _one_of("centre", "crw"),
     "keyframes.direction": _one_of("auto", "forward", "backward", "both"),
     "keyframes.blend": _one_of("linear", "nearest"),
+    "pck.lost_joints": _one_of("wrong", "drop"),
 }
 
 
@@ -180,9 +198,72 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
             if not isinstance(value, dict):
                 raise PropagateError(f"{source}: extractor must be a mapping, got {value!r}")
             kwargs[key] = dict(value)
+        elif key == "overrides":
+            kwargs[key] = _read_overrides(value, source)
         else:
             kwargs[key] = value
-    return check_config(Config(**kwargs), source)
+    config = check_config(Config(**kwargs), source)
+    for name in config.overrides:
+        sequence_config(config, name, source)  # every override is a known key with a valid value
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- per-sequence overrides
+
+AT_MOST = "at_most"  # an override value {at_most: N} caps the key at N (DIFT caps shooting's context at 10 frames)
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"propagation": {"topk": 5}}`` and ``{"propagation.topk": 5}`` -> ``{"propagation.topk": 5}``; a
+    ``{at_most: N}`` mapping is a value, not a section."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and set(value) != {AT_MOST}:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_overrides(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """The ``overrides`` section: sequence name -> {dotted key: value}, keys checked against :data:`CHECKS`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise PropagateError(f"{source}: overrides must map sequence names to mappings of dotted keys, e.g. "
+                             "{shooting: {propagation.n_last_frames: 10}}; got " + repr(value))
+    result: dict[str, dict[str, Any]] = {}
+    for name, keys in value.items():
+        flat = _flatten(keys)
+        for key, item in flat.items():
+            where = f"{source}: overrides.{name}.{key}"
+            if key == "features" or key.startswith("extractor.") or key not in CHECKS:
+                what = "the extractor is built once per run" if key == "features" or key.startswith("extractor.") \
+                    else "unknown key"
+                raise PropagateError(f"{where}: {what}; a sequence may override "
+                                     f"{', '.join(k for k in CHECKS if k != 'features')}")
+            if isinstance(item, dict) and not _is_number(item.get(AT_MOST)):
+                raise PropagateError(f"{where}={item!r}: give a value or {{{AT_MOST}: NUMBER}}")
+        result[str(name)] = flat
+    return result
+
+
+def sequence_config(config: Config, name: str, source: str = "config") -> Config:
+    """The config sequence ``name`` runs with: ``config`` with ``config.overrides[name]`` applied, and no overrides.
+
+    An override value sets the key; ``{at_most: N}`` sets it to ``min(value, N)`` -- DIFT's DAVIS script gives
+    ``shooting`` ``n_last_frames = min(n_last_frames, 10)``. A name without overrides gets ``config`` as it is
+    (less its ``overrides``).
+    """
+    data = config.to_dict()
+    data["overrides"] = {}
+    for key, value in config.overrides.get(name, {}).items():
+        if isinstance(value, dict):
+            section, _, field_name = key.rpartition(".")
+            current = data[section][field_name] if section else data[key]
+            value = min(current, value[AT_MOST]) if _is_number(current) else value
+        set_dotted(data, key, value)
+    return config_from_dict(data, f"{source}: overrides.{name}" if name in config.overrides else source)
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:

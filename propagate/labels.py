@@ -111,17 +111,17 @@ def object_ids(mask: np.ndarray) -> list[int]:
 def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, int]) -> dict[int, np.ndarray]:
     """Keyframe masks ``{frame index: [H, W] uint8}`` from a mask file (frame 0) or a folder of PNGs named like frames.
 
-    In a folder, ``00040.png`` is the mask of the frame named ``00040`` (the frame folder's file stems, or
+    In a folder, ``00040.png`` is the mask of the frame named ``00040`` (other files are ignored) (the frame folder's file stems, or
     ``00000``, ``00001``, ... for a video file); any frames, sparse. Every mask must have the frames' size; together
     they must label at least one object.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
-                       key=lambda p: p.name)
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".png"
+                        and not p.name.startswith(".")), key=lambda p: p.name)
         if not files:
-            raise PropagateError(f"mask folder {path} is empty: put one PNG per keyframe in it, named like the frame "
-                                 f"(e.g. {names[0]}.png)")
+            raise PropagateError(f"mask {path} is a folder with no PNG in it: give a mask PNG, or a folder of keyframe "
+                                 f"PNGs named like their frames (e.g. {names[0]}.png)")
         index = {name: i for i, name in enumerate(names)}
         masks = {}
         for file in files:

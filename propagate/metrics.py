@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from skimage.morphology import disk  # the structuring element the official tool uses
 
 VOID = 255
 BOUNDARY_THRESHOLD = 0.008  # boundary tolerance as a fraction of the image diagonal
@@ -82,12 +83,6 @@ def boundary_tolerance(height: int, width: int, bound_th: float = BOUNDARY_THRES
     return int(math.ceil(bound_th * math.hypot(height, width)))
 
 
-def disk(radius: int) -> np.ndarray:
-    """``[2r+1, 2r+1]`` uint8 structuring element: offsets with ``dx^2 + dy^2 <= r^2``."""
-    offsets = np.arange(-radius, radius + 1)
-    return ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius * radius).astype(np.uint8)
-
-
 def frame_f_measure(annotation: np.ndarray, segmentation: np.ndarray, void: np.ndarray | None = None,
                     bound_th: float = BOUNDARY_THRESHOLD) -> float:
     """Boundary F-measure of one frame: ``annotation`` and ``segmentation`` are ``[H, W]`` binary masks."""
@@ -108,7 +103,7 @@ def frame_f_measure(annotation: np.ndarray, segmentation: np.ndarray, void: np.n
     elif n_gt == 0:
         precision, recall = 0.0, 1.0
     else:
-        kernel = disk(boundary_tolerance(*annotation.shape, bound_th=bound_th))
+        kernel = disk(boundary_tolerance(*annotation.shape, bound_th=bound_th))  # uint8, dx^2 + dy^2 <= r^2
         gt_near = cv2.dilate(gt_edge.astype(np.uint8), kernel).astype(bool)
         pred_near = cv2.dilate(pred_edge.astype(np.uint8), kernel).astype(bool)
         precision = np.sum(pred_edge & gt_near) / float(n_pred)

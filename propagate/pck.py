@@ -7,12 +7,14 @@ Pure functions of arrays, no I/O. Conventions:
 - In each scored frame the threshold is ``alpha * 0.6 * diagonal`` of the bounding box of the frame's
   ground-truth joints (the joints counted in that frame, see ``visible``); a joint is correct when the distance
   from its prediction to its ground truth is at most the threshold.
-- A missing prediction (NaN in ``pred``) counts as wrong.
+- A missing (lost) prediction, NaN in ``pred``, is ruled by ``lost_joints``: ``wrong`` (our default) counts it as
+  a miss and keeps its ground truth in the box; ``drop`` (CRW's ``eval_pck.py``, which marks a joint predicted at
+  -1 not visible) leaves it out of both the score and that frame's box.
 - A ground-truth joint outside the frame counts like any other (it is scored and it stretches the box). CRW's
   ``eval_pck.py`` does the same: it never looks at the image bounds.
-- ``visible`` (``[T, J]`` bool, optional) leaves joints out of both the box and the score. CRW leaves out a joint
-  whose prediction is missing; :func:`propagate.datasets.jhmdb.evaluate_jhmdb` instead leaves out joints that
-  had no label to propagate (their first-frame heatmap is empty) and counts later losses as wrong.
+- ``visible`` (``[T, J]`` bool, optional) leaves joints out of both the box and the score;
+  :func:`propagate.datasets.jhmdb.evaluate_jhmdb` leaves out joints that had no label to propagate (their
+  first-frame heatmap is empty), and later losses by ``pck.lost_joints``.
 - A frame whose box has zero size (a single counted joint) has threshold 0: only an exact prediction is correct.
 - Scores are percentages. PCK is the mean over joint types of their per-joint accuracy, where the per-joint
   accuracy pools every scored frame of every video (as CRW's ``computePCK``); a joint type never scored is
@@ -26,10 +28,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 BOX_SCALE = 0.6  # the box "size" is 0.6 x the diagonal of the joints' bounding box (CRW, JHMDB convention)
+LOST_RULES = ("wrong", "drop")
 
 
 def normalized_distances(
-    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None = None, skip_first: bool = True
+    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None = None, skip_first: bool = True,
+    lost_joints: str = "wrong",
 ) -> np.ndarray:
     """Distances from predictions to ground truth divided by ``0.6 x`` the frame's GT box diagonal.
 
@@ -38,6 +42,7 @@ def normalized_distances(
         gt: ``[T, J, 2]`` ground truth (x, y).
         visible: ``[T, J]`` bool, joints to count (default: all).
         skip_first: drop frame 0 (the protocol does).
+        lost_joints: ``wrong`` (a missing prediction is a miss) or ``drop`` (not counted, not in the box; CRW).
 
     Returns:
         ``[T', J]`` float: the normalised distance; ``+inf`` for a missing prediction (or a nonzero distance in a
@@ -52,6 +57,10 @@ def normalized_distances(
     visible = np.asarray(visible, dtype=bool)
     if visible.shape != gt.shape[:2]:
         raise ValueError(f"visible {visible.shape} must be [T, J] = {gt.shape[:2]}")
+    if lost_joints not in LOST_RULES:
+        raise ValueError(f"lost_joints {lost_joints!r}: choose one of {LOST_RULES}")
+    if lost_joints == "drop":
+        visible = visible & ~np.isnan(pred).any(axis=-1)
     if np.isnan(gt[visible]).any():
         raise ValueError("gt holds NaN for a counted joint; mark it not visible instead")
     if skip_first:
@@ -90,25 +99,27 @@ def pck_from_distances(dist: np.ndarray, alpha: float) -> tuple[np.ndarray, floa
 
 
 def pck(
-    pred: np.ndarray, gt: np.ndarray, alpha: float, visible: np.ndarray | None = None
+    pred: np.ndarray, gt: np.ndarray, alpha: float, visible: np.ndarray | None = None, lost_joints: str = "wrong"
 ) -> tuple[np.ndarray, float]:
     """PCK@alpha of one video: ``(per_joint [J] percent, overall percent)``; frame 0 is skipped."""
-    return pck_from_distances(normalized_distances(pred, gt, visible), alpha)
+    return pck_from_distances(normalized_distances(pred, gt, visible, lost_joints=lost_joints), alpha)
 
 
 def pck_table(
-    videos: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]], alphas: Sequence[float] = (0.1, 0.2)
+    videos: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]], alphas: Sequence[float] = (0.1, 0.2),
+    lost_joints: str = "wrong",
 ) -> dict[float, tuple[np.ndarray, float]]:
     """PCK of a dataset, pooling every scored frame of every video per joint (CRW's ``eval_pck.py``).
 
     Args:
         videos: ``(pred [T, J, 2], gt [T, J, 2], visible [T, J] or None)`` per video (same J for all).
         alphas: thresholds.
+        lost_joints: ``wrong`` or ``drop`` (see the module docstring).
 
     Returns:
         ``{alpha: (per_joint [J] percent, overall percent)}``.
     """
-    parts = [normalized_distances(p, g, v) for p, g, v in videos]
+    parts = [normalized_distances(p, g, v, lost_joints=lost_joints) for p, g, v in videos]
     if not parts:
         raise ValueError("no videos to score")
     pooled = np.concatenate(parts, axis=0)

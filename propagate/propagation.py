@@ -2,9 +2,18 @@
 
 For every position of a new frame, the affinities to the keys of the context frames (frame 0 plus the last
 ``n_last_frames`` predictions) are ``exp(q.k / T)`` for l2-normalised features, zero outside a window around the
-query's position. Per query, every affinity >= its k-th largest is kept (DINO's threshold rule, so ties are all
-kept) and the kept ones are normalised to sum to 1 -- a softmax over the kept logits. The new frame's soft labels
-are the weighted sum of the context labels.
+query's position. Per query, every affinity >= its k-th largest is kept (``topk_rule: ties``, DINO's threshold
+rule, so ties are all kept; ``exact`` keeps exactly k as ``torch.topk`` does, CRW, ties at the k-th value broken
+in favour of the lowest key index ``slot * h * w + y * w + x``) and the kept ones are normalised to sum to 1 -- a
+softmax over the kept logits. The new frame's soft labels are the weighted sum of the context labels.
+
+The queue of recent frames starts empty (``queue_init: first``) or full of copies of frame 0 (``copies``, CRW).
+CRW's ``test.py`` pads the video in front with ``videoLen`` copies of frame 0 (``data/jhmdb.py``: ``frame_num =
+len(I) + videoLen``, frame ``max(0, i - videoLen)``; labels ``lbls[0]``), and its context for a frame is the first
+frame (``long_mem``, never windowed) plus the ``videoLen`` frames before it, windowed like every recent frame. For
+frame 1 those are ``videoLen - 1`` padding copies and frame 0 itself: ``n_last_frames`` copies of frame 0 in the
+windowed queue, which later predictions push out one by one. So a far spurious match in the unwindowed frame 0
+takes at most one of the k slots, where ``first`` lets frame 0 alone fill them all.
 
 The reference implementations build the dense ``n_ctx x HW x HW`` affinity (4.5 GB per frame at DIFT's DAVIS
 settings). Here queries are processed in tiles, and each tile is compared only with the keys of its window's union
@@ -50,14 +59,17 @@ def screening_supported(device: torch.device) -> bool:
 
 
 def window_offsets_valid(dy: torch.Tensor, dx: torch.Tensor, shape: str, radius: int) -> torch.Tensor:
-    """Which key offsets lie inside the window: ``square`` (|dy|, |dx| <= r), ``disk`` (dy^2+dx^2 <= r^2), ``none``."""
+    """Which key offsets lie inside the window: ``square`` (|dy|, |dx| <= r), ``disk`` (dy^2+dx^2 <= r^2),
+    ``open_disk`` (dy^2+dx^2 < r^2, CRW's), ``none``."""
     if shape == "square":
         return (dy.abs() <= radius) & (dx.abs() <= radius)
     if shape == "disk":
         return dy * dy + dx * dx <= radius * radius
+    if shape == "open_disk":  # CRW's MaskedAttention: distance < radius
+        return dy * dy + dx * dx < radius * radius
     if shape == "none":
         return torch.ones_like(dy, dtype=torch.bool)
-    raise PropagateError(f"unknown window {shape!r}: choose square, disk or none")
+    raise PropagateError(f"unknown window {shape!r}: choose square, disk, open_disk or none")
 
 
 def _bf16_residual(x: torch.Tensor) -> torch.Tensor:
@@ -121,18 +133,41 @@ class ContextQueue:
         self.next_slot = (self.next_slot - self.fixed + 1) % self.n_last + self.fixed
 
 
-def _topk_weights(scores: torch.Tensor, topk: int, temperature: float) -> torch.Tensor:
-    """Per row, keep every finite score >= the k-th largest; softmax over the kept ones.
+TOPK_RULES = ("ties", "exact")
+QUEUE_INITS = ("first", "copies")
+
+
+def _topk_weights(scores: torch.Tensor, topk: int, temperature: float, rule: str = "ties",
+                  key_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, keep the top-k finite scores; softmax over the kept ones.
 
     ``scores [nq, n_keys]`` with -inf for keys outside the window -> weights of the same shape summing to 1 per row.
+    ``rule``: ``ties`` keeps every score >= the k-th largest; ``exact`` keeps exactly k, breaking ties at the k-th
+    value by the lowest ``key_ids [nq, n_keys]`` (flat key indices; the row must hold every key tied there).
     """
     k = min(topk, scores.shape[1])
     kth = torch.topk(scores, k, dim=1).values[:, -1:]
     # fewer than k keys in the window: the k-th value is -inf and every key in the window is kept
-    keep = (scores >= kth) & torch.isfinite(scores)
+    if rule == "exact":
+        keep = _exactly_k(scores, kth, k, key_ids) & torch.isfinite(scores)
+    else:
+        keep = (scores >= kth) & torch.isfinite(scores)
     top = scores.max(dim=1, keepdim=True).values
     weights = torch.where(keep, torch.exp((scores - top) / temperature), torch.zeros((), device=scores.device))
     return weights / weights.sum(dim=1, keepdim=True)
+
+
+def _exactly_k(scores: torch.Tensor, kth: torch.Tensor, k: int, key_ids: torch.Tensor | None) -> torch.Tensor:
+    """``[nq, n]`` bool: the scores above ``kth [nq, 1]``, then as many of those equal to it as make k, lowest
+    ``key_ids`` first (column order if None)."""
+    above = scores > kth
+    tied = scores == kth
+    need = k - above.sum(dim=1, keepdim=True)
+    ids = key_ids if key_ids is not None else torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    order = torch.where(tied, ids, torch.full_like(ids, torch.iinfo(ids.dtype).max)).argsort(dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device)
+                                            .expand_as(order).contiguous())
+    return above | (tied & (rank < need))
 
 
 def _screen_threshold(kth: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
@@ -163,7 +198,7 @@ def propagate_frame(
     Args:
         query_hwc: ``[h, w, C]`` l2-normalised features of the new frame.
         queue: the context (frame 0 and recent frames) on the same device.
-        cfg: window, radius, topk, temperature, window_first.
+        cfg: window, radius, topk, topk_rule, temperature, window_first.
         screen: pre-screen in bf16 and re-check candidates in fp32 (same result, faster where bf16 is fast).
         stats: if given, ``queries`` and ``rescored`` (queries whose first candidates did not suffice) are added up.
     """
@@ -185,7 +220,7 @@ def propagate_frame(
                 exact, flat = _screened_candidates(keys, t, q32, err, k, m, stats)
             else:
                 exact, flat = _exact_candidates(keys, t, q32, None, k, m, stats)
-            weights = _topk_weights(exact.float(), k, cfg.temperature)  # [nq, M]
+            weights = _topk_weights(exact.float(), k, cfg.temperature, cfg.topk_rule, flat)  # [nq, M]
             labels = torch.bmm(weights.unsqueeze(1), keys.labels_flat[flat]).squeeze(1)  # [nq, K]
             out[t.y0:t.y1, t.x0:t.x1] = labels.view(t.y1 - t.y0, t.x1 - t.x0, keys.num_labels)
     return out
@@ -442,6 +477,10 @@ class LabelPropagator:
             raise PropagateError("propagation.n_last_frames and propagation.radius must be >= 0")
         if cfg.screen not in ("auto", "on", "off", True, False):
             raise PropagateError(f"propagation.screen must be auto, on or off, got {cfg.screen!r}")
+        if cfg.topk_rule not in TOPK_RULES:
+            raise PropagateError(f"propagation.topk_rule must be ties or exact, got {cfg.topk_rule!r}")
+        if cfg.queue_init not in QUEUE_INITS:
+            raise PropagateError(f"propagation.queue_init must be first or copies, got {cfg.queue_init!r}")
         window_offsets_valid(torch.zeros(1), torch.zeros(1), cfg.window, 0)  # validates the window name
         self.cfg = cfg
         self.device = resolve_device(device if device is not None else cfg.device)
@@ -462,7 +501,11 @@ class LabelPropagator:
             raise ValueError(f"features {tuple(feats.shape)} and labels {tuple(labels.shape)} are on different grids")
         c, h, w = feats.shape
         self.queue = ContextQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen)
-        self.queue.set_first(self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0))
+        keys, labels_hwk = self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0)
+        self.queue.set_first(keys, labels_hwk)
+        if self.cfg.queue_init == "copies":  # CRW: the recent frames start as copies of frame 0 (module docstring)
+            for _ in range(self.cfg.n_last_frames):
+                self.queue.push(keys, labels_hwk)
 
     def add_keyframe(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """A later annotated frame (features ``[C, h, w]``, labels ``[K, h, w]``) joins the permanent context, as

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -40,7 +40,7 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, check_processing_size
-from propagate.coco import CocoVideoWriter
+from propagate.coco import CocoVideoWriter, keypoints_json
 from propagate.io import atomic_write_json, atomic_write_text
 from propagate.keypoints import PointSet, check_points_inside, points_record, read_point_keyframes
 from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
@@ -409,6 +409,7 @@ class ResumableRun:
 FORMATS = ("png", "coco")
 CONFIDENCE_CSV = "confidence.csv"
 COCO_JSON = "coco.json"
+COCO_KEYPOINTS_JSON = "coco_keypoints.json"
 MaskResult = tuple[Frame, np.ndarray, Mapping[int, float], bool]  # frame, mask [H, W], confidence, keyframe
 
 
@@ -418,6 +419,18 @@ def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     if bad or not formats:
         raise PropagateError(f"format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)} (e.g. --format png,coco)")
     return tuple(dict.fromkeys(formats))
+
+
+@contextlib.contextmanager
+def _closing(stream: Iterable[object]) -> Iterator[None]:
+    """Close a generator of results when the writing stops, even on an error, so that its progress bar is cleared
+    before the error line is printed."""
+    try:
+        yield
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskResult], object_ids: Sequence[int],
@@ -432,7 +445,7 @@ def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskRes
                            source.native_size, objects) if "coco" in formats else None
     rows = [["frame", "name", "keyframe", *[f"object_{o}" for o in objects]]]
     writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if overlay_text is not None else None
-    with writer or contextlib.nullcontext():
+    with writer or contextlib.nullcontext(), _closing(results):
         for frame, mask, confidence, keyframe in results:
             write_mask(out / f"{frame.name}.png", mask)
             rows.append([str(frame.index), frame.name, str(int(keyframe)),
@@ -553,13 +566,15 @@ def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[s
 def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | Path, config: Config, *,
                extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None, overwrite: bool = False,
                render: bool = True, progress: bool = True, inputs: Sequence[str | Path] = (),
-               extra: Mapping[str, object] | None = None, direction: str | None = None) -> JSON:
+               extra: Mapping[str, object] | None = None, direction: str | None = None,
+               formats: Sequence[str] = ("png",)) -> JSON:
     """The ``propagate run --points`` job: ``points.json`` (format: :mod:`propagate.keypoints`), ``overlay.mp4``,
     ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
 
     ``points`` is a points file (frame 0's points, or points on several keyframes:
     :func:`propagate.keypoints.read_point_keyframes`) or a :class:`PointSet` of the first frame; ``extra`` adds keys
-    to ``points.json``. Keyframes other than frame 0 go through a :class:`propagate.session.Session`.
+    to ``points.json``. Keyframes other than frame 0 go through a :class:`propagate.session.Session`. ``formats``
+    with ``coco`` adds ``coco_keypoints.json`` (:func:`propagate.coco.keypoints_json`).
 
     Returns a summary: ``{"frames", "points", "lost_last_frame", "out", "overlay", "features", "keyframes"}``.
     """
@@ -573,6 +588,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     check_length(source)
     direction = direction or config.keyframes.direction
     _, backward = resolve_direction(direction, list(keyframes), len(source))
+    formats = check_formats(formats)
     paths = [video, *([points] if not isinstance(points, PointSet) else []), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
@@ -590,7 +606,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     frames: list[JSON] = []
     with folder as out:
         writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if render else None
-        with writer or contextlib.nullcontext():
+        with writer or contextlib.nullcontext(), _closing(stream):
             for frame, xy, confidence in stream:
                 frames.append({"index": frame.index, "name": frame.name,
                                "points": points_record(given.names, xy, confidence)})
@@ -611,6 +627,10 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
             **(extra or {}),
             "frames": frames,
         })
+        if "coco" in formats:
+            coordinates = [(str(f["name"]), _xy_of(f["points"], given.names)) for f in frames]
+            atomic_write_json(out / COCO_KEYPOINTS_JSON, keypoints_json(Path(source.path).stem, source.native_size,
+                                                                        given.names, given.edges, coordinates))
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}
@@ -622,6 +642,13 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
             "overlay": str(out / "overlay.mp4") if render else None, "features": text, "keyframes": list(keyframes)}
 
 
+def _xy_of(record: object, names: Sequence[str]) -> np.ndarray:
+    """``[J, 2]`` coordinates of one frame's points record (NaN for lost points)."""
+    assert isinstance(record, dict)
+    return np.array([[np.nan, np.nan] if record[n]["x"] is None else [record[n]["x"], record[n]["y"]] for n in names],
+                    dtype=np.float64)
+
+
 # ---------------------------------------------------------------------------------------------- units of work
 
 
@@ -629,7 +656,9 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
 class Unit:
     """One video's run, as :func:`run_unit` does it: a mask (``kind="masks"``) or points job into ``out``.
 
-    Picklable, so that a scheduler (:mod:`propagate.cluster`) can hand units to workers.
+    Picklable, so that a scheduler (:mod:`propagate.cluster`) can hand units to workers. ``config``, when set, is
+    the unit's own config (a sequence with per-sequence overrides, :func:`propagate.config.sequence_config`): every
+    runner runs the unit with it instead of the run's config.
     """
 
     name: str
@@ -640,11 +669,14 @@ class Unit:
     render: bool = True
     inputs: tuple[Path, ...] = ()
     extra: Mapping[str, object] | None = None
+    config: Config | None = None
 
 
 def run_unit(unit: Unit, config: Config, extractor: FeatureExtractor | None = None,
              cache: FeatureStore | None = None, progress: bool = True, overwrite: bool = False) -> JSON:
-    """Run one :class:`Unit` with :func:`run_video` or :func:`run_points`; returns its summary."""
+    """Run one :class:`Unit` with :func:`run_video` or :func:`run_points` (with ``unit.config`` if it has one,
+    else ``config``); returns its summary."""
+    config = unit.config if unit.config is not None else config
     if unit.kind == "masks":
         assert not isinstance(unit.annotation, PointSet)
         return run_video(unit.video, unit.annotation, unit.out, config, extractor=extractor, cache=cache,

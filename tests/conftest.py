@@ -11,6 +11,18 @@ from propagate.demo import demo_frames
 from propagate.labels import write_mask
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_cpu_dtype():
+    """``dtype: auto`` resolves as on a CPU without bf16 units (fp32), so results do not depend on the test machine's
+    CPU (session-wide, before any module fixture builds an extractor); tests of the bf16 rule patch
+    :func:`propagate.features.common.cpu_has_bf16_units` themselves."""
+    import propagate.features.common as common
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common, "cpu_has_bf16_units", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models' ops are far too small for intra-op threads: one thread is as fast, and much faster when other

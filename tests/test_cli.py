@@ -60,6 +60,19 @@ def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):
     assert len(list(out.glob("*.png"))) == 6 and not (out / "overlay.mp4").exists()
     info = json.loads((out / "run_info.json").read_text())
     assert info["extractor"]["model"] == str(tiny_sd_dir) and info["config"]["features"] == "dift_sd"
+    assert "precision: dift_sd runs in fp32 (as set)" in err and info["extractor"]["dtype"] == "fp32"
+
+
+def test_the_resolved_precision_is_said_when_the_extractor_is_built(monkeypatch, caplog, tiny_sd_dir):
+    import propagate.features.common as common
+    from propagate.features import build_extractor
+
+    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # a CPU with AMX or AVX512-BF16
+    with caplog.at_level("INFO", logger="propagate"):
+        ext = build_extractor("dift_sd", {"model": str(tiny_sd_dir), "device": "cpu"})
+        build_extractor("baseline")  # no precision: nothing said
+    assert ext.settings()["dtype"] == "bf16"  # what run_info.json records
+    assert [r.getMessage() for r in caplog.records] == ["precision: dift_sd runs in bf16 (dtype auto on cpu)"]
 
 
 def test_output_folder_with_results_needs_overwrite(clip, tmp_path, capsys):

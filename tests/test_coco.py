@@ -49,3 +49,21 @@ def test_keypoints_json_lists_visible_and_lost_points():
     assert data["annotations"][0]["keypoints"] == [1.0, 2.0, 2, 3.5, 4.0, 2]
     assert data["annotations"][1]["keypoints"] == [5.0, 6.0, 2, 0, 0, 0] and data["annotations"][1]["num_keypoints"] == 1
     assert [i["file_name"] for i in data["images"]] == ["00000.png", "00001.png"]
+
+
+def test_run_points_with_coco_format_writes_coco_keypoints(tmp_path):
+    from test_runs import _moving_clip
+
+    from propagate.runs import run_points
+
+    clip = _moving_clip(tmp_path / "clip", frames=4)
+    points = tmp_path / "points.csv"
+    points.write_text("name,x,y\ncentre,32,28\ncorner,24,20\n")
+    config = load_config("jhmdb_baseline", ["resize.size=[96,64]"])
+    run_points(clip, points, tmp_path / "out", config, render=False, progress=False, formats=["png", "coco"])
+    data = json.loads((tmp_path / "out" / "coco_keypoints.json").read_text())
+    track = json.loads((tmp_path / "out" / "points.json").read_text())
+    assert data["categories"][0]["keypoints"] == ["centre", "corner"] and len(data["annotations"]) == 4
+    for ann, frame in zip(data["annotations"], track["frames"]):
+        centre = frame["points"]["centre"]
+        assert ann["keypoints"][:2] == [centre["x"], centre["y"]]

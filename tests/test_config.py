@@ -11,7 +11,7 @@ import pytest
 
 import propagate
 from propagate.config import (
-    CHECKS, CONFIG_DIR, Config, config_from_dict, load_config, parse_overrides, resolve_preset,
+    CHECKS, CONFIG_DIR, Config, config_from_dict, load_config, parse_overrides, resolve_preset, sequence_config,
 )
 from propagate.errors import PropagateError
 
@@ -45,13 +45,13 @@ def test_preset_values_are_read_as_written():
     sd, jhmdb = load_config("davis_sd"), load_config("jhmdb_baseline")
     assert (sd.features, sd.extractor["t"], sd.propagation.temperature, sd.propagation.topk, sd.batch_frames) == (
         "dift_sd", 51, 0.2, 15, 2)
-    assert jhmdb.resize.size == [320, 320] and jhmdb.propagation.window == "disk" and jhmdb.propagation.screen == "off"
+    assert jhmdb.resize.size == [320, 320] and jhmdb.propagation.window == "open_disk" and jhmdb.propagation.screen == "off"
 
 
 def test_every_field_has_a_check():
     from propagate.config import _SECTIONS
 
-    fields = {f.name for f in dataclasses.fields(Config)} - set(_SECTIONS) - {"extractor"}
+    fields = {f.name for f in dataclasses.fields(Config)} - set(_SECTIONS) - {"extractor", "overrides"}  # overrides: checked by key
     for section, cls in _SECTIONS.items():
         fields |= {f"{section}.{f.name}" for f in dataclasses.fields(cls)}
     assert set(CHECKS) == fields
@@ -81,7 +81,10 @@ BAD_VALUES = [
     ("propagation.n_last_frames=-1", "propagation.n_last_frames", "-1", "an integer >= 0"),
     ("propagation.radius=-2", "propagation.radius", "-2", "an integer >= 0"),
     ("propagation.radius=1.5", "propagation.radius", "1.5", "an integer >= 0"),
-    ("propagation.window=circle", "propagation.window", "'circle'", "square, disk or none"),
+    ("propagation.window=circle", "propagation.window", "'circle'", "square, disk, open_disk or none"),
+    ("propagation.queue_init=zeros", "propagation.queue_init", "'zeros'", "first or copies"),
+    ("propagation.topk_rule=some", "propagation.topk_rule", "'some'", "ties or exact"),
+    ("pck.lost_joints=skip", "pck.lost_joints", "'skip'", "wrong or drop"),
     ("propagation.window_first=1", "propagation.window_first", "1", "true or false"),
     ("propagation.label_downsample=bilinear", "propagation.label_downsample", "'bilinear'", "nearest or area"),
     ("propagation.minmax_norm=maybe", "propagation.minmax_norm", "'maybe'", "true or false"),
@@ -182,3 +185,50 @@ def test_override_syntax_errors():
     with pytest.raises(PropagateError, match=r"override 'resize.size=\[1,': the value is not valid YAML") as err:
         parse_overrides(["resize.size=[1,"])
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ per-sequence overrides
+
+
+def test_paper_presets_pin_fp32_and_fast_presets_do_not():
+    for name in ("davis_sd", "davis_adm", "jhmdb_sd", "jhmdb_adm"):
+        assert load_config(name).extractor["dtype"] == "fp32"
+        if name.startswith("davis"):
+            fast = load_config(f"{name}_fast")
+            assert fast.extractor["dtype"] == "auto"
+            assert {**fast.to_dict(), "extractor": {}} == {**load_config(name).to_dict(), "extractor": {}}
+
+
+def test_jhmdb_presets_are_crw_mode():
+    for name in ("jhmdb_sd", "jhmdb_adm", "jhmdb_baseline"):
+        c = load_config(name)
+        assert (c.propagation.queue_init, c.propagation.topk_rule, c.propagation.window, c.propagation.window_first,
+                c.keypoints.cell_convention, c.pck.lost_joints) == ("copies", "exact", "open_disk", False, "crw", "drop")
+
+
+def test_shooting_override_caps_the_context_as_dift_does():
+    config = load_config("davis_sd")
+    assert config.overrides == {"shooting": {"propagation.n_last_frames": {"at_most": 10}}}
+    shooting = sequence_config(config, "shooting")
+    assert shooting.propagation.n_last_frames == 10 and shooting.overrides == {}
+    assert sequence_config(config, "bike-packing").propagation.n_last_frames == 28
+    # DIFT: "if args.n_last_frames > 10: args.n_last_frames = 10" -- a smaller context is kept
+    small = load_config("davis_sd", ["propagation.n_last_frames=7"])
+    assert sequence_config(small, "shooting").propagation.n_last_frames == 7
+    # nested (as --set writes it) and dotted forms are the same; a plain value sets the key
+    nested = load_config("davis_baseline", ["overrides.dogs.propagation.topk=5"])
+    assert nested.overrides == {"dogs": {"propagation.topk": 5}}
+    assert sequence_config(nested, "dogs").propagation.topk == 5
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"dogs": {"propagation.topkk": 5}}, "overrides.dogs.propagation.topkk: unknown key"),
+    ({"dogs": {"extractor.t": 5}}, "the extractor is built once per run"),
+    ({"dogs": {"propagation.topk": 0}}, "propagation.topk=0 is not valid"),
+    ({"dogs": {"propagation.topk": {"at_most": "x"}}}, "give a value or {at_most: NUMBER}"),
+    ({"dogs": 3}, "overrides must map sequence names"),
+])
+def test_bad_overrides_are_one_line_errors(overrides, words):
+    with pytest.raises(PropagateError) as err:
+        config_from_dict({"overrides": overrides}, "preset.yaml")
+    assert words in str(err.value) and "\n" not in str(err.value)

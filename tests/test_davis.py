@@ -340,3 +340,34 @@ def test_evaluate_with_two_keyframes_writes_them_and_records_them(tmp_path):
     assert 0 <= scores["global"]["J&F-Mean"] <= 1
     with pytest.raises(PropagateError, match="keyframe\\(s\\) 9 do not exist"):
         evaluate_davis(root, tmp_path / "eval2", config, progress=False, keyframes=(0, 9))
+
+
+def test_per_sequence_override_is_applied_recorded_and_checked_on_resume(tmp_path):
+    """A sequence named ``shooting`` runs with its override (DIFT caps its context: min(n_last_frames, cap)); the
+    others with the run's config; run_info.json records its effective config; resuming with other overrides is
+    refused."""
+    from propagate.config import load_config
+
+    root = tmp_path / "davis"
+    make_synthetic_davis(root, num_sequences=2, num_frames=6, size=(160, 96), seed=1)
+    for top in ("JPEGImages", "Annotations"):
+        (root / top / "480p" / "synth-01").rename(root / top / "480p" / "shooting")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("synth-00\nshooting\n")
+    base = {"resize.short_side": 96, "propagation.n_last_frames": 3}
+    config = load_config("davis_baseline", {**base, "overrides": {"shooting": {"propagation.n_last_frames": {"at_most": 1}}}})
+    out = tmp_path / "eval"
+    evaluate_davis(root, out, config, progress=False)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["config"]["overrides"] == {"shooting": {"propagation.n_last_frames": {"at_most": 1}}}
+    assert info["sequence_configs"]["shooting"]["propagation"]["n_last_frames"] == 1
+    assert list(info["sequence_configs"]) == ["shooting"]
+    assert json.loads((out / "shooting" / "run_info.json").read_text())["config"]["propagation"]["n_last_frames"] == 1
+    assert json.loads((out / "synth-00" / "run_info.json").read_text())["config"]["propagation"]["n_last_frames"] == 3
+    # the masks are those of a run with the capped context
+    plain = tmp_path / "plain"
+    evaluate_davis(root, plain, load_config("davis_baseline", {**base, "propagation.n_last_frames": 1}),
+                   sequences=["shooting"], progress=False)
+    for png in sorted((plain / "shooting").glob("*.png")):
+        np.testing.assert_array_equal(read_mask(png), read_mask(out / "shooting" / png.name))
+    with pytest.raises(PropagateError, match="other settings"):
+        evaluate_davis(root, out, load_config("davis_baseline", base), progress=False)

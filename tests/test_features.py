@@ -169,9 +169,14 @@ def test_resolve_device_mps_and_unknown_names(monkeypatch: pytest.MonkeyPatch) -
         assert "use auto, cpu, cuda, cuda:N or mps" in message
 
 
-def test_resolve_dtype() -> None:
+def test_resolve_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    import propagate.features.common as common
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: False)
     assert resolve_dtype("auto", cpu) == "fp32" and resolve_dtype("auto", cuda) == "fp16"
+    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # AMX or AVX512-BF16
+    assert resolve_dtype("auto", cpu) == "bf16" and resolve_dtype("auto", cuda) == "fp16"
     for alias, name in (("float32", "fp32"), ("float16", "fp16"), ("half", "fp16"), ("bfloat16", "bf16")):
         assert resolve_dtype(alias, cpu) == name
     for name in DTYPES:

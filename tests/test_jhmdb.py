@@ -87,6 +87,26 @@ def test_visible_mask_leaves_joints_out_of_box_and_score():
     assert pck(pred, gt, 0.1, visible)[1] == 100.0  # an exact hit in a zero-size box is right
 
 
+def test_lost_joint_rules_by_hand():
+    """Three joints at (0, 0), (10, 0), (0, 10); joint 2 lost in frame 1, found exactly in frame 2.
+
+    Frame 1, ``wrong``: box of all three, 0.6 x hypot(10, 10) = 8.485; joint 0 off by 0.7 <= 0.8485 (right at 0.1),
+    joint 1 exact, joint 2 a miss. ``drop`` (CRW): joint 2 leaves the box, now 0.6 x 10 = 6, so 0.7 > 0.6 is wrong,
+    and joint 2 is not scored. Frame 2: everything exact (right under both rules).
+    wrong: joint 0 2/2, joint 1 2/2, joint 2 1/2 -> [100, 100, 50]; drop: [50, 100, 100] (joint 2: 1/1).
+    """
+    gt = np.tile(np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]]), (3, 1, 1))
+    pred = gt.copy()
+    pred[1, 0] += [0.7, 0.0]
+    pred[1, 2] = np.nan
+    np.testing.assert_allclose(pck(pred, gt, 0.1)[0], [100.0, 100.0, 50.0])
+    np.testing.assert_allclose(pck(pred, gt, 0.1, lost_joints="drop")[0], [50.0, 100.0, 100.0])
+    dist = normalized_distances(pred, gt, lost_joints="drop")
+    assert dist[0, 0] == pytest.approx(0.7 / 6.0) and np.isnan(dist[0, 2])
+    table = pck_table([(pred, gt, None)], alphas=(0.1,), lost_joints="drop")
+    assert table[0.1][1] == pytest.approx(250 / 3)
+
+
 def test_dataset_pck_pools_frames_per_joint():
     gt_a, gt_b = _square_gt(3), _square_gt(2)  # 2 + 1 scored frames
     pred_a, pred_b = gt_a.copy(), gt_b.copy()

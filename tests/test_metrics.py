@@ -74,8 +74,8 @@ def test_boundary_tolerance():
 
 
 def test_disk_is_euclidean():
-    d = metrics.disk(2)
-    assert d.shape == (5, 5)
+    d = metrics.disk(2)  # scikit-image's, as the official tool's
+    assert d.shape == (5, 5) and d.dtype == np.uint8
     assert d.sum() == 13  # offsets with dx^2 + dy^2 <= 4
     assert d[0, 2] == 1 and d[0, 1] == 0 and d[1, 1] == 1
 

@@ -1,6 +1,8 @@
 """Windowed propagation against a plain dense reference written here (DINO/DIFT and CRW formulations)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +18,10 @@ def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: Propagatio
 
     frames ``[T, C, h, w]``, labels0 ``[K, h, w]`` -> soft labels ``[K, h, w]`` for frames 1..T-1. Affinity
     exp(q.k / T) over every key of every context frame, multiplied by the window mask (frame 0 included only if
-    window_first), top-k threshold over all context keys together (keep >= the k-th value), normalise, mix labels.
-    ``keyframes`` ``{t: labels}`` (t > 0): frame t takes those labels and joins frame 0 in the permanent context.
+    window_first), top-k threshold over all context keys together (keep >= the k-th value; ``topk_rule: exact``:
+    exactly k, as torch.topk), normalise, mix labels. ``queue_init: copies``: the queue starts with n_last_frames
+    copies of frame 0 (CRW's padded video). ``keyframes`` ``{t: labels}`` (t > 0): frame t takes those labels and
+    joins frame 0 in the permanent context.
     """
     keyframes = keyframes or {}
     t_all, c, h, w = frames.shape
@@ -29,10 +33,14 @@ def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: Propagatio
         win = (dy.abs() <= cfg.radius) & (dx.abs() <= cfg.radius)
     elif cfg.window == "disk":
         win = dy * dy + dx * dx <= cfg.radius**2
+    elif cfg.window == "open_disk":
+        win = dy * dy + dx * dx < cfg.radius**2
     else:
         win = torch.ones_like(dy, dtype=torch.bool)
     fixed = [(feats[0], labels0.double().reshape(labels0.shape[0], -1))]
     queue: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if cfg.queue_init == "copies":
+        queue = [fixed[0]] * cfg.n_last_frames
     outputs = []
     for t in range(1, t_all):
         if t in keyframes:
@@ -45,8 +53,11 @@ def dense_reference(frames: torch.Tensor, labels0: torch.Tensor, cfg: Propagatio
         masks = [win if (i >= len(fixed) or cfg.window_first) else torch.ones_like(win) for i in range(len(ctx_feats))]
         aff = aff * torch.stack(masks).double()
         aff = aff.permute(0, 2, 1).reshape(-1, h * w)  # [n*k, q]
-        kth = torch.topk(aff, k=min(cfg.topk, aff.shape[0]), dim=0).values.min(dim=0).values
-        aff[aff < kth] = 0
+        top = torch.topk(aff, k=min(cfg.topk, aff.shape[0]), dim=0)
+        if cfg.topk_rule == "exact":
+            aff = torch.zeros_like(aff).scatter_(0, top.indices, top.values)
+        else:
+            aff[aff < top.values.min(dim=0).values] = 0
         aff = aff / aff.sum(0, keepdim=True)
         labs = torch.cat([l.T for l in ctx_labs])  # [n*k, K]
         out = (labs.T @ aff)  # [K, q]
@@ -88,6 +99,41 @@ def test_windowed_equals_dense(window, window_first, screen, monkeypatch):
         assert torch.equal(a.argmax(0), b.argmax(0))
         assert (a - b).abs().max() < 1e-5
 
+
+@pytest.mark.parametrize("window, window_first, queue_init", [
+    ("open_disk", False, "copies"),  # CRW's keypoint mode
+    ("open_disk", False, "first"),
+    ("square", True, "copies"),
+])
+@pytest.mark.parametrize("screen", ["on", "off"])
+def test_exact_topk_and_queue_of_copies_equal_dense(window, window_first, queue_init, screen, monkeypatch):
+    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    h, w, c = 11, 14, 16
+    frames = smooth_frames(6, c, h, w, seed=7 + window_first + 2 * (queue_init == "copies"))
+    labels0 = torch.rand(3, h, w, generator=torch.Generator().manual_seed(2))
+    cfg = PropagationConfig(temperature=0.1, topk=7, n_last_frames=3, radius=4, window=window,
+                            window_first=window_first, screen=screen, topk_rule="exact", queue_init=queue_init)
+    ours = run_windowed(frames, labels0, cfg)
+    ref = dense_reference(frames, labels0, cfg)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.argmax(0), b.argmax(0))
+        assert (a - b).abs().max() < 1e-5
+    ties = run_windowed(frames, labels0, PropagationConfig(**{**cfg.__dict__, "topk_rule": "ties"}))
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(ours, ties)) == (queue_init == "copies")
+
+
+def test_exact_rule_keeps_exactly_k_lowest_key_ids_among_ties():
+    scores = torch.tensor([[3.0, 1.0, 2.0, 2.0, 2.0, -math.inf],
+                           [1.0, 1.0, 1.0, 1.0, -math.inf, -math.inf],
+                           [0.5, -math.inf, -math.inf, -math.inf, -math.inf, -math.inf]])
+    ids = torch.tensor([[0, 1, 9, 4, 7, 2], [5, 3, 8, 1, 0, 2], [4, 0, 1, 2, 3, 5]])
+    exact = propagation._topk_weights(scores, 3, 1.0, "exact", ids)
+    kept = exact > 0
+    assert kept.tolist() == [[True, False, False, True, True, False],  # 3.0, then the tied 2.0s with ids 4 and 7
+                             [True, True, False, True, False, False],  # ids 1, 3 and 5 of the four tied 1.0s
+                             [True, False, False, False, False, False]]  # fewer finite keys than k: all kept
+    ties = propagation._topk_weights(scores, 3, 1.0, "ties", ids) > 0
+    assert ties[0].tolist() == [True, False, True, True, True, False] and ties[1].sum() == 4
 
 @pytest.mark.parametrize("candidates, max_candidates", [(1, 0), (1, 10_000), (64, 256)])
 @pytest.mark.parametrize("screen", ["on", "off"])

@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from propagate import metrics
-from propagate.config import Config
+from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
@@ -277,7 +277,9 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Each sequence is one :class:`propagate.runs.Unit`: its first annotation propagated through its frames and
     every frame's mask written to ``<out>/<seq>/<frame>.png`` (by :func:`propagate.runs.run_video`, whole or not at
     all). A finished sequence is skipped, so an interrupted run resumes; ``<out>/run_info.json`` records what
-    produced the numbers, and resuming with other settings is refused.
+    produced the numbers, and resuming with other settings is refused. A sequence named in ``config.overrides``
+    runs with its own config (:func:`propagate.config.sequence_config`; DIFT's script caps ``shooting``'s context at
+    10 frames), recorded under ``sequence_configs`` in run_info.json.
 
     Args:
         root: DAVIS root. out: results folder (created). config: a :class:`propagate.config.Config`.
@@ -320,11 +322,14 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
                 raise PropagateError(f"sequence {seq} has {len(files)} annotated frames: keyframe(s) "
                                      f"{', '.join(map(str, missing))} do not exist; choose frames 0..{len(files) - 1}")
             given = {k: _without_void(read_mask(files[k])) for k in keyframes}
-        units.append(Unit(seq, frames, given, out / seq, render=False, inputs=tuple(inputs)))
+        units.append(Unit(seq, frames, given, out / seq, render=False, inputs=tuple(inputs),
+                          config=sequence_config(config, seq) if seq in config.overrides else None))
     model = config.extractor.get("model")
     run.run(units, config, extractor, cache, progress, runner, task="DAVIS-2017 semi-supervised", preset=preset,
             **({"model": model} if model is not None else {}),
             dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
+            sequence_configs={seq: result_settings(sequence_config(config, seq))
+                              for seq in names if seq in config.overrides},
             keyframes=list(keyframes), **({"command": command} if command is not None else {}))
 
     scores = score_davis(root, out, split=split, sequences=names, progress=False)

@@ -24,7 +24,8 @@ Protocol: frames are read at native size and resized per ``config.resize`` (the 
 frame's joints become Gaussian heatmaps and are propagated (:class:`propagate.keypoints.KeypointTracker`); every
 frame's joints are decoded and scored against ``pos_img - 1`` with :mod:`propagate.pck`. A joint whose first-frame
 heatmap is empty (far outside the frame) cannot be propagated and is left out of the score, as in CRW; a joint lost
-later (its map fades to zero) counts as wrong.
+later (its map fades to zero) counts as wrong (``pck.lost_joints: wrong``) or, as CRW scores it, is left out of the
+score and of that frame's box (``drop``, the ``jhmdb_*`` presets).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import numpy as np
 import scipy.io
 
 from propagate import pck as pck_lib
-from propagate.config import Config
+from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
@@ -174,12 +175,14 @@ def read_predictions(path: str | Path, names: Sequence[str] = JOINT_NAMES) -> tu
 
 
 def score_jhmdb(
-    videos: Sequence[JhmdbVideo], pred_root: str | Path, alphas: Sequence[float] = ALPHAS
+    videos: Sequence[JhmdbVideo], pred_root: str | Path, alphas: Sequence[float] = ALPHAS, lost_joints: str = "wrong"
 ) -> dict[str, Any]:
     """PCK of saved predictions (``<pred_root>/<class>/<video>/points.json``) against the ground truth.
 
-    Returns ``{"videos": n, "frames_scored": n, "alphas": [...], "pck": {"0.1": {"mean": .., "per_joint":
-    {name: ..}}, ...}}`` (percentages; per-joint accuracy pools every scored frame of every video).
+    ``lost_joints``: ``wrong`` (a lost joint is a miss) or ``drop`` (left out of score and box, CRW).
+
+    Returns ``{"videos": n, "frames_scored": n, "alphas": [...], "lost_joints": rule, "pck": {"0.1": {"mean": ..,
+    "per_joint": {name: ..}}, ...}}`` (percentages; per-joint accuracy pools every scored frame of every video).
     """
     entries = []
     frames = 0
@@ -192,9 +195,9 @@ def score_jhmdb(
         visible = np.broadcast_to(tracked[None, :], gt.shape[:2])
         entries.append((pred, gt, visible))
         frames += gt.shape[0] - 1
-    table = pck_lib.pck_table(entries, alphas)
+    table = pck_lib.pck_table(entries, alphas, lost_joints)
     result: dict[str, Any] = {"videos": len(videos), "frames_scored": frames, "alphas": [float(a) for a in alphas],
-                              "pck": {}}
+                              "lost_joints": lost_joints, "pck": {}}
     for alpha, (per_joint, overall) in table.items():
         result["pck"][f"{alpha:g}"] = {
             "mean": overall,
@@ -274,13 +277,15 @@ def evaluate_jhmdb(
     inputs = [Path(root), Path(split_file)] + ([cache.folder] if cache is not None else [])
     settings = result_settings(config)
     run = ResumableRun(out, inputs=inputs, info={"settings": settings}, keys=["settings"])  # before a model load
-    units = [_unit(video, pred_root, inputs) for video in videos if not run.done(f"videos/{video.name}")]
+    units = [_unit(video, pred_root, inputs, config) for video in videos if not run.done(f"videos/{video.name}")]
     run.run(units, config, extractor, cache, progress, runner, task="JHMDB keypoint propagation (CRW protocol)",
             preset=preset, dataset={"root": str(Path(root).resolve()), "split_file": str(Path(split_file).resolve()),
                                     "videos": [v.name for v in videos]},
+            sequence_configs={v.name: result_settings(sequence_config(config, v.name))
+                              for v in videos if v.name in config.overrides},
             **({"command": command} if command is not None else {}))
 
-    scores = score_jhmdb(videos, pred_root)
+    scores = score_jhmdb(videos, pred_root, lost_joints=config.pck.lost_joints)
     write_pck_csv(out / PCK_CSV, scores)
     run.info["scores"] = scores["pck"]
     run.record()
@@ -289,8 +294,9 @@ def evaluate_jhmdb(
     return scores
 
 
-def _unit(video: JhmdbVideo, pred_root: Path, inputs: Sequence[Path]) -> Unit:
-    """A video's points job: its ground-truth joints of frame 0, checked to cover every frame."""
+def _unit(video: JhmdbVideo, pred_root: Path, inputs: Sequence[Path], config: Config) -> Unit:
+    """A video's points job: its ground-truth joints of frame 0, checked to cover every frame; its own config if
+    ``config.overrides`` names it (``<class>/<video>``)."""
     gt = read_joints(video.mat_path)
     count = len(open_video(video.frames_dir))
     if gt.shape[0] < count:
@@ -301,4 +307,5 @@ def _unit(video: JhmdbVideo, pred_root: Path, inputs: Sequence[Path]) -> Unit:
                              f"{gt.shape[0]}: frames are missing; fix or drop video {video.name}")
     points = PointSet(list(JOINT_NAMES), gt[0].copy(), [tuple(edge) for edge in SKELETON])
     return Unit(video.name, video.frames_dir, points, pred_root / video.name, kind="points", render=False,
-                inputs=tuple(inputs), extra={"video": video.name, "frames_dir": str(video.frames_dir)})
+                inputs=tuple(inputs), extra={"video": video.name, "frames_dir": str(video.frames_dir)},
+                config=sequence_config(config, video.name) if video.name in config.overrides else None)

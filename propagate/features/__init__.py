@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import math
 import types
 import typing
@@ -116,8 +117,17 @@ def build_options(name: str, options: Mapping[str, object] | None = None) -> obj
 
 def build_extractor(name: str, options: Mapping[str, object] | None = None) -> FeatureExtractor:
     """Build the extractor ``name`` from ``options`` (the ``extractor:`` section of a preset), checked by
-    :func:`build_options`."""
-    return extractor_class(name)(build_options(name, options))  # type: ignore[call-arg]
+    :func:`build_options`. An extractor with a precision logs it (``dtype: auto`` depends on the machine) as one
+    info line on the ``propagate`` logger, which the CLI prints on stderr; ``settings()`` records the same."""
+    built = build_options(name, options)
+    extractor = extractor_class(name)(built)  # type: ignore[call-arg]
+    resolved = extractor.settings().get("dtype")
+    if resolved is not None:
+        asked = getattr(built, "dtype", resolved)
+        device = getattr(extractor, "device", None)
+        how = f"dtype {asked} on {getattr(device, 'type', device)}" if asked == "auto" else "as set"
+        logging.getLogger("propagate").info("precision: %s runs in %s (%s)", name, resolved, how)
+    return extractor
 
 
 __all__ = ["EXTRACTORS", "Backbone", "FeatureExtractor", "build_extractor", "build_options", "extractor_class",
