@@ -209,6 +209,14 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(f"cached features of {summary['frames']} frames in {args.out}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from propagate.app import serve
+
+    chosen = args.config or args.features or args.model  # nothing chosen: DIFT if its weights load, else baseline
+    serve(config_from_args(args, "davis"), video=args.video, root=args.root, host=args.host, port=args.port,
+          max_upload_mb=args.max_upload_mb, fallback=not chosen)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a usage mistake reported like every other failure: one ``error:`` line, exit status 2."""
 
@@ -288,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="cache folder")
     add_config_flags(ex)
     ex.set_defaults(func=cmd_extract)
+
+    sv = sub.add_parser("serve", help="a local web app: paint, propagate, correct, export; click-to-correspond")
+    sv.add_argument("video", nargs="?", help="a video (file or folder of frames) under --root, opened on page load")
+    sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--root", default=".", help="the only folder whose files the app opens (default: the working directory)")
+    sv.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted (default 500)")
+    add_config_flags(sv)
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

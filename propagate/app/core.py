@@ -1,0 +1,261 @@
+"""What the web app does, without the web: guards on paths and uploads, masks to and from the brush layer, the
+confidence strip, and click-to-correspond.
+
+Nothing here imports gradio, so all of it is tested without a browser; :mod:`propagate.app.ui` is the page that
+calls it. Propagation itself is the session's (:mod:`propagate.session`); the app never re-implements it.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from propagate.config import ResizeConfig
+from propagate.errors import PropagateError
+from propagate.features.base import FeatureExtractor
+from propagate.labels import DAVIS_PALETTE
+from propagate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoSource, open_video, processing_size, to_tensor
+
+MAX_OBJECTS = 20  # brush colours offered (DAVIS palette indices 1..MAX_OBJECTS)
+LAYER_ALPHA = 0.6  # opacity of the mask layer in the editor, so the frame shows through
+STRIP_MARKED = 3  # how many of the least confident frames the strip marks
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+
+def resolve_under_root(root: Path, text: str) -> Path:
+    """The existing path ``text`` (relative to ``root`` or absolute) if it lies under ``root``; refused otherwise.
+
+    Symbolic links are resolved first, so a link inside ``root`` that points outside it is refused too.
+    """
+    root = Path(root).resolve()
+    text = (text or "").strip()
+    if not text:
+        raise PropagateError("no path given: type a video file or frame folder under the server's --root")
+    path = (root / text).resolve()
+    if not path.is_relative_to(root):
+        raise PropagateError(f"{text} is outside the server's --root {root}: only files under it can be opened")
+    if not path.exists():
+        raise PropagateError(f"{text} does not exist under {root}: give a video file or a folder of frames")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+
+
+def open_upload(upload: str | Path, work: Path, max_bytes: int) -> VideoSource:
+    """Open an uploaded video file (mp4, ...) or a zip of frames; a zip is unpacked into ``work`` (a new folder).
+
+    Refused with one line naming the file: an upload over ``max_bytes`` (a zip's unpacked frames too), a file that
+    is neither, a zip without frames, anything that does not decode, and a clip of fewer than 2 frames.
+    """
+    upload = Path(upload)
+    name = upload.name
+    size = upload.stat().st_size
+    if size > max_bytes:
+        raise PropagateError(f"upload {name} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit "
+                             "(--max-upload-mb): open it by path under --root instead")
+    suffix = upload.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES | {".zip"}:
+        raise PropagateError(f"upload {name} is neither a video file ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a "
+                             "zip of frames")
+    try:
+        source = open_video(_unzip_frames(upload, work, max_bytes) if suffix == ".zip" else upload)
+        if len(source) < 2:
+            raise PropagateError(f"upload {name} has {len(source)} frame: a video needs at least 2")
+        next(iter(source))  # decode the first frame now, so a broken file is reported here and not mid-propagation
+    except PropagateError as exc:  # name the upload as the user knows it, not by the server's folders
+        text = str(exc).replace(str(upload), f"upload {name}").replace(str(work / "frames"), f"upload {name}")
+        raise PropagateError(text.replace("video upload ", "upload ")) from None
+    return source
+
+
+def _unzip_frames(upload: Path, work: Path, max_bytes: int) -> Path:
+    """Unpack the image files of a zip (by base name, folders flattened: no member can land outside ``work``)."""
+    try:
+        archive = zipfile.ZipFile(upload)
+    except (zipfile.BadZipFile, OSError):
+        raise PropagateError(f"upload {upload.name} is not a readable zip file") from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES
+                   and not Path(m.filename).name.startswith(".")]
+        if not members:
+            raise PropagateError(f"upload {upload.name} holds no frames (.jpg/.jpeg/.png/.bmp)")
+        if sum(m.file_size for m in members) > 4 * max_bytes:
+            raise PropagateError(f"upload {upload.name} unpacks to more than {4 * max_bytes / 2**20:.0f} MB of frames")
+        names = [Path(m.filename).name for m in members]
+        if len(set(names)) != len(names):
+            raise PropagateError(f"upload {upload.name} holds two frames with the same name in different folders")
+        folder = work / "frames"
+        folder.mkdir(parents=True)
+        for member, base in zip(members, names):
+            with archive.open(member) as src, open(folder / base, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ masks <-> layer
+
+
+def colour_hex(index: int) -> str:
+    """The DAVIS palette colour of object ``index`` as ``#rrggbb``."""
+    r, g, b = (int(v) for v in DAVIS_PALETTE[index])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def mask_to_layer(mask: np.ndarray) -> np.ndarray:
+    """``mask [H, W]`` uint8 indices -> the editor's layer ``[H, W, 4]`` uint8: palette colours, see-through."""
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    objects = (mask > 0) & (mask <= MAX_OBJECTS)
+    layer[..., :3] = DAVIS_PALETTE[mask]
+    layer[..., 3] = np.where(objects, round(255 * LAYER_ALPHA), 0)
+    layer[~objects, :3] = 0
+    return layer
+
+
+def layer_to_mask(layer: np.ndarray) -> np.ndarray:
+    """The editor's layer ``[H, W, 4]`` (painted with palette colours; erased = transparent) -> ``[H, W]`` uint8.
+
+    A pixel with any opacity is the object whose palette colour is nearest to its colour; the rest is background.
+    """
+    if layer.ndim != 3 or layer.shape[2] != 4:
+        raise PropagateError(f"the editor sent a layer of shape {list(layer.shape)}, not [H, W, 4]: reload the page")
+    mask = np.zeros(layer.shape[:2], np.uint8)
+    painted = layer[..., 3] > 0
+    if painted.any():
+        colours = layer[painted, :3].astype(np.int32)  # [P, 3]
+        palette = DAVIS_PALETTE[1:MAX_OBJECTS + 1].astype(np.int32)  # [K, 3]
+        distance = ((colours[:, None, :] - palette[None]) ** 2).sum(-1)
+        mask[painted] = distance.argmin(1).astype(np.uint8) + 1
+    return mask
+
+
+# ------------------------------------------------------------------------------------------------ confidence strip
+
+
+def frames_to_check(confidence: dict[int, float], keyframes: list[int], count: int = STRIP_MARKED) -> list[int]:
+    """The ``count`` least confident propagated frames (keyframes excluded), least confident first."""
+    ranked = sorted((c, i) for i, c in confidence.items() if i not in keyframes)
+    return [i for _, i in ranked[:count]]
+
+
+def confidence_strip(num_frames: int, confidence: dict[int, float], keyframes: list[int], current: int) -> str:
+    """HTML: one cell per frame under the scrubber, green (confident) to red, grey until propagated; keyframes
+    dark with a K, the least confident frames marked with a triangle, the current frame outlined."""
+    check = frames_to_check(confidence, keyframes)
+    cells = []
+    for i in range(num_frames):
+        if i in keyframes:
+            colour, mark, tip = "#333", "K", f"frame {i}: keyframe"
+        elif i in confidence:
+            c = float(min(max(confidence[i], 0.0), 1.0))
+            colour = f"hsl({int(120 * c)}, 70%, 45%)"
+            mark, tip = ("▲" if i in check else ""), f"frame {i}: confidence {confidence[i]:.2f}"
+        else:
+            colour, mark, tip = "#ccc", "", f"frame {i}: not propagated"
+        outline = "outline:2px solid #1e40af;z-index:1;" if i == current else ""
+        cells.append(f'<div title="{html.escape(tip)}" data-frame="{i}" style="flex:1;min-width:2px;height:18px;'
+                     f'background:{colour};{outline}color:#fff;font-size:10px;text-align:center;line-height:18px;'
+                     f'overflow:hidden">{mark}</div>')
+    note = ("check first: " + ", ".join(f"frame {i}" for i in check)) if check else "propagate to see confidence"
+    return (f'<div class="confidence-strip" style="display:flex;gap:1px">{"".join(cells)}</div>'
+            f'<div class="check-first" style="font-size:12px">{html.escape(note)}</div>')
+
+
+# ------------------------------------------------------------------------------------------------ correspond
+
+
+@dataclass
+class Match:
+    """Where a clicked point of the left image lands on the right one."""
+
+    xy: tuple[float, float]  # best match on the right image, native pixels (x, y)
+    cell: tuple[int, int]  # the clicked feature cell on the left (column, row)
+    score: float  # the highest cosine similarity of a right cell
+    heatmap: np.ndarray  # [H, W] float32 cosine similarity over the right image, native size
+
+
+def image_key(image: np.ndarray) -> str:
+    """A content key for ``image`` (features are cached per distinct image)."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+
+
+@dataclass
+class Correspondence:
+    """Features of images, computed once per image and kept, and the best match of a clicked point.
+
+    ``extractor`` and ``resize`` are the app's (so a video frame and an uploaded image are treated alike).
+    """
+
+    extractor: FeatureExtractor
+    resize: ResizeConfig
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    max_cached: int = 8
+
+    def features(self, image: np.ndarray) -> torch.Tensor:
+        """Features ``[C, h, w]`` of ``image [H, W, 3]`` uint8 RGB, at the processing size of its native size."""
+        key = image_key(image)
+        if key not in self.cache:
+            size = processing_size((image.shape[1], image.shape[0]), self.resize)
+            multiple = self.extractor.size_multiple
+            if size[0] % multiple or size[1] % multiple:
+                raise PropagateError(f"processing size {size[0]}x{size[1]} is not a multiple of {multiple}, as "
+                                     f"{self.extractor.name} features need: change resize.multiple or resize.size")
+            with torch.no_grad():
+                feats = self.extractor.extract(to_tensor(image, size)[None], [0])[0].float().cpu()
+            while len(self.cache) >= self.max_cached:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = feats
+        return self.cache[key]
+
+
+def best_match(left: torch.Tensor, right: torch.Tensor, xy: tuple[float, float], left_size: tuple[int, int],
+               right_size: tuple[int, int]) -> Match:
+    """The point of the right image whose features are most like those at ``xy`` on the left (DIFT's demo).
+
+    Args:
+        left: ``[C, h1, w1]`` features of the left image; ``right``: ``[C, h2, w2]`` of the right one.
+        xy: the clicked point, native pixels of the left image (W1 x H1 = ``left_size``).
+        right_size: (W2, H2) of the right image.
+
+    The clicked point's cell (``u = x * w1 / W1``) gives the query; its cosine similarity with every cell of the
+    right image is upsampled bilinearly to the right image's native size; the match is the maximum.
+    """
+    (w1_px, h1_px), (w2_px, h2_px) = left_size, right_size
+    col = min(max(int(xy[0] * left.shape[2] / w1_px), 0), left.shape[2] - 1)
+    row = min(max(int(xy[1] * left.shape[1] / h1_px), 0), left.shape[1] - 1)
+    query = F.normalize(left[:, row, col].float(), dim=0)  # [C]
+    keys = F.normalize(right.float(), dim=0)  # [C, h2, w2]
+    similarity = torch.einsum("c,chw->hw", query, keys)
+    heat = F.interpolate(similarity[None, None], size=(h2_px, w2_px), mode="bilinear", align_corners=False)[0, 0]
+    flat = int(heat.argmax())
+    y, x = divmod(flat, w2_px)
+    return Match((float(x), float(y)), (col, row), float(similarity.max()), heat.numpy().astype(np.float32))
+
+
+def draw_marker(image: np.ndarray, xy: tuple[float, float], colour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
+    """A copy of ``image [H, W, 3]`` with a cross and circle at ``xy``."""
+    out = np.ascontiguousarray(image.copy())
+    size = max(8, min(out.shape[:2]) // 20)
+    p = (int(round(xy[0])), int(round(xy[1])))
+    cv2.circle(out, p, size, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.circle(out, p, size, colour, 2, cv2.LINE_AA)
+    cv2.drawMarker(out, p, colour, cv2.MARKER_CROSS, size, 2, cv2.LINE_AA)
+    return out
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image [H, W, 3]`` blended with ``heat [H, W]`` (cosine similarity, scaled to its range) in a jet colormap."""
+    low, high = float(heat.min()), float(heat.max())
+    scaled = ((heat - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
+    colours = cv2.cvtColor(cv2.applyColorMap(scaled, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)

@@ -1,0 +1,236 @@
+"""The web app's logic without a browser: the path guard, uploads, the brush layer codec, the confidence strip and
+click-to-correspond on an image pair with a known shift (the browser test drives the same code through the page)."""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_clip
+from propagate.app.core import (
+    MAX_OBJECTS, Correspondence, best_match, confidence_strip, frames_to_check, layer_to_mask, mask_to_layer,
+    open_upload, resolve_under_root,
+)
+from propagate.config import load_config
+from propagate.demo import _texture
+from propagate.errors import PropagateError
+from propagate.features import build_extractor
+from propagate.labels import DAVIS_PALETTE
+from propagate.render import OverlayWriter
+
+MB = 2**20
+
+
+def test_paths_resolve_under_root_only(tmp_path):
+    root = tmp_path / "root"
+    (root / "clip").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "link").symlink_to(tmp_path / "secret")
+    assert resolve_under_root(root, "clip") == (root / "clip").resolve()
+    assert resolve_under_root(root, str(root / "clip")) == (root / "clip").resolve()
+    for outside in ["../secret", str(tmp_path / "secret"), "/etc", "link", "clip/../../secret"]:
+        with pytest.raises(PropagateError, match="outside the server's --root"):
+            resolve_under_root(root, outside)
+    with pytest.raises(PropagateError, match="does not exist"):
+        resolve_under_root(root, "missing.mp4")
+    with pytest.raises(PropagateError, match="no path given"):
+        resolve_under_root(root, "  ")
+
+
+def test_uploads_open_or_say_what_is_wrong(tmp_path):
+    frames, _, _ = write_clip(tmp_path / "clip", 3)
+    good = tmp_path / "frames.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        for i, f in enumerate(sorted(frames.iterdir())):
+            zf.write(f, f"../../evil/{f.name}" if i == 0 else f"sub/{f.name}")  # traversal names are flattened
+        zf.writestr("notes.txt", "ignored")
+    source = open_upload(good, tmp_path / "work1", 10 * MB)
+    assert len(source) == 3 and (tmp_path / "work1" / "frames").is_dir()
+    assert not (tmp_path / "evil").exists()
+
+    video = tmp_path / "clip.mp4"
+    with OverlayWriter(video, 10, (64, 48)) as writer:
+        for k in range(3):
+            writer.write(np.full((48, 64, 3), 40 * k, np.uint8))
+    assert len(open_upload(video, tmp_path / "work2", 10 * MB)) == 3
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 50)
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("readme.txt", "no frames")
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * (2 * MB))
+    for upload, says in [(bad, "upload bad.mp4"), (empty, "upload empty.zip holds no frames"),
+                         (other, "neither a video file"), (big, "over the 1 MB limit")]:
+        with pytest.raises(PropagateError, match=says) as caught:
+            open_upload(upload, tmp_path / f"work-{upload.stem}", 1 * MB)
+        assert str(tmp_path) not in str(caught.value)  # named as the user knows it
+
+
+def test_layer_codec_round_trips_every_object():
+    mask = np.zeros((20, 30), np.uint8)
+    for k in range(1, MAX_OBJECTS + 1):
+        mask[k - 1, :k] = k
+    layer = mask_to_layer(mask)
+    assert layer.shape == (20, 30, 4) and (layer[mask == 0, 3] == 0).all()
+    assert np.array_equal(layer_to_mask(layer), mask)
+    # a brush stroke in object 3's colour (any opacity) over object 1, and an erased corner
+    layer[5:8, 0:10, :3] = DAVIS_PALETTE[3]
+    layer[5:8, 0:10, 3] = 90
+    layer[0:2, 0:2, 3] = 0
+    expected = mask.copy()
+    expected[5:8, 0:10] = 3
+    expected[0:2, 0:2] = 0
+    assert np.array_equal(layer_to_mask(layer), expected)
+
+
+def test_strip_marks_the_least_confident_frames_not_keyframes():
+    confidence = {1: 0.9, 2: 0.1, 3: 0.5, 4: 0.05, 5: 0.7}
+    assert frames_to_check(confidence, keyframes=[0, 4]) == [2, 3, 5]
+    html = confidence_strip(6, confidence, [0, 4], current=3)
+    assert html.count('data-frame="') == 6 and "check first: frame 2, frame 3, frame 5" in html
+    assert html.count("▲") == 3 and html.count(">K<") == 2
+
+
+def shifted_pair(size=(256, 128), shift=(24, 16), seed=3):
+    """Left and right images where the content at (x, y) on the left is at (x + dx, y + dy) on the right."""
+    w, h = size
+    dx, dy = shift
+    big = _texture(np.random.default_rng(seed), h + dy, w + dx, (120, 110, 100), 10)
+    return big[dy:dy + h, dx:dx + w].copy(), big[:h, :w].copy()
+
+
+def test_best_match_on_a_known_shift_lands_within_one_cell():
+    config = load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+    corr = Correspondence(build_extractor(config.features, config.extractor), config.resize)
+    left, right = shifted_pair()
+    lf, rf = corr.features(left), corr.features(right)
+    assert corr.features(left) is lf  # computed once per image
+    cell = 8  # 256x128 is processed at its own size, stride 8
+    rng = np.random.default_rng(0)
+    for x, y in rng.integers([30, 20], [220, 100], size=(10, 2)):
+        m = best_match(lf, rf, (float(x), float(y)), (256, 128), (256, 128))
+        assert abs(m.xy[0] - (x + 24)) <= cell and abs(m.xy[1] - (y + 16)) <= cell, (x, y, m.xy)
+        assert m.heatmap.shape == (128, 256) and m.cell == (x // 8, y // 8)
+
+
+def test_best_match_is_the_cosine_argmax():
+    """On hand-made features: the match is the cell whose feature points the same way as the clicked one."""
+    left = torch.zeros(3, 2, 2)
+    left[:, 1, 0] = torch.tensor([1.0, 2.0, 0.0])  # clicked cell (column 0, row 1)
+    right = torch.rand(3, 4, 4) * 0.1
+    right[:, 2, 3] = torch.tensor([10.0, 20.0, 0.0])  # same direction, other length
+    m = best_match(left, right, (3.0, 12.0), (16, 16), (32, 32))
+    assert m.cell == (0, 1) and abs(m.score - 1.0) < 1e-5
+    assert 24 <= m.xy[0] < 32 and 16 <= m.xy[1] < 24  # inside right cell (3, 2) of 8 px
+
+
+def test_image_of_a_size_the_extractor_cannot_take_is_refused_in_one_line():
+    config = load_config("davis_baseline", {"resize.size": [100, 60]})
+    corr = Correspondence(build_extractor(config.features, config.extractor), config.resize)
+    with pytest.raises(PropagateError, match="not a multiple of 8"):
+        corr.features(np.zeros((60, 100, 3), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- the workspace
+
+
+def small_config():
+    return load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+
+
+def test_workspace_masks_then_a_correction_reuses_features(tmp_path):
+    from propagate.app.workspace import Workspace
+    from propagate.labels import read_mask
+    from propagate.video import open_video
+
+    frames, _, masks = write_clip(tmp_path / "clip", 5, (192, 128))
+    config = small_config()
+    (tmp_path / "ws").mkdir()
+    ws = Workspace(open_video(frames), config, build_extractor(config.features, config.extractor), tmp_path / "ws")
+    with pytest.raises(PropagateError, match="no keyframe yet"):
+        next(ws.propagate())
+    with pytest.raises(PropagateError, match="nothing is painted"):
+        ws.set_mask(0, np.zeros_like(masks[0]))
+    assert ws.set_mask(0, masks[0]) == [1, 2] and ws.objects == 2
+    assert [r.index for r in ws.propagate()] == [0, 1, 2, 3, 4]
+    assert set(ws.confidence()) == {1, 2, 3, 4}
+    ws.set_mask(3, masks[3])
+    list(ws.propagate())
+    assert ws.session.stats["extractor_frames"] == 5  # the correction extracted nothing
+    assert np.array_equal(ws.mask(3), masks[3]) and ws.overlay(2).shape == (128, 192, 3)
+    files = ws.export()
+    assert [f.name for f in files] == ["masks-1.zip", "coco.json", "overlay.mp4", "confidence.csv"]
+    with zipfile.ZipFile(files[0]) as zf:
+        assert sorted(zf.namelist()) == [f"{i:05d}.png" for i in range(5)]
+    assert np.array_equal(read_mask(tmp_path / "ws" / "export-1" / "00003.png"), masks[3])
+    ws.remove(3)
+    assert ws.keyframes == [0]
+    ws.close()
+    assert not (tmp_path / "ws").exists()
+
+
+def test_workspace_points_are_placed_moved_and_propagated(tmp_path):
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    frames, _, _ = write_clip(tmp_path / "clip", 4, (192, 128))
+    config = load_config("jhmdb_baseline", {"resize.size": [192, 128]})
+    (tmp_path / "ws").mkdir()
+    ws = Workspace(open_video(frames), config, build_extractor(config.features, config.extractor), tmp_path / "ws")
+    with pytest.raises(PropagateError, match="needs a name"):
+        ws.place_point(0, " ", (10, 10))
+    ws.place_point(0, "disk", (20, 20))
+    ws.place_point(0, "square", (144, 33))
+    ws.place_point(0, "disk", (33, 65))  # moved
+    assert ws.points[0] == {"disk": (33.0, 65.0), "square": (144.0, 33.0)}
+    assert ws.set_points(0) == ["disk", "square"]
+    results = list(ws.propagate())
+    assert len(results) == 4 and results[0].keyframe and np.allclose(results[0].xy, [[33, 65], [144, 33]])
+    assert results[3].xy.shape == (2, 2) and ws.overlay(3).shape == (128, 192, 3)
+    with pytest.raises(PropagateError, match="points are not exported"):
+        ws.export()
+    ws.close()
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def test_serve_refuses_a_video_outside_root_and_a_missing_root(tmp_path, capsys):
+    from propagate.cli import main
+
+    frames, _, _ = write_clip(tmp_path / "clip", 2)
+    (tmp_path / "root").mkdir()
+    assert main(["serve", str(frames), "--root", str(tmp_path / "root"), "--features", "baseline"]) == 2
+    assert "outside --root" in capsys.readouterr().err
+    assert main(["serve", "--root", str(tmp_path / "nowhere"), "--features", "baseline"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_cancelled_propagation_then_a_full_one_equals_a_clean_run(tmp_path):
+    """Cancel in the page closes the result stream mid-way; the next propagation must not depend on it."""
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    frames, _, masks = write_clip(tmp_path / "clip", 6, (192, 128))
+    config = small_config()
+    extractor = build_extractor(config.features, config.extractor)
+    spaces = []
+    for name in ("cancelled", "clean"):
+        (tmp_path / name).mkdir()
+        ws = Workspace(open_video(frames), config, extractor, tmp_path / name)
+        ws.set_mask(0, masks[0])
+        ws.set_mask(5, masks[5])
+        spaces.append(ws)
+    stream = spaces[0].propagate()
+    next(stream), next(stream), next(stream)
+    stream.close()  # what cancelling does to the generator
+    assert len(spaces[0].results) == 3
+    final = [{r.index: r.mask for r in ws.propagate()} for ws in spaces]
+    assert final[0].keys() == final[1].keys() == set(range(6))
+    assert all(np.array_equal(final[0][i], final[1][i]) for i in range(6))
