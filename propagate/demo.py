@@ -16,9 +16,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from propagate.config import load_config
+from propagate.config import Config, load_config
 from propagate.errors import PropagateError
-from propagate.features import build_extractor
+from propagate.features import FeatureExtractor, build_extractor
 from propagate.labels import write_mask
 from propagate.render import OverlayWriter
 from propagate.runs import run_video
@@ -121,6 +121,19 @@ def make_walk_clip(folder: str | Path, num_frames: int = 60) -> tuple[Path, Path
     return video, keyframes
 
 
+def dift_or_baseline(config: Config, doing: str = "running") -> tuple[Config, FeatureExtractor, str | None]:
+    """``config``'s extractor; where DIFT weights cannot be had, one line says so and the weight-free baseline preset
+    (with the same resize) is used instead. Returns the config in use, the extractor and, for the baseline, the label
+    that says so on videos and pages (None for DIFT)."""
+    try:
+        return config, build_extractor(config.features, config.extractor), None
+    except PropagateError as exc:
+        print(f"DIFT weights unavailable ({exc}); {doing} the weight-free BASELINE features instead (not DIFT)",
+              flush=True)
+        config = load_config("davis_baseline", {"resize": config.to_dict()["resize"]})
+        return config, build_extractor(config.features, config.extractor), "BASELINE features (DIFT weights unavailable)"
+
+
 def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | None = None,
              num_frames: int = 60) -> dict[str, object]:
     """Cut the demo clip into ``out/input`` (``walk.mp4`` and its two hand-drawn keyframes, frames 0 and 12) and
@@ -129,18 +142,10 @@ def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | 
         raise PropagateError(f"--frames {num_frames}: the demo needs at least 2 frames")
     out = Path(out)
     video, keyframes = make_walk_clip(out / "input", num_frames)
-    demo_resize = {"resize.short_side": 288}
-    config = load_config("davis_sd", demo_resize)
+    config = load_config("davis_sd", {"resize.short_side": 288})
     if model:
         config.extractor["model"] = model
-    label = None
-    try:
-        extractor = build_extractor(config.features, config.extractor)
-    except PropagateError as exc:
-        print(f"DIFT weights unavailable ({exc}); running the weight-free BASELINE features instead (not DIFT)", flush=True)
-        config = load_config("davis_baseline", demo_resize)
-        extractor = build_extractor(config.features, config.extractor)
-        label = "BASELINE features (DIFT weights unavailable)"
+    config, extractor, label = dift_or_baseline(config)
     print(f"features: {label or extractor.describe()}", flush=True)
     summary = run_video(video, keyframes, out / "result", config, extractor=extractor, overwrite=overwrite, label=label,
                         formats=("png", "coco"))

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from propagate.app.core import resolve_under_root
-from propagate.config import Config, load_config
+from propagate.config import Config
+from propagate.demo import dift_or_baseline
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
 from propagate.features.base import FeatureExtractor
@@ -30,17 +31,11 @@ def features_label(extractor: FeatureExtractor, reason: str | None = None) -> st
 def choose_extractor(config: Config, fallback: bool) -> tuple[Config, FeatureExtractor, str]:
     """Build the configured extractor; with ``fallback`` (no features chosen by the user) a DIFT model whose
     weights cannot be had gives way to the baseline, said so in one line and on the page."""
-    try:
+    if not fallback:
         extractor = build_extractor(config.features, config.extractor)
         return config, extractor, features_label(extractor)
-    except PropagateError as exc:
-        if not fallback:
-            raise
-        print(f"DIFT weights unavailable ({exc}); serving with the weight-free BASELINE features instead (not DIFT)",
-              flush=True)
-        config = load_config("davis_baseline", {"resize": config.to_dict()["resize"]})
-        extractor = build_extractor(config.features, config.extractor)
-        return config, extractor, features_label(extractor, "DIFT weights unavailable")
+    config, extractor, label = dift_or_baseline(config, "serving with")
+    return config, extractor, features_label(extractor, "DIFT weights unavailable" if label else None)
 
 
 def serve(config: Config, *, video: str | Path | None = None, root: str | Path = ".", host: str = "127.0.0.1",
