@@ -142,8 +142,8 @@ class Session:
             return
         counter = _Counting(self.extractor)
         stream = iter_features(self.source, counter, self.config.resize, self.config.batch_frames, self.cache)
-        with tqdm(total=self.num_frames, desc="features", unit="frame", disable=not self.progress, leave=False,
-                  file=sys.stderr) as bar:
+        with tqdm(total=self.num_frames, desc="extracting features", unit="frame", disable=not self.progress,
+                  leave=False, file=sys.stderr) as bar:
             for frame, feats in stream:
                 if frame.index not in self._features:
                     self._features.put(frame.index, feats)
