@@ -97,9 +97,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cache = _open_cache(args)
     inputs = [cache.folder] if cache is not None else []
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
     if args.mask is not None:
         config = config_from_args(args, "davis")
-        formats = [f.strip() for f in args.format.split(",") if f.strip()]
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
                             render=not args.no_video, cache=cache, inputs=inputs, formats=formats,
                             direction=args.direction)
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
                              render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction,
-                             formats=[f.strip() for f in args.format.split(",") if f.strip()])
+                             formats=formats)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 
