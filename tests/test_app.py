@@ -123,7 +123,8 @@ def test_best_match_is_the_cosine_argmax():
     """On hand-made features: the match is the cell whose feature points the same way as the clicked one."""
     left = torch.zeros(3, 2, 2)
     left[:, 1, 0] = torch.tensor([1.0, 2.0, 0.0])  # clicked cell (column 0, row 1)
-    right = torch.rand(3, 4, 4) * 0.1
+    right = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.1
+    right[2] += 1.0  # every other cell points elsewhere (cosine with the clicked feature < 0.2)
     right[:, 2, 3] = torch.tensor([10.0, 20.0, 0.0])  # same direction, other length
     m = best_match(left, right, (3.0, 12.0), (16, 16), (32, 32))
     assert m.cell == (0, 1) and abs(m.score - 1.0) < 1e-5
