@@ -115,8 +115,8 @@ def make_walk_clip(folder: str | Path, num_frames: int = 60) -> tuple[Path, Path
                     break
                 writer.write(frame.image)
     keyframes = folder / "keyframes"
-    for stale in keyframes.glob("*.png") if keyframes.is_dir() else []:
-        stale.unlink()  # the demo's own renders of an earlier run
+    for name in json.loads(WALK_SHAPES.read_text())["keyframes"]:
+        (keyframes / f"{name}.png").unlink(missing_ok=True)  # only the demo's own renders of an earlier run
     write_keyframes(WALK_SHAPES, keyframes, num_frames)
     return video, keyframes
 
