@@ -44,10 +44,9 @@ from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
-from propagate.runs import STAGING_MARK, STAGING_TAG, ResultsFolder, Unit, check_not_input, check_output, run_unit
+from propagate.runs import Owner, ResultsFolder, Unit, check_not_input, check_output, run_unit, staging_folders
 
 JSON = dict[str, object]
-Owner = tuple[int, str]  # (pid, host) of a worker process, as a staging folder's mark records them
 
 FAILURES_CSV = "failures.csv"
 FAILURES_HEADER = ["name", "video", "error"]
@@ -71,20 +70,10 @@ def discard_staging(target: Path, owners: Sequence[Owner]) -> list[Path]:
     :class:`ResultsFolder` removes a staging folder left on this host by a process that is gone; this also covers a
     worker that died on another node (same shared folder, other host) or one not yet reaped by its parent.
     """
-    removed = []
     wanted = {(int(pid), str(host)) for pid, host in owners}
-    if not wanted or not target.parent.is_dir():
-        return removed
-    for staging in target.parent.glob(f".{target.name}{STAGING_TAG}*"):
-        mark = staging / STAGING_MARK
-        try:
-            info = json.loads(mark.read_text(encoding="utf-8"))
-            owner = (int(info["pid"]), str(info["host"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not an in-progress staging folder of ours
-        if owner in wanted:
-            shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
-            removed.append(staging)
+    removed = [staging for staging, owner in staging_folders(target) if owner in wanted]
+    for staging in removed:
+        shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
     return removed
 
 

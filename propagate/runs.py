@@ -202,23 +202,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+Owner = tuple[int, str]  # (pid, host) of the process writing a staging folder, as its mark records them
+
+
+def staging_folders(target: Path) -> Iterator[tuple[Path, Owner | None]]:
+    """Each staging folder beside ``target`` (``.<name>.propagate-*``) with the owner its in-progress mark names
+    (None: no readable mark, e.g. earlier results set aside during a replacement)."""
+    if not target.parent.is_dir():
+        return
+    for staging in target.parent.glob(f".{target.name}{STAGING_TAG}*"):
+        if not staging.is_dir():
+            continue
+        try:
+            info = json.loads((staging / STAGING_MARK).read_text(encoding="utf-8"))
+            owner: Owner | None = (int(info["pid"]), str(info["host"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            owner = None
+        yield staging, owner
+
+
 def remove_stale_staging(target: Path) -> None:
     """Remove staging folders of ``target`` left by killed runs of ours (marked, same host, process gone) and
     earlier results set aside during a replacement that was interrupted."""
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    for staging in parent.glob(f".{target.name}{STAGING_TAG}*"):
-        if not staging.is_dir():
-            continue
-        mark = staging / STAGING_MARK
-        if mark.is_file():
-            try:
-                info = json.loads(mark.read_text(encoding="utf-8"))
-                stale = info.get("host") == socket.gethostname() and not _pid_alive(int(info["pid"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if stale:
+    for staging, owner in staging_folders(target):
+        if owner is not None:
+            if owner[1] == socket.gethostname() and not _pid_alive(owner[0]):
                 shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
         elif staging.name.endswith("-old") and (files := written_files(staging)) is not None:
             _remove_listed(staging, [*files, COMPLETE])
@@ -305,21 +313,15 @@ class ResultsFolder:
             os.rename(staging, target)
             return
         earlier = written_files(target)
-        if earlier is None:  # an empty folder (checked): move the results in, the manifest last
-            for name in sorted(p.name for p in staging.iterdir() if p.name != COMPLETE):
-                os.replace(staging / name, target / name)
-            os.replace(staging / COMPLETE, target / COMPLETE)
-            staging.rmdir()
+        if earlier is None:  # an empty folder (checked): move the results in
+            _move_contents(staging, target)
             return
         aside = target.parent / f".{target.name}{STAGING_TAG}{secrets.token_hex(4)}-old"
         try:
             os.rename(target, aside)
         except OSError:  # a mount point or a busy folder: replace in place, the manifest first out, last in
             _remove_listed_in_place(target, earlier)
-            for name in sorted(p.name for p in staging.iterdir() if p.name != COMPLETE):
-                os.replace(staging / name, target / name)
-            os.replace(staging / COMPLETE, target / COMPLETE)
-            staging.rmdir()
+            _move_contents(staging, target)
             return
         try:
             os.rename(staging, target)
@@ -327,6 +329,14 @@ class ResultsFolder:
             os.rename(aside, target)  # the earlier results go back where they were
             raise
         _remove_listed(aside, [*earlier, COMPLETE])
+
+
+def _move_contents(staging: Path, target: Path) -> None:
+    """Move a staging folder's entries into the existing ``target``, the manifest last, then remove the staging."""
+    for name in sorted(p.name for p in staging.iterdir() if p.name != COMPLETE):
+        os.replace(staging / name, target / name)
+    os.replace(staging / COMPLETE, target / COMPLETE)
+    staging.rmdir()
 
 
 def _remove_listed_in_place(target: Path, files: Sequence[str]) -> None:
@@ -501,8 +511,8 @@ def run_video(
     written whole into ``out_dir`` (see :class:`ResultsFolder`).
 
     ``mask`` is a mask file (frame 0), a folder of keyframe masks named like frames
-    (:func:`propagate.labels.read_keyframes`), the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``. One keyframe on frame 0
-    streams frame by frame (:func:`propagate.pipeline.iter_masks`); other keyframes go through a
+    (:func:`propagate.labels.read_keyframes`), the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``. One
+    keyframe on frame 0 streams frame by frame (:func:`propagate.pipeline.iter_masks`); other keyframes go through a
     :class:`propagate.session.Session` (``direction`` default ``config.keyframes.direction``). ``inputs`` are more
     paths the output must stay clear of (a dataset root, a cache). Everything is checked before anything is written.
 
@@ -520,7 +530,7 @@ def run_video(
     require_objects(np.concatenate([m.ravel() for m in keyframes.values()]), "first mask" if given else mask)
     check_length(source)
     direction = direction or config.keyframes.direction
-    forward, backward = resolve_direction(direction, list(keyframes), len(source))
+    _, backward = resolve_direction(direction, list(keyframes), len(source))
     formats = check_formats(formats)
     paths = [video, *([] if given else [mask]), *inputs]
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
@@ -594,9 +604,11 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     extractor = extractor or build_extractor(config.features, config.extractor)
     check_processing_size(source, extractor, config.resize)
     text = extractor.describe()
+    tracker: KeypointTracker | None = None
     if list(keyframes) == [0] and not backward:
         tracker = KeypointTracker(config.propagation, config.keypoints, source.native_size)
-        stream = ((f, xy, conf) for f, xy, conf in track_points(source, given.xy, config, extractor, cache, progress, tracker))
+        stream: Iterable[tuple[Frame, np.ndarray, np.ndarray]] = track_points(source, given.xy, config, extractor,
+                                                                            cache, progress, tracker)
     else:
         session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
         for index, xy in keyframes.items():
@@ -613,7 +625,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
                 if writer is not None:
                     image = draw_points(frame.image, xy, given.names, given.edges, confidence)
                     writer.write(caption(image, f"{text} | frame {frame.index}"))
-        tracked = tracker.tracked if list(keyframes) == [0] and not backward else np.ones(len(given.names), bool)
+        tracked = tracker.tracked if tracker is not None else np.ones(len(given.names), bool)  # session: all inside
         assert tracked is not None
         atomic_write_json(out / "points.json", {
             "video": str(source.path),
