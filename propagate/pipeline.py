@@ -238,11 +238,12 @@ class Sweep:
         order = list(order)
         if not order or order[0] not in keyframes:
             raise ValueError("a sweep starts on a keyframe")
-        same = order == self._order
+        same, earlier = order == self._order, self._keys
+        self._order, self._keys = [], {}  # a pass stopped midway leaves a mix: the next one recomputes everything
         propagator = LabelPropagator(self.cfg, device=self.device)
         self.propagated = 0
         for t in order:
-            same = same and _same_keyframe(keyframes.get(t), self._keys.get(t))
+            same = same and _same_keyframe(keyframes.get(t), earlier.get(t))
             feats = features(t)
             if t in keyframes:
                 labels = keyframes[t]

@@ -205,3 +205,22 @@ def test_sweep_replays_unchanged_prefix(baseline):
     again = dict(sweep.run(range(6), lambda t: feats[t], {0: labels, 4: labels}))
     assert sweep.propagated == 1  # only frame 5 follows the new keyframe
     assert all(torch.equal(first[t], again[t]) for t in range(4))
+
+
+def test_a_sweep_stopped_midway_is_not_replayed_from():
+    """A pass interrupted after overwriting some frames (a cancel in the app) must not be mistaken for the last
+    complete pass: the next pass recomputes, and equals a fresh one."""
+    feats = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    labels = torch.softmax(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(2)), 0)
+    other = torch.softmax(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(3)), 0)
+    cfg = PropagationConfig(temperature=0.1, topk=3, n_last_frames=2, radius=1, device="cpu")
+    sweep = Sweep(cfg)
+    list(sweep.run(range(6), lambda t: feats[t], {0: labels}))
+    stopped = sweep.run(range(6), lambda t: feats[t], {0: other})
+    for _ in range(4):  # frames 0..3 overwritten with the other keyframe's labels, then stopped
+        next(stopped)
+    stopped.close()
+    again = dict(sweep.run(range(6), lambda t: feats[t], {0: labels}))
+    assert sweep.propagated == 5  # nothing replayed from the mixed state
+    fresh = dict(Sweep(cfg).run(range(6), lambda t: feats[t], {0: labels}))
+    assert all(torch.equal(again[t], fresh[t]) for t in range(6))
