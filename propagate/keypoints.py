@@ -60,7 +60,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from propagate.config import Config
 from propagate.errors import PropagateError
 
 CONVENTIONS = ("centre", "crw")
@@ -359,8 +358,3 @@ def points_record(names: Sequence[str], xy: np.ndarray, confidence: np.ndarray) 
         else:
             record[name] = {"x": None, "y": None, "confidence": 0.0}
     return record
-
-
-def cell_convention(config: Config) -> str:
-    """The grid convention of ``config`` (``keypoints.cell_convention``)."""
-    return config.keypoints.cell_convention

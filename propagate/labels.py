@@ -111,9 +111,9 @@ def object_ids(mask: np.ndarray) -> list[int]:
 def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, int]) -> dict[int, np.ndarray]:
     """Keyframe masks ``{frame index: [H, W] uint8}`` from a mask file (frame 0) or a folder of PNGs named like frames.
 
-    In a folder, ``00040.png`` is the mask of the frame named ``00040`` (other files are ignored) (the frame folder's file stems, or
-    ``00000``, ``00001``, ... for a video file); any frames, sparse. Every mask must have the frames' size; together
-    they must label at least one object.
+    In a folder, ``00040.png`` is the mask of the frame named ``00040`` (the frame folder's file stems, or ``00000``,
+    ``00001``, ... for a video file); any frames, sparse; files that are not PNGs are ignored. Every mask must have the
+    frames' size; together they must label at least one object.
     """
     path = Path(path)
     if path.is_dir():
@@ -131,9 +131,7 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
             masks[index[file.stem]] = read_mask(file, size_wh)
     else:
         masks = {0: read_mask(path, size_wh)}
-    if not any(object_ids(m) for m in masks.values()):
-        raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one "
-                             "object 1..N")
+    require_objects(np.concatenate([m.ravel() for m in masks.values()]), path)
     return dict(sorted(masks.items()))
 
 

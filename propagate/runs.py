@@ -527,7 +527,8 @@ def run_video(
         keyframes = dict(sorted(mask.items()))
     else:
         keyframes = read_keyframes(mask, source.names, source.native_size)
-    require_objects(np.concatenate([m.ravel() for m in keyframes.values()]), "first mask" if given else mask)
+    if given:  # read_keyframes checks files
+        require_objects(np.concatenate([m.ravel() for m in keyframes.values()]), "first mask")
     check_length(source)
     direction = direction or config.keyframes.direction
     _, backward = resolve_direction(direction, list(keyframes), len(source))
