@@ -173,10 +173,19 @@ def canvas_mapping(page, size: tuple[int, int]):
 def stroke(page, to_screen, cx: float, cy: float, half: float) -> None:
     """One horizontal brush stroke from ``cx - half`` to ``cx + half`` at ``cy`` (image pixels), mouse held down;
     the brush (radius about 12 px) covers about 24 px around the line."""
-    page.mouse.move(*to_screen(cx - half, cy))
+    page.mouse.move(*to_screen(cx - half - 2, cy))
+    settle(page)
+    page.mouse.move(*to_screen(cx - half, cy))  # the editor ignores a press unless a move put its cursor on the image
     page.mouse.down()
     page.mouse.move(*to_screen(cx + half, cy), steps=3)
     page.mouse.up()
+    settle(page)
+
+
+def settle(page) -> None:
+    """Let the editor catch up with the last input (a brush change, a cursor move, a stroke) before the next one: two
+    animation frames and 0.3 s. CI once lost a whole stroke under load (the save saw object 1 only)."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 300))))")
 
 
 def choose_object(page, obj: int) -> None:
@@ -190,6 +199,7 @@ def wait_brush(page, obj: int) -> None:
     page.wait_for_function(
         "([c]) => { const b = document.querySelector(\"#editor button[aria-label='Color']\"); "
         "return b && getComputedStyle(b).color === c; }", arg=[f"rgb({r}, {g}, {b})"])
+    settle(page)
 
 
 def downloads(page, base: Path) -> dict[str, bytes]:
