@@ -6,10 +6,15 @@ What it promises (README, "What propagate will and will not delete"):
   input (frames, mask, points, dataset root, cache); ``.``, ``~`` and ``/`` only when empty; an existing folder only
   when it holds nothing, or holds exactly the files of an earlier run of ours and ``overwrite`` is given.
 - **Write beside, move when whole.** A run writes into a staging folder next to the target
-  (``.<name>.propagate-<id>``, marked in progress). When the run is whole it gets its manifest (``.complete``, the
-  list of every file written, written last) and is moved into place; the previous results stay as they were until
-  that moment. A failed or interrupted run removes its staging folder (after a kill, the next run of the same target
-  removes it).
+  (``.<name>.propagate-<id>``, marked in progress; inside the target, ``.propagate-<id>``, when the target is a mount
+  point such as a container volume, since a folder beside it lies on another filesystem). When the run is whole it
+  gets its manifest (``.complete``, the list of every file written, written last) and is moved into place; the
+  previous results stay as they were until that moment. A failed or interrupted run removes its staging folder
+  (after a kill, the next run of the same target removes it).
+- **Moved in place, journalled.** Where the folder itself cannot be swapped (it exists and is empty, or it is a
+  mount point), the whole results are first committed in a journal (``.installing``: the staging folder, the earlier
+  files to drop, the new manifest), then moved in file by file. An interrupted move is finished by whatever next
+  opens that folder, so it never stays half old, half new.
 - **Delete only what we wrote.** ``overwrite`` replaces exactly the files listed in the earlier manifest; a folder
   holding anything else is refused, naming the first foreign file.
 
@@ -52,7 +57,8 @@ from propagate.video import Frame, VideoSource, open_video
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
 RUN_INFO = "run_info.json"  # what produced the results
 STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
-STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id>
+STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id> (inside: .propagate-<id>)
+INSTALLING = ".installing"  # the journal of results being moved into their folder file by file
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failures that can only come from writing
 
 JSON = dict[str, object]
@@ -158,15 +164,17 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
         raise PropagateError(f"output {path} exists and is not a folder: choose another --out")
     if not path.is_dir():
         return
-    present = _all_files(path)
-    if not present and not any(path.iterdir()):
+    finish_install(path)
+    ours_in_progress = _inner_staging(path)
+    present = [f for f in _all_files(path) if Path(f).parts[0] not in ours_in_progress]
+    if not present and not any(p.name not in ours_in_progress for p in path.iterdir()):
         return
     if _is_shared_place(path):
         raise PropagateError(f"output {path} is {_resolved(path)} (the working directory, home or root) and is not "
                              "empty: give a new folder for the results, e.g. --out results/")
     ours = written_files(path)
     if ours is None:
-        first = present[0] if present else next(iter(sorted(p.name for p in path.iterdir())))
+        first = present[0] if present else sorted(p.name for p in path.iterdir() if p.name not in ours_in_progress)[0]
         raise PropagateError(f"output folder {path} holds files propagate did not write (e.g. {first}): "
                              "choose an empty or new --out")
     if not overwrite:
@@ -181,13 +189,14 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
 # ---------------------------------------------------------------------------------------------- removal of our own
 
 
-def _remove_listed(folder: Path, files: Sequence[str]) -> None:
-    """Delete ``files`` (relative to ``folder``), then the folders they leave empty, then ``folder`` if empty."""
+def _remove_listed(folder: Path, files: Sequence[str], keep_folder: bool = False) -> None:
+    """Delete ``files`` (relative to ``folder``), then the folders they leave empty, then ``folder`` if empty
+    (unless ``keep_folder``)."""
     for name in files:
         (folder / name).unlink(missing_ok=True)
     dirs = sorted({p for name in files for p in (folder / name).parents if p.is_relative_to(folder) and p != folder},
                   key=lambda p: len(p.parts), reverse=True)
-    for d in [*dirs, folder]:
+    for d in dirs if keep_folder else [*dirs, folder]:
         with contextlib.suppress(OSError):
             d.rmdir()  # only if empty: a file we did not list keeps its folder
 
@@ -205,31 +214,92 @@ def _pid_alive(pid: int) -> bool:
 Owner = tuple[int, str]  # (pid, host) of the process writing a staging folder, as its mark records them
 
 
+def _owner(staging: Path) -> Owner | None:
+    """The (pid, host) a staging folder's in-progress mark names; None without a readable mark."""
+    try:
+        info = json.loads((staging / STAGING_MARK).read_text(encoding="utf-8"))
+        return int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _inner_staging(target: Path) -> set[str]:
+    """Names of the marked staging folders inside ``target`` (``.propagate-*``, used where ``target`` is a mount
+    point): ours, never counted as the folder's contents."""
+    if not target.is_dir():
+        return set()
+    return {p.name for p in target.glob(f"{STAGING_TAG}*") if p.is_dir() and _owner(p) is not None}
+
+
 def staging_folders(target: Path) -> Iterator[tuple[Path, Owner | None]]:
-    """Each staging folder beside ``target`` (``.<name>.propagate-*``) with the owner its in-progress mark names
-    (None: no readable mark, e.g. earlier results set aside during a replacement)."""
+    """Each staging folder of ``target`` with the owner its in-progress mark names: beside it
+    (``.<name>.propagate-*``; owner None: no readable mark, e.g. earlier results set aside during a replacement)
+    and, marked, inside it (``.propagate-*``)."""
     if not target.parent.is_dir():
         return
     for staging in target.parent.glob(f".{target.name}{STAGING_TAG}*"):
-        if not staging.is_dir():
-            continue
-        try:
-            info = json.loads((staging / STAGING_MARK).read_text(encoding="utf-8"))
-            owner: Owner | None = (int(info["pid"]), str(info["host"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            owner = None
-        yield staging, owner
+        if staging.is_dir():
+            yield staging, _owner(staging)
+    for name in sorted(_inner_staging(target)):
+        yield target / name, _owner(target / name)
 
 
 def remove_stale_staging(target: Path) -> None:
-    """Remove staging folders of ``target`` left by killed runs of ours (marked, same host, process gone) and
-    earlier results set aside during a replacement that was interrupted."""
-    for staging, owner in staging_folders(target):
+    """Tidy ``target`` after killed runs of ours: finish an install that was committed, put back whole results
+    whose swap into place was cut short, remove staging folders whose process is gone (marked, same host) and
+    earlier results set aside during a replacement."""
+    finish_install(target)
+    found = list(staging_folders(target))
+    if not target.exists():  # killed between setting the earlier results aside and moving the new ones in
+        whole = [s for s, owner in found if owner is None and written_files(s) is not None]
+        new = [s for s in whole if not s.name.endswith("-old")]
+        for staging in sorted(new or whole, key=lambda s: s.stat().st_mtime)[-1:]:
+            os.rename(staging, target)  # the newest whole results: they were committed
+        found = list(staging_folders(target))
+    for staging, owner in found:
         if owner is not None:
             if owner[1] == socket.gethostname() and not _pid_alive(owner[0]):
                 shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
         elif staging.name.endswith("-old") and (files := written_files(staging)) is not None:
             _remove_listed(staging, [*files, COMPLETE])
+
+
+def finish_install(target: Path) -> None:
+    """Finish moving results into ``target`` file by file if a run committed them (its journal, ``.installing``)
+    and was stopped before the end. Every step can be repeated: the earlier manifest out, the earlier files the new
+    results do not have removed, the new files moved in, the new manifest written, the staging folder and the
+    journal removed."""
+    journal = target / INSTALLING
+    if not journal.is_file():
+        return
+    data = read_json(journal, "install journal")
+    name, replaces, manifest = data.get("staging"), data.get("replaces"), data.get("manifest")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    names_ok = all(isinstance(f, list) and all(isinstance(n, str) and n and not Path(n).is_absolute()
+                                               and ".." not in Path(n).parts for n in f) for f in (replaces, files))
+    inside = isinstance(name, str) and "/" not in name and name.startswith(STAGING_TAG)
+    beside = isinstance(name, str) and "/" not in name and name.startswith(f".{target.name}{STAGING_TAG}")
+    if not names_ok or not (inside or beside):
+        raise PropagateError(f"install journal {journal} is not one propagate wrote: delete {target} and run again")
+    assert isinstance(name, str) and isinstance(replaces, list) and isinstance(files, list)
+    staging = target / name if inside else target.parent / name
+    try:
+        (target / COMPLETE).unlink(missing_ok=True)
+        _remove_listed(target, sorted(set(replaces) - set(files)), keep_folder=True)
+        for file in files:
+            if (staging / file).exists():
+                (target / file).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / file, target / file)
+        missing = [file for file in files if not (target / file).is_file()]
+        if missing:
+            raise PropagateError(f"results moving into {target} lost {missing[0]} (its staging folder {staging} was "
+                                 f"changed): delete {target} and run again")
+        atomic_write_json(target / COMPLETE, manifest)
+        shutil.rmtree(staging, ignore_errors=True)  # what is left of our staging folder: its marks
+        journal.unlink()
+    except OSError as exc:
+        raise PropagateError(f"cannot finish moving results into {target}: {exc.strerror or exc} (at "
+                             f"{exc.filename}): fix this and run again") from exc
 
 
 # ---------------------------------------------------------------------------------------------- one results folder
@@ -249,12 +319,15 @@ class ResultsFolder:
         self.target = Path(target).expanduser()
         check_output(self.target, inputs, overwrite)
         self.staging: Path | None = None
+        self.inside = False  # staging inside the target (a mount point), not beside it
+        self.committed = False  # the results are whole and journalled: finishing the move is the next open's job
         self.summary: JSON = {}
         self._created: list[Path] = []
 
     @staticmethod
     def is_complete(target: str | Path) -> bool:
-        """True if ``target`` holds a finished results folder of ours."""
+        """True if ``target`` holds a finished results folder of ours (finishing a committed install first)."""
+        finish_install(Path(target))
         return written_files(Path(target)) is not None
 
     def __enter__(self) -> Path:
@@ -264,7 +337,9 @@ class ResultsFolder:
             parent.mkdir(parents=True, exist_ok=True)
             self._created = missing  # deepest first: removed again if the run fails
             remove_stale_staging(self.target)
-            self.staging = parent / f".{self.target.name}{STAGING_TAG}{secrets.token_hex(4)}"
+            tag = f"{STAGING_TAG}{secrets.token_hex(4)}"
+            self.inside = self.target.is_dir() and os.path.ismount(self.target)  # a sibling: another filesystem
+            self.staging = self.target / tag if self.inside else parent / f".{self.target.name}{tag}"
             self.staging.mkdir()
             atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
                                                             "target": str(self.target)})
@@ -297,7 +372,7 @@ class ResultsFolder:
                               "--out")
 
     def _discard(self) -> None:
-        if self.staging is not None and self.staging.exists():
+        if self.staging is not None and self.staging.exists() and not self.committed:
             shutil.rmtree(self.staging, ignore_errors=True)
         for folder in self._created:
             with contextlib.suppress(OSError):
@@ -306,43 +381,31 @@ class ResultsFolder:
     def _install(self) -> None:
         staging, target = self.staging, self.target
         assert staging is not None
-        (staging / STAGING_MARK).unlink()
-        files = _all_files(staging)
-        atomic_write_json(staging / COMPLETE, {"files": files, **self.summary})
-        if not target.exists():
-            os.rename(staging, target)
-            return
-        earlier = written_files(target)
-        if earlier is None:  # an empty folder (checked): move the results in
-            _move_contents(staging, target)
-            return
-        aside = target.parent / f".{target.name}{STAGING_TAG}{secrets.token_hex(4)}-old"
-        try:
-            os.rename(target, aside)
-        except OSError:  # a mount point or a busy folder: replace in place, the manifest first out, last in
-            _remove_listed_in_place(target, earlier)
-            _move_contents(staging, target)
-            return
-        try:
-            os.rename(staging, target)
-        except OSError:
-            os.rename(aside, target)  # the earlier results go back where they were
-            raise
-        _remove_listed(aside, [*earlier, COMPLETE])
-
-
-def _move_contents(staging: Path, target: Path) -> None:
-    """Move a staging folder's entries into the existing ``target``, the manifest last, then remove the staging."""
-    for name in sorted(p.name for p in staging.iterdir() if p.name != COMPLETE):
-        os.replace(staging / name, target / name)
-    os.replace(staging / COMPLETE, target / COMPLETE)
-    staging.rmdir()
-
-
-def _remove_listed_in_place(target: Path, files: Sequence[str]) -> None:
-    (target / COMPLETE).unlink(missing_ok=True)
-    for name in files:
-        (target / name).unlink(missing_ok=True)
+        manifest: JSON = {"files": [f for f in _all_files(staging) if f != STAGING_MARK], **self.summary}
+        earlier = written_files(target) if target.exists() else None
+        if not self.inside and (not target.exists() or earlier is not None):
+            (staging / STAGING_MARK).unlink()
+            atomic_write_json(staging / COMPLETE, manifest)
+            if not target.exists():
+                os.rename(staging, target)
+                return
+            aside = target.parent / f".{target.name}{STAGING_TAG}{secrets.token_hex(4)}-old"
+            try:
+                os.rename(target, aside)
+            except OSError:  # a busy folder or a bind mount: move the files in place
+                pass
+            else:
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    os.rename(aside, target)  # the earlier results go back where they were
+                    raise
+                _remove_listed(aside, [*(earlier or []), COMPLETE])
+                return
+        # an existing empty folder, a mount point or a folder that cannot be swapped: commit, then move in
+        atomic_write_json(target / INSTALLING, {"staging": staging.name, "replaces": earlier or [], "manifest": manifest})
+        self.committed = True  # from here on the staging folder belongs to the journal: an interrupt leaves it
+        finish_install(target)
 
 
 # ---------------------------------------------------------------------------------------------- a dataset run

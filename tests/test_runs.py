@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +16,9 @@ from PIL import Image
 from propagate.config import load_config
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
+from propagate import runs
 from propagate.runs import (
-    COMPLETE, STAGING_MARK, ResultsFolder, ResumableRun, check_output, remove_stale_staging, run_points, run_video,
+    COMPLETE, INSTALLING, STAGING_MARK, ResultsFolder, ResumableRun, check_output, remove_stale_staging, run_points, run_video,
     written_files,
 )
 
@@ -117,12 +120,95 @@ def test_staging_left_by_a_killed_run_is_removed_by_the_next_and_a_live_one_is_k
         staging = tmp_path / f".out.propagate-{name}"
         staging.mkdir()
         (staging / "00000.png").write_text("partial")
-        import socket
-
         (staging / STAGING_MARK).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
     (tmp_path / ".out.propagate-unmarked").mkdir()  # not ours: never touched
     remove_stale_staging(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.propagate-live", ".out.propagate-unmarked"]
+
+
+def test_a_mount_point_stages_inside_it_and_a_move_cut_short_is_finished_by_the_next_open(tmp_path, monkeypatch):
+    """A results folder that is a mount point (a container volume) cannot be swapped and a staging folder beside it
+    lies on another filesystem: the run stages inside it, commits a journal, moves the files in. A move interrupted
+    halfway is finished, old files dropped and new ones in, by whatever opens the folder next."""
+    target = tmp_path / "volume"
+    target.mkdir()
+    monkeypatch.setattr(runs.os.path, "ismount", lambda path: Path(path) == target)
+    with ResultsFolder(target) as staging:
+        assert staging.parent == target
+        (staging / "sub").mkdir()
+        (staging / "a.png").write_text("old")
+        (staging / "sub" / "b.json").write_text("old")
+    assert sorted(snapshot(target)) == [COMPLETE, "a.png", "sub/b.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]
+
+    real_replace = os.replace
+
+    def cut_short(src, dst):  # a.png is moved in, then Ctrl-C before c.png
+        if Path(dst) == target / "c.png":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_results_inside(target, {"a.png": "new", "c.png": "new"}, overwrite=True)
+    monkeypatch.setattr(runs.os, "replace", real_replace)
+    assert not (target / COMPLETE).exists() and (target / INSTALLING).exists()  # half moved: never complete
+    assert (target / "a.png").read_text() == "new" and (target / "sub" / "b.json").exists() is False
+    assert ResultsFolder.is_complete(target)
+    assert snapshot(target) == {COMPLETE: (target / COMPLETE).read_bytes(), "a.png": b"new", "c.png": b"new"}
+    assert sorted(p.name for p in target.iterdir()) == [COMPLETE, "a.png", "c.png"]  # no journal, no staging
+
+    # a killed run's staging folder inside the target is ours: not counted as foreign, removed by the next run
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = target / ".propagate-dead"
+    killed.mkdir()
+    (killed / "00000.png").write_text("partial")
+    (killed / STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    check_output(target, overwrite=True)
+    write_results_inside(target, {"a.png": "newer"}, overwrite=True)
+    assert sorted(snapshot(target)) == [COMPLETE, "a.png"] and (target / "a.png").read_text() == "newer"
+
+
+def write_results_inside(target, files: dict[str, str], **kwargs) -> None:
+    with ResultsFolder(target, **kwargs) as staging:
+        assert staging.parent == target
+        for name, text in files.items():
+            (staging / name).write_text(text)
+
+
+def test_a_swap_cut_short_puts_the_whole_new_results_in_place(tmp_path):
+    """Killed between setting the earlier results aside and moving the new ones in: the next run puts the new ones
+    (whole, with their manifest) in place and removes the earlier ones."""
+    target = tmp_path / "out"
+    write_results(target, {"a.png": "old"})
+    write_results(tmp_path / "new", {"a.png": "new", "b.png": "new"})
+    os.rename(target, tmp_path / ".out.propagate-1234abcd-old")
+    os.rename(tmp_path / "new", tmp_path / ".out.propagate-5678abcd")
+    remove_stale_staging(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert written_files(target) == ["a.png", "b.png"] and (target / "a.png").read_text() == "new"
+
+
+def test_a_real_mount_point_is_written_and_replaced(tmp_path):
+    """As root, a small tmpfs as the results folder: written, then replaced with ``overwrite``, nothing left beside
+    it or inside it but the results (skipped, with the reason printed, where mounting is not allowed)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    reason = "not root: cannot mount" if os.geteuid() != 0 else None
+    if reason is None:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume)], capture_output=True,
+                              text=True)
+        reason = None if done.returncode == 0 else f"mount failed: {done.stderr.strip()}"
+    if reason:
+        print(f"SKIPPED: real mount point not tested: {reason}")
+        pytest.skip(f"real mount point not tested: {reason}")
+    try:
+        write_results_inside(volume, {"a.png": "1", "b.png": "1"})
+        write_results_inside(volume, {"a.png": "2"}, overwrite=True)
+        assert sorted(p.name for p in volume.iterdir()) == [COMPLETE, "a.png"] and (volume / "a.png").read_text() == "2"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]
+    finally:
+        subprocess.run(["umount", str(volume)], check=False, capture_output=True)
 
 
 def test_resumable_run_skips_done_units_refuses_foreign_ones_and_other_settings(tmp_path):
