@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was marked complete; run the same command again to start over or resume",
-              file=sys.stderr)
+        print("interrupted: what was being written is not marked complete (finished results are); run the same "
+              "command again to resume", file=sys.stderr)
         return 130
     return status if isinstance(status, int) else 0
 

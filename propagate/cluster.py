@@ -80,6 +80,17 @@ def discard_staging(target: Path, owners: Sequence[Owner]) -> list[Path]:
 # ---------------------------------------------------------------------------------------------- the worker
 
 
+def check_same_settings(settings: JSON, expected: JSON | None, host: str) -> None:
+    """Refuse a worker's extractor whose settings differ from the ones the run recorded, naming the first
+    difference (e.g. ``dtype: auto`` resolved to fp16 on a GPU worker, bf16 on the driver's CPU)."""
+    if expected is None or settings == expected:
+        return
+    key = next(k for k in sorted(set(settings) | set(expected)) if settings.get(k) != expected.get(k))
+    raise PropagateError(f"the worker on {host} computes features with {key}={settings.get(key)!r}, but the run "
+                         f"records {key}={expected.get(key)!r}: pin it (e.g. --set extractor.{key}=...) so that every "
+                         "machine computes the same features")
+
+
 class Worker:
     """A Ray actor (made remote by :class:`RayRunner`): holds one extractor and runs units with it.
 
@@ -107,8 +118,12 @@ class Worker:
         return self._extractor
 
     def run(self, unit: Unit, config: Config, cache: FeatureStore | None, overwrite: bool,
-            dead: Sequence[Owner]) -> tuple[str, JSON | str]:
+            dead: Sequence[Owner], expected: JSON | None = None) -> tuple[str, JSON | str]:
         """Run ``unit`` after removing the partial output of the ``dead`` workers that ran it before.
+
+        ``expected``: the extractor settings the driver recorded for the run (None: nothing recorded). A worker whose
+        extractor resolves to other settings (``dtype: auto`` on other hardware) refuses, since its features, and
+        so its results, would differ from the others'.
 
         Returns ``("done", summary)``, or ``("failed", message)`` for an error in the input or settings (not worth
         retrying elsewhere).
@@ -116,6 +131,7 @@ class Worker:
         discard_staging(unit.out, dead)
         try:
             extractor = self._extractor_for(config)
+            check_same_settings(extractor.settings(), expected, self.owner()[1])
             return "done", run_unit(unit, config, extractor, cache, progress=False, overwrite=overwrite)
         except PropagateError as exc:
             return "failed", str(exc)
@@ -199,7 +215,8 @@ class RayRunner:
 
     def __call__(self, units: Sequence[Unit], config: Config, extractor: FeatureExtractor | None = None,
                  cache: FeatureStore | None = None, progress: bool = True) -> list[JSON]:
-        outcomes = self.run([(unit, config) for unit in units], cache, progress)
+        expected = extractor.settings() if extractor is not None else None  # what the driver recorded
+        outcomes = self.run([(unit, config) for unit in units], cache, progress, expected=expected)
         failed = [o for o in outcomes if o.status != "done"]
         if failed:
             listed = "; ".join(f"{o.name}: {o.error}" for o in failed[:5]) + ("; ..." if len(failed) > 5 else "")
@@ -244,16 +261,17 @@ class RayRunner:
     # -- the loop
 
     def run(self, jobs: Sequence[tuple[Unit, Config]], cache: FeatureStore | None = None, progress: bool = True,
-            bar: tqdm | None = None) -> list[Outcome]:
+            bar: tqdm | None = None, expected: JSON | None = None) -> list[Outcome]:
         """Run every ``(unit, config)`` on the workers; one :class:`Outcome` per job, in order.
 
-        ``bar`` is a progress bar to advance (one step per finished unit) instead of a new one.
+        ``bar`` is a progress bar to advance (one step per finished unit) instead of a new one; ``expected`` the
+        extractor settings every worker's extractor must have (see :meth:`Worker.run`).
         """
         if not jobs:
             return []
         ray = self._connect()
         try:
-            return self._schedule(ray, jobs, cache, progress, bar)
+            return self._schedule(ray, jobs, cache, progress, bar, expected)
         finally:
             if not self._kept:
                 self.close()
@@ -271,7 +289,7 @@ class RayRunner:
         return slot.owner
 
     def _schedule(self, ray: ModuleType, jobs: Sequence[tuple[Unit, Config]], cache: FeatureStore | None,
-                  progress: bool, bar: tqdm | None) -> list[Outcome]:
+                  progress: bool, bar: tqdm | None, expected: JSON | None) -> list[Outcome]:
         from ray.exceptions import RayActorError, RayTaskError
 
         slots = self._slots
@@ -291,7 +309,8 @@ class RayRunner:
                     job, slot = queue.popleft(), idle.popleft()
                     unit, config = jobs[job]
                     outcomes[job].attempts += 1
-                    ref = slots[slot].actor.run.remote(unit, config, cache, self.overwrite, dead[job])  # type: ignore[attr-defined]
+                    ref = slots[slot].actor.run.remote(unit, config, cache, self.overwrite, dead[job],  # type: ignore[attr-defined]
+                                                       expected)
                     running[ref] = (job, slot)
                 bar.set_postfix_str(f"running={len(running)} failed={failed} "
                                     f"frames/s={frames / max(time.monotonic() - start, 1e-9):.1f}")

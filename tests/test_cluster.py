@@ -184,6 +184,22 @@ def test_eval_davis_on_workers_matches_serial_and_the_flags_choose_it(slow_worke
     assert _cluster_runner(build_parser().parse_args(["eval", "davis", "--root", str(root), "--out", "x"])) is None
 
 
+def test_a_worker_whose_features_would_differ_from_the_recorded_ones_refuses(slow_workers, tmp_path, monkeypatch):
+    """The driver records its extractor's settings; a worker resolving them otherwise (``dtype: auto`` on other
+    hardware, simulated here by the driver's side) refuses instead of mixing features."""
+    from propagate.features.baseline import BaselineExtractor
+
+    root = tmp_path / "davis"
+    make_synthetic_davis(root, num_sequences=1, num_frames=4, size=(96, 64), seed=0)
+    settings = load_config("davis_baseline", ["resize.short_side=64", "resize.multiple=8"])
+    plain = BaselineExtractor.settings
+    monkeypatch.setattr(BaselineExtractor, "settings", lambda self: {**plain(self), "dtype": "bf16"})
+    with pytest.raises(PropagateError, match=r"computes features with dtype=None, but the run records "
+                                             r"dtype='bf16': pin it"):
+        evaluate_davis(root, tmp_path / "out", settings, progress=False, runner=slow_workers)
+    assert not list((tmp_path / "out").glob("*/.complete"))
+
+
 def test_a_worker_killed_mid_video_still_yields_every_video_byte_identical(slow_workers, clips, tmp_path):
     out = tmp_path / "out"
     killed: dict = {}
