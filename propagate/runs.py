@@ -317,6 +317,8 @@ class ResultsFolder:
 
     def __init__(self, target: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False):
         self.target = Path(target).expanduser()
+        if self.target.is_symlink():  # results go where the link points; the link itself is the user's
+            self.target = self.target.resolve()
         check_output(self.target, inputs, overwrite)
         self.staging: Path | None = None
         self.inside = False  # staging inside the target (a mount point), not beside it

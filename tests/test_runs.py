@@ -176,6 +176,17 @@ def write_results_inside(target, files: dict[str, str], **kwargs) -> None:
             (staging / name).write_text(text)
 
 
+def test_a_symlinked_folder_is_written_where_it_points_and_the_link_is_kept(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    for text in ("1", "2"):
+        with ResultsFolder(tmp_path / "link", overwrite=True) as staging:
+            (staging / "a.png").write_text(text)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "a.png").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert written_files(tmp_path / "real") == ["a.png"]
+
+
 def test_a_swap_cut_short_puts_the_whole_new_results_in_place(tmp_path):
     """Killed between setting the earlier results aside and moving the new ones in: the next run puts the new ones
     (whole, with their manifest) in place and removes the earlier ones."""
