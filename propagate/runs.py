@@ -223,12 +223,13 @@ def _owner(staging: Path) -> Owner | None:
         return None
 
 
-def _inner_staging(target: Path) -> set[str]:
-    """Names of the marked staging folders inside ``target`` (``.propagate-*``, used where ``target`` is a mount
-    point): ours, never counted as the folder's contents."""
+def _inner_staging(target: Path) -> dict[str, Owner]:
+    """The marked staging folders inside ``target`` (``.propagate-*``, used where ``target`` is a mount point), name
+    -> owner: ours, never counted as the folder's contents."""
     if not target.is_dir():
-        return set()
-    return {p.name for p in target.glob(f"{STAGING_TAG}*") if p.is_dir() and _owner(p) is not None}
+        return {}
+    found = {p.name: _owner(p) for p in target.glob(f"{STAGING_TAG}*") if p.is_dir()}
+    return {name: owner for name, owner in found.items() if owner is not None}
 
 
 def staging_folders(target: Path) -> Iterator[tuple[Path, Owner | None]]:
@@ -240,8 +241,8 @@ def staging_folders(target: Path) -> Iterator[tuple[Path, Owner | None]]:
     for staging in target.parent.glob(f".{target.name}{STAGING_TAG}*"):
         if staging.is_dir():
             yield staging, _owner(staging)
-    for name in sorted(_inner_staging(target)):
-        yield target / name, _owner(target / name)
+    for name, owner in sorted(_inner_staging(target).items()):
+        yield target / name, owner
 
 
 def remove_stale_staging(target: Path) -> None:

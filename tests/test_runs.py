@@ -25,9 +25,11 @@ from propagate.runs import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_results(target, files: dict[str, str], **kwargs) -> None:
+def write_results(target, files: dict[str, str], inside: bool = False, **kwargs) -> None:
+    """Write ``files`` as results into ``target``, checking where the staging folder was: beside it, or inside it
+    (``inside``: a mount point)."""
     with ResultsFolder(target, **kwargs) as staging:
-        assert staging.parent == target.parent and staging != target
+        assert staging.parent == (target if inside else target.parent) and staging != target
         for name, text in files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_text(text)
@@ -150,7 +152,7 @@ def test_a_mount_point_stages_inside_it_and_a_move_cut_short_is_finished_by_the_
 
     monkeypatch.setattr(runs.os, "replace", cut_short)
     with pytest.raises(KeyboardInterrupt):
-        write_results_inside(target, {"a.png": "new", "c.png": "new"}, overwrite=True)
+        write_results(target, {"a.png": "new", "c.png": "new"}, inside=True, overwrite=True)
     monkeypatch.setattr(runs.os, "replace", real_replace)
     assert not (target / COMPLETE).exists() and (target / INSTALLING).exists()  # half moved: never complete
     assert (target / "a.png").read_text() == "new" and (target / "sub" / "b.json").exists() is False
@@ -165,15 +167,8 @@ def test_a_mount_point_stages_inside_it_and_a_move_cut_short_is_finished_by_the_
     (killed / "00000.png").write_text("partial")
     (killed / STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     check_output(target, overwrite=True)
-    write_results_inside(target, {"a.png": "newer"}, overwrite=True)
+    write_results(target, {"a.png": "newer"}, inside=True, overwrite=True)
     assert sorted(snapshot(target)) == [COMPLETE, "a.png"] and (target / "a.png").read_text() == "newer"
-
-
-def write_results_inside(target, files: dict[str, str], **kwargs) -> None:
-    with ResultsFolder(target, **kwargs) as staging:
-        assert staging.parent == target
-        for name, text in files.items():
-            (staging / name).write_text(text)
 
 
 def test_a_symlinked_folder_is_written_where_it_points_and_the_link_is_kept(tmp_path):
@@ -214,8 +209,8 @@ def test_a_real_mount_point_is_written_and_replaced(tmp_path):
         print(f"SKIPPED: real mount point not tested: {reason}")
         pytest.skip(f"real mount point not tested: {reason}")
     try:
-        write_results_inside(volume, {"a.png": "1", "b.png": "1"})
-        write_results_inside(volume, {"a.png": "2"}, overwrite=True)
+        write_results(volume, {"a.png": "1", "b.png": "1"}, inside=True)
+        write_results(volume, {"a.png": "2"}, inside=True, overwrite=True)
         assert sorted(p.name for p in volume.iterdir()) == [COMPLETE, "a.png"] and (volume / "a.png").read_text() == "2"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]
     finally:
