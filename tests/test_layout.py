@@ -16,7 +16,7 @@ FLOORS: list[list[str]] = [
     ["errors", "config", "metrics", "pck", "io"],
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
-    ["propagation"],
+    ["propagation", "candidates"],  # candidates: the per-pair candidate store that corrections reuse
     ["labels", "keypoints", "coco"],
     ["render"],
     ["pipeline", "session"],

@@ -1,0 +1,102 @@
+"""Kept candidates: a pass that reuses them gives exactly a fresh pass's soft labels, and both the dense reference's."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import propagate.propagation as propagation
+from propagate.candidates import CachedPropagator, CandidateStore
+from propagate.config import PropagationConfig
+from test_propagation import dense_reference, smooth_frames
+
+
+def sweep(frames: torch.Tensor, keyframes: dict[int, torch.Tensor], cfg: PropagationConfig,
+          store: CandidateStore) -> list[torch.Tensor]:
+    """A forward pass from frame 0: keyframes join the permanent context, other frames are propagated."""
+    prop = CachedPropagator(cfg, store, device="cpu")
+    out = []
+    for t in range(len(frames)):
+        if t == 0:
+            prop.start(frames[0], keyframes[0], frame=0)
+        elif t in keyframes:
+            prop.add_keyframe(frames[t], keyframes[t], frame=t)
+            out.append(keyframes[t])
+        else:
+            out.append(prop.step(frames[t], frame=t))
+    return out
+
+
+def soft(g: torch.Generator, shape: tuple[int, int, int]) -> torch.Tensor:
+    return torch.softmax(torch.randn(*shape, generator=g) * 3, 0)
+
+
+CASES = [("square", True, "first", "ties"), ("square", True, "first", "exact"), ("disk", False, "first", "ties"),
+         ("open_disk", False, "copies", "exact"), ("none", True, "first", "ties"), ("none", True, "first", "exact")]
+
+
+@pytest.mark.parametrize("window, window_first, queue_init, rule", CASES)
+@pytest.mark.parametrize("screen", ["on", "off"])
+def test_reused_candidates_equal_a_fresh_pass_and_the_dense_reference(window, window_first, queue_init, rule, screen,
+                                                                        monkeypatch):
+    monkeypatch.setattr(propagation, "TILE", (4, 5))  # several tiles, partial ones at the edges
+    h, w, c = 11, 13, 16
+    frames = smooth_frames(10, c, h, w, seed=CASES.index((window, window_first, queue_init, rule)))
+    g = torch.Generator().manual_seed(4)
+    first = {0: soft(g, (3, h, w))}
+    corrected = {**first, 5: soft(g, (3, h, w))}  # a correction at mid-clip
+    cfg = PropagationConfig(temperature=0.1, topk=5, n_last_frames=3, radius=3, window=window,
+                            window_first=window_first, queue_init=queue_init, topk_rule=rule, screen=screen)
+    kept = CandidateStore()
+    sweep(frames, first, cfg, kept)
+    computed_first = kept.computed
+    kept.reset_counts()
+    again = sweep(frames, corrected, cfg, kept)
+    fresh_store = CandidateStore()
+    fresh = sweep(frames, corrected, cfg, fresh_store)
+    assert all(torch.equal(a, b) for a, b in zip(again, fresh))
+    # frames 1..4 and each later frame's pairs with frames it saw before are reused; new: the keyframe's pair with
+    # frames 9.. (it left their recent frames) and the frame that enters each of frames 6..8's recent ones
+    assert kept.reused > 0 and kept.computed < computed_first / 3
+    assert kept.computed + kept.reused == fresh_store.computed + fresh_store.reused
+    expected = dense_reference(frames, first[0], cfg, {5: corrected[5]})
+    for a, b in zip(again, expected):
+        assert torch.equal(a.argmax(0), b.argmax(0))
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_kept_candidates_spill_to_a_scratch_folder_and_come_back_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    frames = smooth_frames(8, 8, 9, 10, seed=5)
+    g = torch.Generator().manual_seed(2)
+    keyframes = {0: soft(g, (2, 9, 10)), 4: soft(g, (2, 9, 10))}
+    cfg = PropagationConfig(temperature=0.1, topk=4, n_last_frames=2, radius=2, screen="off")
+    roomy = CandidateStore()
+    expected = sweep(frames, keyframes, cfg, roomy)
+    tight = CandidateStore(memory_bytes=1, scratch_parent=tmp_path)  # every frame but the current one spills
+    sweep(frames, {0: keyframes[0]}, cfg, tight)
+    assert tight.scratch is not None and len(list(tight.scratch.iterdir())) > 0
+    tight.reset_counts()
+    assert all(torch.equal(a, b) for a, b in zip(sweep(frames, keyframes, cfg, tight), expected))
+    assert tight.reused > 0
+    tight.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("max_candidates", [0, 10_000])  # 0: every widened query is scored in fp32
+@pytest.mark.parametrize("screen", ["on", "off"])
+def test_alike_features_widen_the_first_cut(max_candidates, screen, monkeypatch):
+    import propagate.candidates as candidates
+
+    monkeypatch.setattr(candidates, "PAIR_CANDIDATES", 1)
+    monkeypatch.setattr(candidates, "MAX_CANDIDATES_PER_QUERY", max_candidates)
+    monkeypatch.setattr(propagation, "TILE", (5, 4))
+    h, w, c = 9, 11, 16
+    g = torch.Generator().manual_seed(11)
+    frames = torch.randn(c, 1, 1, generator=g) + 0.2 * smooth_frames(6, c, h, w, seed=4)
+    keyframes = {0: torch.rand(3, h, w, generator=g), 3: torch.rand(3, h, w, generator=g)}
+    cfg = PropagationConfig(temperature=0.01, topk=5, n_last_frames=2, radius=3, screen=screen)
+    got = sweep(frames, keyframes, cfg, CandidateStore())
+    for a, b in zip(got, dense_reference(frames, keyframes[0], cfg, {3: keyframes[3]})):
+        assert torch.equal(a.argmax(0), b.argmax(0))
+        assert (a - b).abs().max() < 1e-5
