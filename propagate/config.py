@@ -28,11 +28,14 @@ class ResizeConfig:
 
     Default (DIFT): short side to ``short_side``, long side scaled with it and floored to a multiple of
     ``multiple`` (854x480 -> 832x480). ``size: [W, H]`` instead forces one size, aspect not kept (JHMDB: 320x320).
+    Frames are never enlarged unless ``upscale`` is true: a native short side below ``short_side`` is kept, floored
+    to a multiple of ``multiple`` (640x360 -> 608x352); ``eval davis`` sets it, as the DAVIS protocol's size.
     """
 
     short_side: int = 480
     multiple: int = 32
     size: list[int] | None = None
+    upscale: bool = False  # enlarge frames whose short side is below short_side (DIFT's DAVIS protocol does)
 
 
 @dataclass
@@ -142,6 +145,7 @@ CHECKS: dict[str, Check] = {
     "resize.short_side": _int_at_least(1),
     "resize.multiple": _int_at_least(1),
     "resize.size": _SIZE,
+    "resize.upscale": _BOOL,
     "propagation.temperature": _POSITIVE_NUMBER,
     "propagation.topk": _int_at_least(1),
     "propagation.n_last_frames": _int_at_least(0),

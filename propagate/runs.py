@@ -52,7 +52,7 @@ from propagate.labels import object_ids, read_keyframes, require_objects, write_
 from propagate.pipeline import KeypointTracker, check_length, iter_masks, resolve_direction, track_points
 from propagate.render import OverlayWriter, caption, draw_points, overlay_mask
 from propagate.session import Session
-from propagate.video import Frame, VideoSource, open_video
+from propagate.video import Frame, VideoSource, open_video, processing_size
 
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
 RUN_INFO = "run_info.json"  # what produced the results
@@ -544,6 +544,8 @@ def _write_masks_folder(folder: ResultsFolder, source: VideoSource, results: Ite
     with folder as out:
         rows = write_mask_results(out, source, results, objects, formats, overlay_text)
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(source.path),
+                                                     processing_size=list(processing_size(source.native_size,
+                                                                                          config.resize)),
                                                      formats=list(formats), **record))
         folder.summary = {"frames": len(rows) - 1}
     return rows
@@ -711,6 +713,8 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
             atomic_write_json(out / COCO_KEYPOINTS_JSON, keypoints_json(Path(source.path).stem, source.native_size,
                                                                         given.names, given.edges, coordinates))
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
+                                                     processing_size=list(processing_size(source.native_size,
+                                                                                          config.resize)),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}
     last = frames[-1]["points"]

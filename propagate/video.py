@@ -256,13 +256,16 @@ def processing_size(native_wh: tuple[int, int], resize: ResizeConfig) -> tuple[i
     """The (W, H) frames are resized to before feature extraction.
 
     ``resize.size`` forces a size; otherwise the short side becomes ``short_side`` and the long side is scaled with
-    it and floored to a multiple of ``multiple`` (DIFT/DINO: 854x480 -> 832x480).
+    it and floored to a multiple of ``multiple`` (DIFT/DINO: 854x480 -> 832x480). Unless ``resize.upscale``, a
+    short side below ``short_side`` is not enlarged: it is kept, floored to a multiple (640x360 -> 608x352).
     """
     if resize.size:
         width, height = (int(v) for v in resize.size)
         return width, height
     width, height = native_wh
     short, m = int(resize.short_side), int(resize.multiple)
+    if not resize.upscale and short > min(width, height):
+        short = min(width, height) // m * m
     if width >= height:
         long_side = int((width * short / height) // m) * m
         size = (long_side, short)

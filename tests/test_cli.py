@@ -46,7 +46,7 @@ def test_run_baseline_end_to_end(clip, tmp_path, capsys):
     assert (out / "overlay.mp4").stat().st_size > 0 and (out / ".complete").is_file()
     assert len(open_video(out / "overlay.mp4")) == 6
     info = json.loads((out / "run_info.json").read_text())
-    assert info["config"]["features"] == "baseline"
+    assert info["config"]["features"] == "baseline" and info["processing_size"] == [192, 128]
 
 
 def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):

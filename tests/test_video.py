@@ -64,6 +64,15 @@ def test_resize_policy():
     assert processing_size((160, 96), ResizeConfig(short_side=64, multiple=8)) == (104, 64)
 
 
+def test_frames_are_never_enlarged_unless_upscale_says_so():
+    cfg = ResizeConfig()  # short side 480
+    assert processing_size((640, 360), cfg) == (608, 352)  # 360 floored to a multiple of 32, long side with it
+    assert processing_size((360, 640), cfg) == (352, 608)
+    assert processing_size((512, 288), cfg) == (512, 288)
+    assert processing_size((640, 360), ResizeConfig(upscale=True)) == (832, 480)  # the DAVIS protocol's size
+    assert processing_size((854, 480), cfg) == processing_size((854, 480), ResizeConfig(upscale=True)) == (832, 480)
+
+
 def test_folder_source_natural_order_and_streaming(tmp_path):
     for i in [10, 2, 1]:
         Image.fromarray(np.full((8, 12, 3), i, np.uint8)).save(tmp_path / f"f{i}.png")

@@ -19,6 +19,7 @@ and frame instead of a crash or a silent exit.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any, Sequence
@@ -296,6 +297,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
+    if not config.resize.upscale:  # the DAVIS protocol's size: short side short_side, smaller frames enlarged
+        config = dataclasses.replace(config, resize=dataclasses.replace(config.resize, upscale=True))
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     out = Path(out)
