@@ -123,8 +123,8 @@ class _FrameQueue(ContextQueue):
     """A :class:`ContextQueue` that also knows which frame each slot holds (``frames``)."""
 
     def __init__(self, n_last: int, hwc: tuple[int, int, int], num_labels: int, device: torch.device,
-                 keep_bf16: bool):
-        super().__init__(n_last, hwc, num_labels, device, keep_bf16)
+                 keep_bf16: bool, key_dtype: torch.dtype):
+        super().__init__(n_last, hwc, num_labels, device, keep_bf16, key_dtype)
         self.frames: list[int] = [-1] * (1 + n_last)
         self._current = -1
 
@@ -155,7 +155,8 @@ class CachedPropagator(LabelPropagator):
         if feats.shape[1:] != labels.shape[1:]:
             raise ValueError(f"features {tuple(feats.shape)} and labels {tuple(labels.shape)} are on different grids")
         c, h, w = feats.shape
-        self.queue = _FrameQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen)
+        self.queue = _FrameQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen,
+                                 self.key_dtype)
         keys, labels_hwk = self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0)
         self.queue._current = frame
         self.queue.set_first(keys, labels_hwk)
@@ -271,9 +272,9 @@ class CachedPropagator(LabelPropagator):
             acc = c * 2.0**-23 + (BF16_UNIT if query.device.type == "cuda" else 0.0)
             qerr = query_err[ty0:ty1, tx0:tx1].reshape(-1)
             return self._screened(scores, q32, region32, bias, err + qerr * (1 + err) + acc, k, decode)
-        scores = q32 @ region32.T
+        scores = q32 @ region32.T  # fp32, or the reduced affinity dtype (no re-check)
         if bias is not None:
-            scores += bias
+            scores += bias.to(scores.dtype)
         return _kept_exact(scores, k, decode)
 
     def _screened(self, scores: torch.Tensor, q32: torch.Tensor, region32: torch.Tensor, bias: torch.Tensor | None,

@@ -53,6 +53,11 @@ class PropagationConfig:
     label_downsample: str = "nearest"  # first-frame mask to the grid: nearest (DINO) or area (soft fractions)
     minmax_norm: bool = True  # per-channel min-max normalisation of upsampled labels before argmax (DINO)
     screen: str = "auto"  # bf16 pre-screening of affinities with an exact fp32 re-check: auto, on or off
+    affinity_dtype: str = "fp32"  # the affinity itself: fp32 (exact), or auto: fp16 on CUDA, bf16 on CPUs with
+    # native bf16 (AMX / AVX512-BF16), fp32 elsewhere (approximate: some top-k neighbours change), or bf16 / fp16
+    scope: str = "global"  # keyframes in context: global (every keyframe reached), or segment: a frame between two
+    # keyframes draws only on those two and the frames between them (a correction changes only its segments)
+    reuse: bool = False  # sessions keep each frame's top-k candidates, so a correction costs a gather, not an affinity
     device: str = "auto"  # where propagation runs: auto (cuda if available), cpu, cuda
 
 
@@ -157,6 +162,9 @@ CHECKS: dict[str, Check] = {
     "propagation.label_downsample": _one_of("nearest", "area"),
     "propagation.minmax_norm": _BOOL,
     "propagation.screen": _SCREEN,
+    "propagation.affinity_dtype": _one_of("fp32", "auto", "bf16", "fp16"),
+    "propagation.scope": _one_of("global", "segment"),
+    "propagation.reuse": _BOOL,
     "propagation.device": _STRING,
     "keypoints.sigma": _POSITIVE_NUMBER,
     "keypoints.decode_topk": _int_at_least(1),

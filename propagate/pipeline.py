@@ -24,6 +24,7 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
 from propagate.keypoints import CONVENTIONS, decode_keypoints, keypoint_heatmaps, pixels_to_grid
 from propagate.labels import decode_mask, mask_to_labels, require_objects
+from propagate.candidates import CachedPropagator, CandidateStore
 from propagate.propagation import LabelPropagator
 from propagate.video import Frame, VideoSource, open_video, processing_size
 
@@ -222,15 +223,28 @@ class Sweep:
     reached, other frames are propagated. Before the first frame that differs from the last pass (a keyframe
     added, removed or changed), nothing can have changed: those frames are replayed into the context (their stored
     labels pushed as they were) without propagation, which gives the same context, slot for slot.
+
+    ``propagation.scope: segment``: at each keyframe the context starts afresh with that keyframe and the next one
+    along ``order`` (a frame between two keyframes draws only on those two and the frames between them), so a
+    segment whose two keyframes are unchanged is replayed whatever changed elsewhere. With a ``store``
+    (:class:`propagate.candidates.CandidateStore`, shared by both directions), each frame's top-k candidates are
+    kept, and frames that must be recomputed cost a gather where their context frames are unchanged.
     """
 
-    def __init__(self, cfg: PropagationConfig, device: str | torch.device | None = None):
+    def __init__(self, cfg: PropagationConfig, device: str | torch.device | None = None,
+                 store: CandidateStore | None = None):
         self.cfg = cfg
         self.device = device
+        self.store = store
         self.soft: dict[int, torch.Tensor] = {}  # frame -> [K, h, w] soft labels of the last pass (CPU)
         self._keys: dict[int, torch.Tensor] = {}  # the keyframes of the last pass
         self._order: list[int] = []
         self.propagated = 0  # frames propagated by the last pass (not replayed)
+
+    def _propagator(self) -> LabelPropagator:
+        if self.store is not None:
+            return CachedPropagator(self.cfg, self.store, device=self.device)
+        return LabelPropagator(self.cfg, device=self.device)
 
     def run(self, order: Sequence[int], features: Callable[[int], torch.Tensor],
             keyframes: Mapping[int, torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
@@ -238,25 +252,41 @@ class Sweep:
         order = list(order)
         if not order or order[0] not in keyframes:
             raise ValueError("a sweep starts on a keyframe")
-        same, earlier = order == self._order, self._keys
+        same_order, earlier = order == self._order, self._keys
+        same = same_order
+        segment = self.cfg.scope == "segment"
+        following, followed = _next_keyframes(order, keyframes), _next_keyframes(order, earlier)
         self._order, self._keys = [], {}  # a pass stopped midway leaves a mix: the next one recomputes everything
-        propagator = LabelPropagator(self.cfg, device=self.device)
+        propagator = self._propagator()
+        frame_of = (lambda t: {"frame": t}) if self.store is not None else (lambda t: {})
         self.propagated = 0
         for t in order:
-            same = same and _same_keyframe(keyframes.get(t), earlier.get(t))
+            if segment and t in keyframes:  # a segment is unchanged if both its keyframes are
+                after = following[t]
+                same = (same_order and _same_keyframe(keyframes[t], earlier.get(t))
+                        and followed.get(t, -1) == after
+                        and (after is None or _same_keyframe(keyframes[after], earlier.get(after))))
+            elif not segment:
+                same = same and _same_keyframe(keyframes.get(t), earlier.get(t))
             feats = features(t)
             if t in keyframes:
                 labels = keyframes[t]
-                if propagator.queue is None:
-                    propagator.start(feats, labels)
+                if segment:
+                    propagator = self._propagator()
+                    propagator.start(feats, labels, **frame_of(t))
+                    if following[t] is not None:
+                        after = following[t]
+                        propagator.add_keyframe(features(after), keyframes[after], **frame_of(after))
+                elif propagator.queue is None:
+                    propagator.start(feats, labels, **frame_of(t))
                 else:
-                    propagator.add_keyframe(feats, labels)
+                    propagator.add_keyframe(feats, labels, **frame_of(t))
                 soft = labels
             elif same:
                 soft = self.soft[t]
-                propagator.replay(feats, soft)
+                propagator.replay(feats, soft, **frame_of(t))
             else:
-                soft = propagator.step(feats).cpu()
+                soft = propagator.step(feats, **frame_of(t)).cpu()
                 self.propagated += 1
             self.soft[t] = soft
             yield t, soft
@@ -265,6 +295,12 @@ class Sweep:
 
 def _same_keyframe(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+def _next_keyframes(order: Sequence[int], keyframes: Mapping[int, torch.Tensor]) -> dict[int, int | None]:
+    """Each keyframe on ``order`` -> the next keyframe along it (None for the last)."""
+    keys = [t for t in order if t in keyframes]
+    return {t: (keys[i + 1] if i + 1 < len(keys) else None) for i, t in enumerate(keys)}
 
 
 def propagate_keyframes(

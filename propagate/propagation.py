@@ -87,11 +87,12 @@ class ContextQueue:
     residual), ``labels [P+n, h, w, K]``.
     """
 
-    def __init__(self, n_last: int, hwc: tuple[int, int, int], num_labels: int, device: torch.device, keep_bf16: bool):
+    def __init__(self, n_last: int, hwc: tuple[int, int, int], num_labels: int, device: torch.device, keep_bf16: bool,
+                 key_dtype: torch.dtype = torch.float32):
         h, w, c = hwc
         self.n_last = n_last
         self.fixed = 1  # permanent slots; frame 0 (the first keyframe) fills slot 0
-        self.keys = torch.empty((1 + n_last, h, w, c), dtype=torch.float32, device=device)
+        self.keys = torch.empty((1 + n_last, h, w, c), dtype=key_dtype, device=device)
         self.keys_bf16 = torch.empty((1 + n_last, h, w, c), dtype=torch.bfloat16, device=device) if keep_bf16 else None
         self.bf16_error = torch.zeros(1 + n_last, dtype=torch.float32, device=device)
         self.labels = torch.empty((1 + n_last, h, w, num_labels), dtype=torch.float32, device=device)
@@ -460,6 +461,21 @@ def _merge_rows(exact: torch.Tensor, flat: torch.Tensor, rows: torch.Tensor, e2:
     return exact, flat
 
 
+AFFINITY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def affinity_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype affinities are computed in: ``fp32``, ``bf16``, ``fp16``, or ``auto`` (fp16 on CUDA, bf16 where
+    the CPU has native bf16 (:func:`screening_supported`), fp32 elsewhere)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if screening_supported(device) else torch.float32
+    if name not in AFFINITY_DTYPES:
+        raise PropagateError(f"propagation.affinity_dtype must be fp32, auto, bf16 or fp16, got {name!r}")
+    return AFFINITY_DTYPES[name]
+
+
 class LabelPropagator:
     """A small stateful propagator fed one frame at a time (it owns its context queue; no I/O).
 
@@ -488,19 +504,25 @@ class LabelPropagator:
             self.screen = screening_supported(self.device)
         else:
             self.screen = cfg.screen in ("on", True)
+        # reduced precision for the affinity itself: scores in that dtype, no fp32 re-check (so no screen either)
+        self.key_dtype = affinity_dtype(getattr(cfg, "affinity_dtype", "fp32"), self.device)
+        if self.key_dtype != torch.float32:
+            self.screen = False
         self.queue: ContextQueue | None = None
         self._frames_unscreened = 0  # > 0 while the screen is paused (see SCREEN_GIVE_UP)
 
-    @staticmethod
-    def _hwc(feats: torch.Tensor) -> torch.Tensor:
-        return F.normalize(feats.float(), dim=0, p=2).permute(1, 2, 0).contiguous()
+    def _hwc(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[C, h, w]`` features -> l2-normalised ``[h, w, C]`` keys in the affinity's dtype."""
+        keys = F.normalize(feats.float(), dim=0, p=2).permute(1, 2, 0).contiguous()
+        return keys if self.key_dtype == torch.float32 else keys.to(self.key_dtype)
 
     def start(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """Frame 0: features ``[C, h, w]`` and labels ``[K, h, w]`` on the same grid."""
         if feats.shape[1:] != labels.shape[1:]:
             raise ValueError(f"features {tuple(feats.shape)} and labels {tuple(labels.shape)} are on different grids")
         c, h, w = feats.shape
-        self.queue = ContextQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen)
+        self.queue = ContextQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen,
+                                  self.key_dtype)
         keys, labels_hwk = self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0)
         self.queue.set_first(keys, labels_hwk)
         if self.cfg.queue_init == "copies":  # CRW: the recent frames start as copies of frame 0 (module docstring)

@@ -100,3 +100,89 @@ def test_alike_features_widen_the_first_cut(max_candidates, screen, monkeypatch)
     for a, b in zip(got, dense_reference(frames, keyframes[0], cfg, {3: keyframes[3]})):
         assert torch.equal(a.argmax(0), b.argmax(0))
         assert (a - b).abs().max() < 1e-5
+
+
+def test_reduced_precision_affinity_is_close_to_fp32_and_reused_exactly(monkeypatch):
+    # bf16 affinities (forced: this runs on any CPU, emulated where bf16 is not native) move a few top-k neighbours,
+    # so the soft labels stay close to fp32's, not equal; the kept candidates still give a fresh pass's bits.
+    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    h, w, c = 11, 13, 16
+    frames = smooth_frames(8, c, h, w, seed=9)
+    g = torch.Generator().manual_seed(6)
+    keyframes = {0: soft(g, (3, h, w)), 4: soft(g, (3, h, w))}
+    base = dict(temperature=0.1, topk=5, n_last_frames=3, radius=3, screen="off")
+    cfg = PropagationConfig(**base, affinity_dtype="bf16")
+    exact = dense_reference(frames, keyframes[0], PropagationConfig(**base), {4: keyframes[4]})
+    plain = propagation.LabelPropagator(cfg, device="cpu")
+    plain.start(frames[0], keyframes[0])
+    kept = CandidateStore()
+    sweep(frames, {0: keyframes[0]}, cfg, kept)
+    cached = sweep(frames, keyframes, cfg, kept)
+    assert all(torch.equal(a, b) for a, b in zip(cached, sweep(frames, keyframes, cfg, CandidateStore())))
+    for t in range(1, 8):
+        if t == 4:
+            plain.add_keyframe(frames[4], keyframes[4])
+            continue
+        got = plain.step(frames[t])
+        assert plain.queue.keys.dtype == torch.bfloat16
+        for a in (got, cached[t - 1]):
+            assert (a - exact[t - 1]).abs().mean() < 0.02
+            assert (a.argmax(0) == exact[t - 1].argmax(0)).float().mean() > 0.9
+
+
+def keyframe_pass(frames, keyframes, cfg, sweeps, direction="both"):
+    from propagate.pipeline import propagate_keyframes
+
+    return [soft for _, soft, _ in propagate_keyframes(lambda t: frames[t], len(frames), keyframes, cfg, direction,
+                                                       "linear", sweeps)]
+
+
+@pytest.mark.parametrize("rule", ["ties", "exact"])
+def test_a_correction_in_a_session_sweep_equals_sweeps_from_scratch(rule, monkeypatch):
+    from propagate.pipeline import Sweep
+
+    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    h, w = 9, 11
+    frames = smooth_frames(12, 8, h, w, seed=3)
+    g = torch.Generator().manual_seed(8)
+    first = {0: soft(g, (2, h, w))}
+    corrected = {**first, 6: soft(g, (2, h, w))}
+    cfg = PropagationConfig(temperature=0.1, topk=4, n_last_frames=3, radius=2, topk_rule=rule, screen="off")
+    store = CandidateStore()
+    sweeps = (Sweep(cfg, store=store), Sweep(cfg, store=store))
+    keyframe_pass(frames, first, cfg, sweeps, "forward")
+    store.reset_counts()
+    forward = keyframe_pass(frames, corrected, cfg, sweeps, "forward")
+    computed_forward = store.computed
+    fresh = keyframe_pass(frames, corrected, cfg, (Sweep(cfg, store=CandidateStore()),) * 2, "forward")
+    assert all(torch.equal(a, b) for a, b in zip(forward, fresh))
+    assert sweeps[0].propagated == 5 and computed_forward == 5  # frames 7..11: one new context frame each
+    plain = keyframe_pass(frames, corrected, cfg, (Sweep(cfg), Sweep(cfg)), "forward")
+    assert all((a - b).abs().max() < 1e-5 and torch.equal(a.argmax(0), b.argmax(0)) for a, b in zip(forward, plain))
+    both = keyframe_pass(frames, corrected, cfg, sweeps, "both")
+    assert all(torch.equal(a, b) for a, b in zip(both, keyframe_pass(
+        frames, corrected, cfg, (Sweep(cfg, store=CandidateStore()), Sweep(cfg, store=CandidateStore())), "both")))
+
+
+def test_segment_scope_draws_only_on_the_two_keyframes_around_a_frame(monkeypatch):
+    from propagate.pipeline import Sweep
+
+    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    h, w = 9, 11
+    frames = smooth_frames(14, 8, h, w, seed=6)
+    g = torch.Generator().manual_seed(9)
+    keys = {t: soft(g, (2, h, w)) for t in (0, 5, 10)}
+    cfg = PropagationConfig(temperature=0.1, topk=4, n_last_frames=2, radius=2, screen="off", scope="segment")
+    # by construction: frames 6..9 forward draw on keyframes 5 and 10 and the frames between them only
+    prop = propagation.LabelPropagator(cfg, device="cpu")
+    prop.start(frames[5], keys[5])
+    prop.add_keyframe(frames[10], keys[10])
+    expected = {t: prop.step(frames[t]) for t in range(6, 10)}
+    for store in (None, CandidateStore()):
+        fwd = Sweep(cfg, store=store)
+        got = dict(fwd.run(range(0, 14), lambda t: frames[t], keys))
+        assert all(torch.allclose(got[t], expected[t], atol=1e-6) for t in range(6, 10))
+        assert fwd.propagated == 4 + 4 + 3
+        # a correction at frame 2 changes the segment 0..5 only: the others are replayed
+        got2 = dict(fwd.run(range(0, 14), lambda t: frames[t], {**keys, 2: soft(g, (2, h, w))}))
+        assert fwd.propagated == 1 + 2 and all(torch.equal(got2[t], got[t]) for t in range(5, 14))
