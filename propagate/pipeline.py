@@ -240,6 +240,7 @@ class Sweep:
         self._keys: dict[int, torch.Tensor] = {}  # the keyframes of the last pass
         self._order: list[int] = []
         self.propagated = 0  # frames propagated by the last pass (not replayed)
+        self.affinities = 0  # (frame, context frame) affinities the last pass computed (not taken from the store)
 
     def _propagator(self) -> LabelPropagator:
         if self.store is not None:
@@ -259,7 +260,7 @@ class Sweep:
         self._order, self._keys = [], {}  # a pass stopped midway leaves a mix: the next one recomputes everything
         propagator = self._propagator()
         frame_of = (lambda t: {"frame": t}) if self.store is not None else (lambda t: {})
-        self.propagated = 0
+        self.propagated = self.affinities = 0
         for t in order:
             if segment and t in keyframes:  # a segment is unchanged if both its keyframes are
                 after = following[t]
@@ -286,8 +287,12 @@ class Sweep:
                 soft = self.soft[t]
                 propagator.replay(feats, soft, **frame_of(t))
             else:
+                assert propagator.queue is not None
+                scored = self.store.computed if self.store is not None else 0
+                context = propagator.queue.fixed + propagator.queue.count
                 soft = propagator.step(feats, **frame_of(t)).cpu()
                 self.propagated += 1
+                self.affinities += self.store.computed - scored if self.store is not None else context
             self.soft[t] = soft
             yield t, soft
         self._order, self._keys = order, dict(keyframes)

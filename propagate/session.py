@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from propagate.candidates import CandidateStore
 from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
@@ -122,9 +123,13 @@ class Session:
         self.point_names: list[str] = []
         self._annotations: dict[int, np.ndarray] = {}  # frame -> mask [H, W] or points [J, 2]
         self._features = _FeatureMemory(memory_bytes)
-        self._sweeps = (Sweep(config.propagation), Sweep(config.propagation))
+        # with propagation.reuse, both directions keep each frame's top-k candidates (a correction costs a gather)
+        self._candidates = CandidateStore() if config.propagation.reuse else None
+        self._sweeps = (Sweep(config.propagation, store=self._candidates),
+                        Sweep(config.propagation, store=self._candidates))
         self.results: dict[int, FrameResult] = {}
-        self.stats = {"extractor_frames": 0, "propagated_frames": 0}
+        # affinities: (frame, context frame) pairs scored; reused: taken from the kept candidates instead
+        self.stats = {"extractor_frames": 0, "propagated_frames": 0, "affinities": 0, "affinities_reused": 0}
 
     @property
     def num_frames(self) -> int:
@@ -226,6 +231,10 @@ class Session:
             self.results[index] = result
             yield index, result
         self.stats["propagated_frames"] += sum(s.propagated for s in self._sweeps)
+        self.stats["affinities"] += sum(s.affinities for s in self._sweeps)
+        if self._candidates is not None:
+            self.stats["affinities_reused"] += self._candidates.reused
+            self._candidates.reset_counts()
 
     def _keyframe_labels(self, grid_hw: tuple[int, int]) -> dict[int, torch.Tensor]:
         """Every keyframe's labels ``[K, h, w]`` on the feature grid (K counts the objects of all keyframes)."""
@@ -266,8 +275,10 @@ class Session:
         return ranked[:count]
 
     def close(self) -> None:
-        """Remove the scratch folder of spilled features (if any)."""
+        """Remove the scratch folders of spilled features and kept candidates (if any)."""
         self._features.close()
+        if self._candidates is not None:
+            self._candidates.close()
 
     def __enter__(self) -> "Session":
         return self

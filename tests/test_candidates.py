@@ -10,6 +10,8 @@ from propagate.candidates import CachedPropagator, CandidateStore
 from propagate.config import PropagationConfig
 from test_propagation import dense_reference, smooth_frames
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def sweep(frames: torch.Tensor, keyframes: dict[int, torch.Tensor], cfg: PropagationConfig,
           store: CandidateStore) -> list[torch.Tensor]:
@@ -186,3 +188,33 @@ def test_segment_scope_draws_only_on_the_two_keyframes_around_a_frame(monkeypatc
         # a correction at frame 2 changes the segment 0..5 only: the others are replayed
         got2 = dict(fwd.run(range(0, 14), lambda t: frames[t], {**keys, 2: soft(g, (2, h, w))}))
         assert fwd.propagated == 1 + 2 and all(torch.equal(got2[t], got[t]) for t in range(5, 14))
+
+
+@pytest.mark.parametrize("scope", ["global", "segment"])
+def test_a_session_correction_reuses_candidates_and_equals_a_session_from_scratch(tmp_path, scope):
+    import numpy as np
+
+    from conftest import write_clip
+    from propagate.config import load_config
+    from propagate.features import build_extractor
+    from propagate.session import Session
+
+    frames, _, truth = write_clip(tmp_path, num_frames=10, size=(128, 96))
+    config = load_config("davis_baseline_interactive", {"resize.short_side": 96, "propagation.scope": scope})
+    extractor = build_extractor("baseline")
+    fixed = truth[5].copy()
+    fixed[truth[5] == 1] = 0
+    fixed[np.roll(truth[5] == 1, 3, axis=1)] = 1  # object 1 moved: a one-object correction at mid-clip
+    with Session(frames, config, extractor=extractor) as session:
+        session.add_mask(0, truth[0])
+        list(session.propagate())
+        first = session.stats["affinities"]
+        session.add_mask(5, fixed)
+        corrected = {i: r.mask for i, r in session.propagate("forward")}
+        assert session.stats["affinities_reused"] > 0 and session.stats["affinities"] - first < first / 3
+        scratch = session._candidates
+    assert scratch is not None and scratch.scratch is None  # closed
+    with Session(frames, config, extractor=extractor) as fresh:
+        fresh.add_mask(0, truth[0])
+        fresh.add_mask(5, fixed)
+        assert all(np.array_equal(r.mask, corrected[i]) for i, r in fresh.propagate("forward"))
