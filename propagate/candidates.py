@@ -35,7 +35,6 @@ from propagate.propagation import (
     _topk_weights, _window_bias,
 )
 
-MAX_CANDIDATES_PER_QUERY = propagation.MAX_CANDIDATES_PER_QUERY  # beyond this, a query is scored in fp32
 PAIR_CANDIDATES = 32  # first cut per query and context frame (at least 2 * topk); widened where a query needs more
 MEMORY_BYTES = 1 * 2**30  # kept candidates held in memory before whole query frames spill to the scratch folder
 
@@ -200,160 +199,162 @@ class CachedPropagator(LabelPropagator):
         _, h, w, c = queue.keys.shape
         hw = h * w
         used = queue.fixed + queue.count
-        scores, ids = [], []
-        query_err = _bf16_residual(query) if self.screen else None
-        for slot in range(used):
-            pair = (queue.frames[slot], self._windowed(slot))
-            kept = self.store.get(frame, pair)
-            if kept is None:
-                kept = self._pair(query, query_err, slot, pair[1])
-                self.store.put(frame, pair, kept)
-                self.store.computed += 1
-            else:
+        pairs = [(queue.frames[slot], self._windowed(slot)) for slot in range(used)]
+        kept: dict[Pair, Kept] = {}
+        missing: dict[Pair, int] = {}  # pair -> a slot holding it (copies of a frame share their pair)
+        for slot, pair in enumerate(pairs):
+            found = kept.get(pair) if pair in kept else self.store.get(frame, pair)
+            if found is not None:
+                kept[pair] = found
                 self.store.reused += 1
-            s, i = kept
-            scores.append(s.to(self.device))
-            ids.append(i.to(self.device).long().clamp_(min=0) + slot * hw)
-        scores_all, flat = torch.cat(scores, 1), torch.cat(ids, 1)  # [hw, sum W]
-        weights = _topk_weights(scores_all, int(self.cfg.topk), self.cfg.temperature, self.cfg.topk_rule, flat)
+            elif pair not in missing:
+                missing[pair] = slot
+        for windowed in (True, False):
+            group = [(pair, slot) for pair, slot in missing.items() if pair[1] == windowed]
+            if group:
+                computed = self._pairs(query, [slot for _, slot in group], windowed)
+                for (pair, _), result in zip(group, computed):
+                    kept[pair] = result
+                    self.store.put(frame, pair, result)
+                    self.store.computed += 1
+        self.store.reused += sum(1 for slot, pair in enumerate(pairs) if pair in missing and missing[pair] != slot)
+        scores = torch.cat([kept[pair][0].to(self.device) for pair in pairs], 1)  # [hw, sum W]
+        flat = torch.cat([kept[pair][1].to(self.device).long().clamp_(min=0) + slot * hw
+                          for slot, pair in enumerate(pairs)], 1)
+        weights = _topk_weights(scores, int(self.cfg.topk), self.cfg.temperature, self.cfg.topk_rule, flat)
         labels_flat = queue.labels.view(-1, queue.labels.shape[-1])
         out = torch.bmm(weights.unsqueeze(1), labels_flat[flat]).squeeze(1)  # [hw, K]
         return out.view(h, w, -1)
 
-    def _pair(self, query: torch.Tensor, query_err: torch.Tensor | None, slot: int, windowed: bool) -> Kept:
-        """The kept candidates of ``query [h, w, C]`` in context slot ``slot``: per query, every key scoring >= the
-        slot's k-th largest (window applied if ``windowed``) -> scores ``[hw, W]``, ids ``[hw, W]`` (-1: padding)."""
+    def _pairs(self, query: torch.Tensor, slots: list[int], windowed: bool) -> list[Kept]:
+        """The kept candidates of ``query [h, w, C]`` in each of ``slots`` (all windowed, or none): per query, every
+        key scoring >= that slot's k-th largest -> per slot scores ``[hw, W]`` (-inf padding) and key ids
+        ``[hw, W]`` (``y * w + x``, -1 padding), ids ascending.
+
+        The slots are scored together (one matmul per tile, in bf16 when screening, else in the keys' dtype), which
+        only selects candidates: every key that can reach a slot's top-k under the selection's rounding is
+        rescored alone (one dot product, :func:`_dots`), and the kept set and its scores come from those. So a
+        pair's result does not depend on which other slots were scored with it.
+        """
         queue = self.queue
         assert queue is not None
         _, h, w, c = queue.keys.shape
+        hw, n, k = h * w, len(slots), int(self.cfg.topk)
         radius = int(self.cfg.radius) if windowed else max(h, w)
+        screen = self.screen and queue.keys_bf16 is not None
+        source = queue.keys_bf16 if screen else queue.keys
+        assert source is not None
+        index = torch.tensor(slots, device=query.device)
+        keys_flat = queue.keys.view(-1, c)
+        query_err = _bf16_residual(query.float()) if screen else None
+        unit = {torch.float16: 2.0**-11, torch.bfloat16: BF16_UNIT}.get(queue.keys.dtype, 0.0)
+        dots_err = c * 2.0**-24 * 1.01 + unit  # bound on |a selection score or a rescored one - the exact dot|
         rows_t, cols_t = propagation.TILE
-        tiles: list[tuple[int, int, int, int, torch.Tensor, torch.Tensor]] = []
-        for ty0 in range(0, h, rows_t):
-            for tx0 in range(0, w, cols_t):
-                ty1, tx1 = min(h, ty0 + rows_t), min(w, tx0 + cols_t)
-                s, i = self._pair_tile(query, query_err, slot, windowed, radius, (ty0, ty1, tx0, tx1))
-                tiles.append((ty0, ty1, tx0, tx1, s, i))
-        width = max(s.shape[1] for *_, s, _ in tiles)
-        scores = torch.full((h, w, width), -math.inf, dtype=torch.float32, device=query.device)
-        ids = torch.full((h, w, width), -1, dtype=torch.int32, device=query.device)
-        for ty0, ty1, tx0, tx1, s, i in tiles:
-            scores[ty0:ty1, tx0:tx1, :s.shape[1]] = s.view(ty1 - ty0, tx1 - tx0, -1)
-            ids[ty0:ty1, tx0:tx1, :s.shape[1]] = i.view(ty1 - ty0, tx1 - tx0, -1)
-        return scores.view(h * w, width).cpu(), ids.view(h * w, width).cpu()
-
-    def _pair_tile(self, query: torch.Tensor, query_err: torch.Tensor | None, slot: int, windowed: bool,
-                   radius: int, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One tile's kept candidates in one slot: scores ``[nq, W]`` (-inf padding), ids ``[nq, W]`` int32."""
-        queue = self.queue
-        assert queue is not None
-        _, h, w, c = queue.keys.shape
-        ty0, ty1, tx0, tx1 = box
-        ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
-        rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
-        sw = rx1 - rx0
-        k = int(self.cfg.topk)
-        q32 = query[ty0:ty1, tx0:tx1].reshape(-1, c)
-        region32 = queue.keys[slot, ry0:ry1, rx0:rx1].reshape(-1, c)
-        bias = None
-        if windowed:
-            geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry1 - ry0, sw)
-            bias = _window_bias(geometry, self.cfg.window, radius, torch.float32, query.device).view(q32.shape[0], -1)
-
-        def decode(i: torch.Tensor) -> torch.Tensor:
-            return ((ry0 + i // sw) * w + rx0 + i % sw).to(torch.int32)
-
-        if self.screen and query_err is not None and queue.keys_bf16 is not None:
-            region = queue.keys_bf16[slot, ry0:ry1, rx0:rx1].reshape(-1, c)
-            scores = q32.to(torch.bfloat16) @ region.T
-            if bias is not None:
-                scores += bias.to(scores.dtype)
-            err = float(queue.bf16_error[slot])
-            acc = c * 2.0**-23 + (BF16_UNIT if query.device.type == "cuda" else 0.0)
-            qerr = query_err[ty0:ty1, tx0:tx1].reshape(-1)
-            return self._screened(scores, q32, region32, bias, err + qerr * (1 + err) + acc, k, decode)
-        scores = q32 @ region32.T  # fp32, or the reduced affinity dtype (no re-check)
-        if bias is not None:
-            scores += bias.to(scores.dtype)
-        return _kept_exact(scores, k, decode)
-
-    def _screened(self, scores: torch.Tensor, q32: torch.Tensor, region32: torch.Tensor, bias: torch.Tensor | None,
-                  err: torch.Tensor, k: int, decode) -> tuple[torch.Tensor, torch.Tensor]:
-        """bf16 ``scores [nq, L]`` -> every key that can reach the slot's fp32 top-k, rescored in fp32, cut at the
-        fp32 k-th value (ties kept). Queries that would need too many candidates are scored in fp32 instead."""
-        n = scores.shape[1]
-        m = min(max(PAIR_CANDIDATES, 2 * k), n)
-        vals, idx = torch.topk(scores, m, dim=1)
-        thr = _screen_threshold(vals[:, min(k, m) - 1].float(), err)
-        last = vals[:, m - 1].float()
-        bad = ((last >= thr) & torch.isfinite(last)).nonzero(as_tuple=True)[0] if m < n else idx.new_empty(0)
-        out_s, out_i = _rescore_keep(vals, idx, thr, q32, region32, k)
-        if len(bad) == 0:
-            return out_s, decode(out_i)
-        need = int((scores[bad] >= thr[bad, None]).sum(1).max())
-        if need <= MAX_CANDIDATES_PER_QUERY:
-            v2, i2 = torch.topk(scores[bad], need, dim=1)
-            s2, j2 = _rescore_keep(v2, i2, thr[bad], q32[bad], region32, k)
-        else:  # features too alike for the screen: these queries are scored in fp32
-            exact = q32[bad] @ region32.T
-            if bias is not None:
-                exact += bias[bad]
-            s2, j2 = _kept_exact_rows(exact, k)
-        return _replace_rows(out_s, out_i, bad, s2, j2, decode)
+        tiles: list[tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor]] = []
+        widths = torch.ones(n, dtype=torch.long, device=query.device)  # per slot, the most keys a query keeps
+        stripe, stripe_at = None, None
+        for tx0 in range(0, w, cols_t):
+            tx1 = min(w, tx0 + cols_t)
+            rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
+            sw = rx1 - rx0
+            if stripe_at != (rx0, rx1):
+                stripe = source[:, :, rx0:rx1].index_select(0, index).contiguous()  # [n, h, sw, C]
+                stripe_at = (rx0, rx1)
+            assert stripe is not None
+            for ty0 in range(0, h, rows_t):
+                ty1 = min(h, ty0 + rows_t)
+                ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
+                ry = ry1 - ry0
+                q = query[ty0:ty1, tx0:tx1].reshape(-1, c)
+                nq = q.shape[0]
+                region = stripe[:, ry0:ry1].reshape(n, ry * sw, c)  # a view: rows of each slot are contiguous
+                scores = torch.matmul(q.to(torch.bfloat16) if screen else q, region.transpose(1, 2))  # [n, nq, L]
+                if windowed:
+                    geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry, sw)
+                    bias = _window_bias(geometry, self.cfg.window, radius, scores.dtype, query.device)
+                    scores.view(n, nq, ry, sw).add_(bias[None])
+                per_pair = scores.view(n * nq, ry * sw)  # row j * nq + q: query q in slot j
+                m = min(max(PAIR_CANDIDATES, 2 * k), per_pair.shape[1])
+                vals, cols = torch.topk(per_pair, m, dim=1)
+                kth = vals[:, min(k, m) - 1].float()
+                if screen:
+                    assert query_err is not None
+                    key_err = queue.bf16_error.index_select(0, index).repeat_interleave(nq)
+                    q_err = query_err[ty0:ty1, tx0:tx1].reshape(-1).repeat(n)
+                    acc = c * 2.0**-23 + (BF16_UNIT if query.device.type == "cuda" else 0.0)
+                    thr = _screen_threshold(kth, key_err + q_err * (1 + key_err) + acc + 2 * dots_err)
+                else:
+                    thr = kth - 4 * dots_err - 1e-7
+                last = vals[:, m - 1].float()
+                if m < per_pair.shape[1]:
+                    bad = ((last >= thr) & torch.isfinite(last)).nonzero(as_tuple=True)[0]
+                    if len(bad):  # the first cut may miss keys that can reach the top-k: widen those rows
+                        need = int((per_pair[bad].float() >= thr[bad, None]).sum(1).max())
+                        v2, c2 = torch.topk(per_pair[bad], need, dim=1)
+                        vals, cols = _widen(vals, cols, bad, v2, c2)
+                cand_rows, cand_cols = ((vals.float() >= thr[:, None]) & torch.isfinite(vals)).nonzero(as_tuple=True)
+                col = cols[cand_rows, cand_cols]
+                local = (ry0 + col // sw) * w + rx0 + col % sw
+                slot_of = index[torch.div(cand_rows, nq, rounding_mode="floor")]
+                exact = torch.full(vals.shape, -math.inf, dtype=torch.float32, device=query.device)
+                exact[cand_rows, cand_cols] = _dots(keys_flat.index_select(0, slot_of * hw + local),
+                                                    q.index_select(0, cand_rows % nq))
+                ids = torch.full(vals.shape, hw, dtype=torch.long, device=query.device)
+                ids[cand_rows, cand_cols] = local
+                s_kept, i_kept, count = _cut_by_id(exact, ids, k, hw)
+                widths = torch.maximum(widths, count.view(n, nq).max(1).values)
+                tiles.append(((ty0, ty1, tx0, tx1), s_kept.view(n, nq, -1), i_kept.view(n, nq, -1)))
+        results = []
+        for j, width in enumerate(widths.tolist()):
+            scores_out = torch.full((h, w, width), -math.inf, dtype=torch.float32, device=query.device)
+            ids_out = torch.full((h, w, width), -1, dtype=torch.int32, device=query.device)
+            for (ty0, ty1, tx0, tx1), s_t, i_t in tiles:
+                part = min(width, s_t.shape[2])
+                scores_out[ty0:ty1, tx0:tx1, :part] = s_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
+                ids_out[ty0:ty1, tx0:tx1, :part] = i_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
+            results.append((scores_out.view(hw, width).cpu(), ids_out.view(hw, width).cpu()))
+        return results
 
 
-def _rescore_keep(vals: torch.Tensor, idx: torch.Tensor, thr: torch.Tensor, q32: torch.Tensor,
-                  region32: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates ``idx [nq, M]`` with screened ``vals`` >= ``thr [nq]`` rescored in fp32 (one dot product each),
-    then cut at the fp32 k-th value, ties kept -> scores ``[nq, W]`` (-inf padding), region columns ``[nq, W]``."""
-    screened = vals.float()
-    rows, cols = ((screened >= thr[:, None]) & torch.isfinite(screened)).nonzero(as_tuple=True)
-    exact = torch.full(vals.shape, -math.inf, dtype=torch.float32, device=vals.device)
-    keys = region32.index_select(0, idx[rows, cols])
-    exact[rows, cols] = torch.bmm(keys.unsqueeze(1), q32.index_select(0, rows).unsqueeze(2)).view(-1)
-    return _cut(exact, idx, k)
+DOT_CHUNK = 256  # channels per batched dot product: small enough for torch's plain loop kernel (under 400 products)
 
 
-def _kept_exact(scores: torch.Tensor, k: int, decode) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``scores [nq, L]`` (-inf outside the window) -> every key >= the k-th value, decoded ids."""
-    s, i = _kept_exact_rows(scores, k)
-    return s, decode(i)
+def _dots(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``[n]`` float32 dot products of ``keys [n, C]`` and ``queries [n, C]``, each computed alone: chunks of
+    :data:`DOT_CHUNK` channels, each one sequential sum (torch's loop kernel for small batched matmuls, not a BLAS
+    that may split or reorder by batch size), the chunks added in order -- the same bits whatever else is computed
+    with it."""
+    total = None
+    for c0 in range(0, keys.shape[1], DOT_CHUNK):
+        part = torch.bmm(keys[:, None, c0:c0 + DOT_CHUNK], queries[:, c0:c0 + DOT_CHUNK, None]).view(-1).float()
+        total = part if total is None else total + part
+    assert total is not None
+    return total
 
 
-def _kept_exact_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = scores.shape[1]
-    m = min(max(PAIR_CANDIDATES, 2 * k), n)
-    vals, idx = torch.topk(scores, m, dim=1)
-    kth = vals[:, min(k, m) - 1]
-    last = vals[:, m - 1]
-    if m < n and bool(((last >= kth) & torch.isfinite(last)).any()):  # ties beyond the first cut: widen
-        need = int((scores >= kth[:, None]).sum(1).max())
-        vals, idx = torch.topk(scores, need, dim=1)
-    return _cut(vals, idx, k)
-
-
-def _cut(exact: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row keep the scores >= the k-th largest finite one (all finite ones if fewer than k), moved to the
-    front in their order -> ``[nq, W]`` scores (-inf padding) and the matching ``idx`` (0 padding)."""
-    kth = torch.topk(exact, min(k, exact.shape[1]), dim=1).values[:, -1:]
-    keep = (exact >= kth) & torch.isfinite(exact)
-    width = max(1, int(keep.sum(1).max()))
-    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :width]
-    kept = keep.gather(1, order)
-    s = torch.where(kept, exact.gather(1, order), torch.full((), -math.inf, device=exact.device))
-    i = torch.where(kept, idx.gather(1, order), torch.zeros((), dtype=idx.dtype, device=idx.device))
-    return s, i
-
-
-def _replace_rows(s: torch.Tensor, i: torch.Tensor, rows: torch.Tensor, s2: torch.Tensor, i2: torch.Tensor,
-                  decode) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``rows`` of (scores, region columns) replaced by wider ones; both decoded to key ids."""
-    width = max(s.shape[1], s2.shape[1])
+def _widen(vals: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor, v2: torch.Tensor,
+           c2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` of the first cut ``(vals, cols) [R, m]`` replaced by wider ones ``[len(rows), need]``."""
+    width = max(vals.shape[1], v2.shape[1])
 
     def pad(a: torch.Tensor, value: float) -> torch.Tensor:
         return torch.cat([a, a.new_full((a.shape[0], width - a.shape[1]), value)], 1) if a.shape[1] < width else a
 
-    s, i, s2, i2 = pad(s, -math.inf), pad(i, 0), pad(s2, -math.inf), pad(i2, 0)
-    s, i = s.clone(), i.clone()
-    s[rows], i[rows] = s2, i2
-    return s, decode(i)
+    vals, cols = pad(vals, -math.inf).clone(), pad(cols, 0).clone()
+    vals[rows], cols[rows] = pad(v2, -math.inf), pad(c2, 0)
+    return vals, cols
+
+
+def _cut_by_id(exact: torch.Tensor, ids: torch.Tensor, k: int,
+               sentinel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row keep the scores >= the k-th largest finite one (every finite one if fewer than k), ordered by key id
+    -> scores ``[R, W]`` (-inf padding), ids ``[R, W]`` (-1 padding) and the count kept ``[R]``."""
+    kth = torch.topk(exact, min(k, exact.shape[1]), dim=1).values[:, -1:]
+    keep = (exact >= kth) & torch.isfinite(exact)
+    count = keep.sum(1)
+    width = max(1, int(count.max()))
+    order = torch.where(keep, ids, torch.full_like(ids, sentinel)).argsort(dim=1)[:, :width]
+    kept = keep.gather(1, order)
+    s = torch.where(kept, exact.gather(1, order), torch.full((), -math.inf, device=exact.device))
+    i = torch.where(kept, ids.gather(1, order), torch.full((), -1, dtype=ids.dtype, device=ids.device))
+    return s, i.to(torch.int32), count

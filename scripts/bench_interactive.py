@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Interactive speed: the first pass and a one-object correction, paper preset vs interactive preset.
+
+On two clips -- the demo clip (``propagate/demo.py`` ``make_walk_clip``: 60 real frames, 512x288, its hand-drawn
+keyframe on frame 0) and a synthetic clip (the demo scene, 36 frames of 512x288, true mask on frame 0) -- a
+:class:`propagate.session.Session` with the baseline features runs
+
+1. the first pass: extraction, then propagation from the keyframe on frame 0;
+2. a one-object correction at mid-clip (object 1 of the first pass's mask there, moved by 6 pixels and grown, as
+   an annotator fixing a drift would draw it), propagated forward from the corrected frame;
+3. the same correction propagated both ways (from the state after the first pass).
+
+It prints CPU seconds (the process's, every thread; wall in brackets) of extraction and propagation, each
+correction's cost as a share of the first pass (extraction + propagation), and the (frame, context frame)
+affinities each pass computed and took from the kept candidates. For presets that keep candidates
+(``propagation.reuse``), it checks that each correction's masks equal those of a session from scratch with the
+same keyframes. Targets (issue 19): interactive first pass >= 4x faster than the paper preset's; a forward
+correction <= 0.1 of the first pass, both ways <= 0.6.
+
+    python scripts/bench_interactive.py                       # both clips, davis_baseline vs its interactive preset
+    python scripts/bench_interactive.py --clips synthetic --frames 24
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from propagate.config import load_config  # noqa: E402
+from propagate.demo import demo_frames, make_walk_clip  # noqa: E402
+from propagate.features import FeatureExtractor, build_extractor  # noqa: E402
+from propagate.labels import read_mask  # noqa: E402
+from propagate.session import Session  # noqa: E402
+from propagate.video import Frame, VideoSource, open_video  # noqa: E402
+
+
+class MemorySource(VideoSource):
+    """Frames held in memory (the synthetic clip)."""
+
+    def __init__(self, images: list[np.ndarray]):
+        self.path = Path("synthetic")
+        self.images = images
+        self.names = [f"{i:05d}" for i in range(len(images))]
+        self.native_size = (images[0].shape[1], images[0].shape[0])
+        self.fps = 24.0
+
+    def __iter__(self):
+        for i, image in enumerate(self.images):
+            yield Frame(i, self.names[i], image)
+
+
+class Clock:
+    def __enter__(self) -> "Clock":
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu, self.wall = time.process_time() - self.cpu, time.perf_counter() - self.wall
+
+
+def correction_of(mask: np.ndarray, obj: int = 1) -> np.ndarray:
+    """``mask`` with object ``obj`` moved 6 pixels right and grown by 4 (a one-object correction)."""
+    region = (mask == obj).astype(np.uint8)
+    region = np.roll(cv2.dilate(region, np.ones((9, 9), np.uint8)), 6, axis=1).astype(bool)
+    fixed = mask.copy()
+    fixed[mask == obj] = 0
+    fixed[region] = obj
+    return fixed
+
+
+def measure(source: VideoSource, first_mask: np.ndarray, preset: str, extractor: FeatureExtractor) -> dict:
+    config = load_config(preset)
+    session = Session(source, config, extractor=extractor)
+    session.add_mask(0, first_mask)
+    with Clock() as extract:
+        session.extract()
+    with Clock() as first:
+        results = {i: r.mask for i, r in session.propagate()}
+    counts = {"first": dict(session.stats)}
+    mid = session.num_frames // 2
+    fixed = correction_of(results[mid])
+    after_first = copy.deepcopy((session._sweeps, session._candidates))  # the state a correction starts from
+    passes = {}
+    for direction in ("forward", "both"):
+        session._sweeps, session._candidates = copy.deepcopy(after_first)
+        before = dict(session.stats)
+        session.add_mask(mid, fixed)
+        with Clock() as clock:
+            masks = {i: r.mask for i, r in session.propagate(direction)}
+        session.remove(mid)
+        same = None
+        if config.propagation.reuse:
+            fresh = Session(source, config, extractor=extractor)
+            fresh._features = session._features  # the same features, not extracted again (closed with session)
+            fresh.add_mask(0, first_mask)
+            fresh.add_mask(mid, fixed)
+            same = all(np.array_equal(r.mask, masks[i]) for i, r in fresh.propagate(direction))
+            if fresh._candidates is not None:
+                fresh._candidates.close()
+        passes[direction] = (clock, {k: session.stats[k] - before[k] for k in before}, same)
+    session.close()
+    return {"preset": preset, "extract": extract, "first": first, "counts": counts, "passes": passes, "mid": mid}
+
+
+def clips(names: list[str], frames: int, folder: Path) -> list[tuple[str, VideoSource, np.ndarray]]:
+    found = []
+    if "demo" in names:
+        video, keyframes = make_walk_clip(folder / "walk", frames)
+        found.append((f"demo clip (walk.mp4, {frames} frames, 512x288)", open_video(video),
+                      read_mask(keyframes / "0.png")))
+    if "synthetic" in names:
+        images, masks = zip(*demo_frames(frames, (512, 288), seed=3))
+        found.append((f"synthetic (demo scene, {frames} frames, 512x288)", MemorySource(list(images)), masks[0]))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", default="demo,synthetic", help="demo, synthetic or both (comma separated)")
+    parser.add_argument("--frames", type=int, default=0, help="frames per clip (default: demo 60, synthetic 36)")
+    parser.add_argument("--presets", default="davis_baseline,davis_baseline_interactive")
+    args = parser.parse_args()
+    extractor = build_extractor("baseline")
+    presets = args.presets.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-interactive-") as tmp:
+        for name in args.clips.split(","):
+            frames = args.frames or (60 if name == "demo" else 36)
+            for title, source, first_mask in clips([name], frames, Path(tmp)):
+                rows = [measure(source, first_mask, preset, extractor) for preset in presets]
+                report(title, rows)
+
+
+def report(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}; correction: object 1 at frame {rows[0]['mid']}. CPU seconds [wall]; affinities = (frame, "
+          "context frame) pairs computed (reused)")
+    print(f"{'preset':<28} {'extract':>14} {'propagate':>16} {'1st pass':>16} {'affinities':>16} | "
+          f"{'forward':>15} {'share':>6} {'affinities':>15} {'same':>5} | {'both ways':>15} {'share':>6} "
+          f"{'affinities':>15} {'same':>5}")
+    base = None
+    for r in rows:
+        e, p = r["extract"], r["first"]
+        total_cpu, total_wall = e.cpu + p.cpu, e.wall + p.wall
+        base = base or total_cpu
+        c = r["counts"]["first"]
+        line = (f"{r['preset']:<28} {e.cpu:>6.1f} [{e.wall:>5.1f}] {p.cpu:>7.1f} [{p.wall:>6.1f}] "
+                f"{total_cpu:>7.1f} [{total_wall:>6.1f}] {c['affinities']:>7} ({c['affinities_reused']:>6}) |")
+        for direction in ("forward", "both"):
+            clock, counts, same = r["passes"][direction]
+            line += (f" {clock.cpu:>6.1f} [{clock.wall:>6.1f}] {clock.cpu / total_cpu:>6.3f} "
+                     f"{counts['affinities']:>6} ({counts['affinities_reused']:>6}) {str(same):>5} |")
+        print(line.rstrip(" |"))
+    for r in rows[1:]:
+        total = r["extract"].cpu + r["first"].cpu
+        print(f"first pass, {rows[0]['preset']} / {r['preset']}: {base / total:.2f}x CPU time")
+
+
+if __name__ == "__main__":
+    main()
