@@ -126,6 +126,10 @@ def _locate(path: Path, root: Path, top: str, keep: int) -> Path:
 
 
 def _video(root: Path, name: str, frames: Path, mat: Path, where: str) -> JhmdbVideo:
+    parts = name.split("/")
+    if not all(part and part not in (".", "..") and "\\" not in part for part in parts):
+        raise PropagateError(f"{where}: {name!r} is not a video name like <class>/<video> (a . or .. part would "
+                             "read and write outside --root and --out): fix the list")
     if not frames.is_dir():
         raise PropagateError(f"{where}: video {name} has no frames folder {frames}; check the list and --root {root}")
     if not mat.is_file():
