@@ -380,6 +380,9 @@ def _read_preset(path: Path) -> dict[str, Any]:
         raise PropagateError(f"{path}: cannot be read ({exc.strerror})") from None
     try:
         data = read_yaml(text)
+    except YamlTooLarge as exc:
+        raise PropagateError(f"{path}: the YAML {exc.problem}, far beyond a preset (3 levels, about 50 values): "
+                             "fix the file") from None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or exc.__class__.__name__
         mark = getattr(exc, "problem_mark", None)

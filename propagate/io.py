@@ -14,7 +14,6 @@ import json
 import os
 import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -86,18 +85,15 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
     from PIL import Image  # here: writers that import this module need no PIL
 
     limit = max_pixels()
-    Image.MAX_IMAGE_PIXELS = limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as img:
-                width, height = img.size
-        except Image.DecompressionBombError:
-            width = height = None
-    if width is None or height is None or width * height > limit:
-        size = f" is {width}x{height}" if width is not None and height is not None else " is too large"
-        raise PropagateError(f"{what} {path}{size}, more than {limit} pixels (a decompression bomb, or an image too "
-                             f"large to decode): shrink it, or set {MAX_PIXELS_ENV} higher if you mean it")
+    Image.MAX_IMAGE_PIXELS = None  # opening reads the header only; the size is judged here, against our limit
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if width * height > limit:
+        raise PropagateError(f"{what} {path} is {width}x{height}, more than {limit} pixels (a decompression bomb, or "
+                             f"an image too large to decode): shrink it, or set {MAX_PIXELS_ENV} higher if you mean it")
     return width, height
 
 
