@@ -17,7 +17,8 @@ JSON (``.json``)::
 - ``"points"`` may also be a mapping ``{"head": [120.5, 40], ...}``.
 
 CSV (``.csv``): one point per line, ``name,x,y``; a header line ``name,x,y`` and ``#`` comment lines are
-allowed; no edges.
+allowed; no edges. Both are UTF-8, with or without a byte-order mark; CRLF line ends are fine. JSON nested deeper
+than 100 levels is refused before it is parsed.
 
 Output of ``propagate run --points`` (in ``--out``)
 -------------------------------------------
