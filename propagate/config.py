@@ -30,11 +30,13 @@ from propagate.options import NON_EMPTY, Checked, Rule, above, at_least, at_most
 # symlink to this folder.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-MAX_SIDE = 8192  # the largest resize.short_side and resize.size side (8K video's short side is 4320)
-_TOO_BIG = " (8K video's short side is 4320)"
+MAX_SHORT_SIDE = 4320  # the largest resize.short_side: 8K video's
+MAX_SIDE = 8192  # the largest side of resize.size (8K video is 7680x4320)
+MAX_CONTEXT = 1000  # the most recent frames in the context (each holds a feature map; DIFT uses 28)
 MIN_TEMPERATURE = 1e-30
 _SIZE = Rule(lambda v: v is None or (len(v) == 2 and all(x >= 1 for x in v)), "null or [W, H] with two integers >= 1")
-_SIZE_MAX = Rule(lambda v: v is None or all(x <= MAX_SIDE for x in v), f"[W, H] with sides <= {MAX_SIDE}{_TOO_BIG}")
+_SIZE_MAX = Rule(lambda v: v is None or all(x <= MAX_SIDE for x in v),
+                 f"[W, H] with sides <= {MAX_SIDE} (8K video is 7680x4320)")
 _SCREEN = Rule(lambda v: isinstance(v, bool) or v in ("auto", "on", "off"), "auto, on or off (or true/false)")
 
 
@@ -52,7 +54,7 @@ class ResizeConfig(Section):
 
     key_prefix = "resize."
 
-    short_side: int = option(480, at_least(1), at_most(MAX_SIDE, _TOO_BIG))
+    short_side: int = option(480, at_least(1), at_most(MAX_SHORT_SIDE, " (8K video's short side)"))
     multiple: int = option(32, at_least(1), at_most(1024))
     size: list[int] | None = option(None, _SIZE, _SIZE_MAX)
 
@@ -66,7 +68,7 @@ class PropagationConfig(Section):
     # affinity exp(q.k / T); below 1e-30, 1 / T overflows float32 and every weight underflows (the object vanishes)
     temperature: float = option(0.2, above(0), at_least(MIN_TEMPERATURE, " (smaller underflows float32)"))
     topk: int = option(15, at_least(1))
-    n_last_frames: int = option(28, at_least(0))
+    n_last_frames: int = option(28, at_least(0), at_most(MAX_CONTEXT, " (each frame's features stay in memory)"))
     radius: int = option(15, at_least(0))
     # square (|dy|<=r and |dx|<=r), disk (dy^2+dx^2 <= r^2), open_disk (< r^2, CRW) or none
     window: str = option("square", one_of("square", "disk", "open_disk", "none"))

@@ -461,6 +461,8 @@ CASES: list[Case] = [
     Case("short-side-huge", lambda w: run(w, "--set", "resize.short_side=100000"), "resize.short_side=100000"),
     Case("size-huge", lambda w: run(w, "--set", "resize.size=[100000,100000]"), "resize.size"),
     Case("multiple-huge", lambda w: run(w, "--set", "resize.multiple=100000"), "resize.multiple=100000"),
+    Case("n-last-frames-huge", lambda w: run(w, "--n-last-frames", "100000000000000000000"),
+         "propagation.n_last_frames=100000000000000000000"),
     Case("temperature-underflow", lambda w: run(w, "--temperature", "1e-300"), "propagation.temperature=1e-300"),
     Case("config-nested-yaml", lambda w: run(w, "--config", w.root / "deep.yaml"), "nested deeper than",
          setup=lambda w: w.file("deep.yaml", b"features: " + b"[" * 5000 + b"]" * 5000 + b"\n")),
@@ -473,7 +475,8 @@ CASES: list[Case] = [
     Case("frame-decompression-bomb", lambda w: run(w), "PROPAGATE_MAX_PIXELS",
          setup=lambda w: bomb_png(w.frames / "00004.png")),
     Case("frame-over-the-set-limit", lambda w: run(w), "more than 1000 pixels", env={"PROPAGATE_MAX_PIXELS": "1000"}),
-    Case("max-pixels-not-a-number", lambda w: run(w), "PROPAGATE_MAX_PIXELS='lots'", env={"PROPAGATE_MAX_PIXELS": "lots"}),
+    Case("max-pixels-not-a-number", lambda w: run(w), "PROPAGATE_MAX_PIXELS='lots'",
+         env={"PROPAGATE_MAX_PIXELS": "lots"}),
     Case("mask-decompression-bomb", lambda w: ["run", w.frames, "--mask", w.root / "bomb.png", "--out", w.out, *BASE],
          "12000x12000", setup=lambda w: bomb_png(w.root / "bomb.png")),
     Case("frames-1x1", lambda w: ["run", w.root / "tiny" / "frames", "--mask", w.root / "tiny" / "first.png",
@@ -800,7 +803,8 @@ def test_points_csv_with_a_bom_or_crlf_is_read(tmp_path, data):
 def test_points_json_with_a_bom_is_read(tmp_path):
     from propagate.keypoints import read_points
 
-    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"points": [{"name": "a", "x": 1, "y": 2}]}).encode())
+    text = json.dumps({"points": [{"name": "a", "x": 1, "y": 2}]})
+    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert read_points(tmp_path / "p.json").xy.tolist() == [[1.0, 2.0]]
 
 

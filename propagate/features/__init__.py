@@ -69,7 +69,7 @@ def build_options(name: str, options: Mapping[str, object] | None = None) -> obj
             f"features {name!r} take no option(s) {', '.join(unknown)}; known options: {', '.join(sorted(fields))}"
         )
     built = options_type(**options)  # an options dataclass checks its own values (propagate.options.Checked)
-    if not isinstance(built, Checked):  # an extractor registered with a plain dataclass: its types, checked the same way
+    if not isinstance(built, Checked):  # an extractor registered with a plain dataclass: its types, checked alike
         check_fields(built, "extractor.", f" for features {name!r}")
     return built
 

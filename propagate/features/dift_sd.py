@@ -265,8 +265,8 @@ def _check_model_bounds(options: DiftSDOptions, num_train_timesteps: int, num_up
     """``t`` and ``up_ft_index`` within the loaded model's schedule and up blocks (the options checked the rest)."""
     for name, high, why in (("t", num_train_timesteps - 1, "its noise schedule"),
                             ("up_ft_index", num_up_blocks - 1, "its up blocks")):
-        check_value(f"extractor.{name}", getattr(options, name), int, (at_least(0), at_most(high, f" (the model: {why})")),
-                    DiftSDOptions.key_owner)
+        rules = (at_least(0), at_most(high, f" (the model: {why})"))
+        check_value(f"extractor.{name}", getattr(options, name), int, rules, DiftSDOptions.key_owner)
 
 
 class DiftSDExtractor(FeatureExtractor):
