@@ -65,7 +65,8 @@ class PropagationConfig(Section):
 
     key_prefix = "propagation."
 
-    # affinity exp(q.k / T); below 1e-30, 1 / T overflows float32 and every weight underflows (the object vanishes)
+    # affinity exp(q.k / T) in float32: a T below about 1e-45 rounds to 0 there and 0 / 0 makes the weights NaN
+    # (the object vanishes with confidence 0); 1e-30 keeps a margin and is already a hard nearest neighbour
     temperature: float = option(0.2, above(0), at_least(MIN_TEMPERATURE, " (smaller underflows float32)"))
     topk: int = option(15, at_least(1))
     n_last_frames: int = option(28, at_least(0), at_most(MAX_CONTEXT, " (each frame's features stay in memory)"))
@@ -97,7 +98,9 @@ class KeypointConfig(Section):
 
     key_prefix = "keypoints."
 
-    # Gaussian heatmap sigma in grid cells (below 0.01 sigma^2 underflows; above 100 the map outgrows any grid)
+    # Gaussian heatmap sigma in grid cells: below 0.01 the map is its one peak cell whatever sigma is (and far
+    # below, sigma^2 underflows to 0: a NaN map); above 100 it is wider than any grid and its (6 sigma)^2 cells
+    # are allocated
     sigma: float = option(0.5, above(0), at_least(0.01), at_most(100))
     decode_topk: int = option(3, at_least(1))  # cells averaged per joint when decoding
     # pixel <-> grid mapping: centre (pixel-centre aligned) or crw (u = x * w / W)

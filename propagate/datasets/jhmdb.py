@@ -29,7 +29,6 @@ score and of that frame's box (``drop``, the ``jhmdb_*`` presets).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
-from propagate.io import atomic_write_text
+from propagate.io import atomic_write_text, loads_json
 from propagate.keypoints import PointSet
 from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, result_settings
 from propagate.video import open_video
@@ -167,7 +166,7 @@ def read_predictions(path: str | Path, names: Sequence[str] = JOINT_NAMES) -> tu
     """``points.json`` -> ``(xy [T, J, 2] with NaN for lost points, tracked [J] bool)``."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_text(encoding="utf-8"))  # nesting bounded: a hostile file is one line too
         xy = np.array([[[np.nan if f["points"][n]["x"] is None else f["points"][n]["x"],
                          np.nan if f["points"][n]["y"] is None else f["points"][n]["y"]] for n in names]
                        for f in data["frames"]], dtype=np.float64)
