@@ -808,6 +808,14 @@ def test_points_json_with_a_bom_is_read(tmp_path):
     assert read_points(tmp_path / "p.json").xy.tolist() == [[1.0, 2.0]]
 
 
+def test_brackets_inside_json_strings_do_not_count_as_nesting(tmp_path):
+    from propagate.keypoints import read_points
+
+    name = '[{"' * 200 + '\\"]'
+    (tmp_path / "p.json").write_text(json.dumps({"points": [{"name": name, "x": 1, "y": 2}]}))
+    assert read_points(tmp_path / "p.json").names == [name]
+
+
 def test_an_image_over_the_default_limit_is_read_when_the_limit_is_raised(tmp_path, monkeypatch):
     """The limit is overridable: a 12000x12000 PNG is refused by default and read (header only) at 200 MP."""
     from propagate.errors import PropagateError
