@@ -120,15 +120,15 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
     path = Path(path)
     if path.is_dir():
         visible = [p for p in path.iterdir() if not p.name.startswith(".")]
-        others = sorted(p.name for p in visible if not (p.is_file() and p.suffix.lower() == ".png"))
+        files = sorted((p for p in visible if p.is_file() and p.suffix.lower() == ".png"), key=lambda p: p.name)
+        if not files:
+            raise PropagateError(f"mask {path} is a folder with no PNG in it: give a mask PNG, or a folder of keyframe "
+                                 f"PNGs named like their frames (e.g. {names[0]}.png)")
+        others = sorted(p.name for p in visible if p not in files)
         if others:
             raise PropagateError(f"mask folder {path} holds {others[0]!r}, which is not a PNG mask: keyframe masks "
                                  f"are PNGs named like their frames (e.g. {names[0]}.png; save a JPEG mask as PNG); "
                                  "move anything else out")
-        files = sorted((p for p in visible if p.is_file()), key=lambda p: p.name)
-        if not files:
-            raise PropagateError(f"mask {path} is a folder with no PNG in it: give a mask PNG, or a folder of keyframe "
-                                 f"PNGs named like their frames (e.g. {names[0]}.png)")
         index = {name: i for i, name in enumerate(names)}
         masks = {}
         for file in files:
