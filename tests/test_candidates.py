@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import propagate.candidates as candidates
 import propagate.propagation as propagation
 from propagate.candidates import CachedPropagator, CandidateStore
 from propagate.config import PropagationConfig
@@ -41,7 +42,7 @@ CASES = [("square", True, "first", "ties"), ("square", True, "first", "exact"), 
 @pytest.mark.parametrize("screen", ["on", "off"])
 def test_reused_candidates_equal_a_fresh_pass_and_the_dense_reference(window, window_first, queue_init, rule, screen,
                                                                         monkeypatch):
-    monkeypatch.setattr(propagation, "TILE", (4, 5))  # several tiles, partial ones at the edges
+    monkeypatch.setattr(candidates, "PAIR_TILE", (4, 5))  # several tiles, partial ones at the edges
     h, w, c = 11, 13, 16
     frames = smooth_frames(10, c, h, w, seed=CASES.index((window, window_first, queue_init, rule)))
     g = torch.Generator().manual_seed(4)
@@ -68,7 +69,7 @@ def test_reused_candidates_equal_a_fresh_pass_and_the_dense_reference(window, wi
 
 
 def test_kept_candidates_spill_to_a_scratch_folder_and_come_back_the_same(tmp_path, monkeypatch):
-    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    monkeypatch.setattr(candidates, "PAIR_TILE", (4, 5))
     frames = smooth_frames(8, 8, 9, 10, seed=5)
     g = torch.Generator().manual_seed(2)
     keyframes = {0: soft(g, (2, 9, 10)), 4: soft(g, (2, 9, 10))}
@@ -87,10 +88,8 @@ def test_kept_candidates_spill_to_a_scratch_folder_and_come_back_the_same(tmp_pa
 
 @pytest.mark.parametrize("screen", ["on", "off"])
 def test_alike_features_widen_the_first_cut(screen, monkeypatch):
-    import propagate.candidates as candidates
-
     monkeypatch.setattr(candidates, "PAIR_CANDIDATES", 1)
-    monkeypatch.setattr(propagation, "TILE", (5, 4))
+    monkeypatch.setattr(candidates, "PAIR_TILE", (5, 4))
     h, w, c = 9, 11, 16
     g = torch.Generator().manual_seed(11)
     frames = torch.randn(c, 1, 1, generator=g) + 0.2 * smooth_frames(6, c, h, w, seed=4)
@@ -105,7 +104,7 @@ def test_alike_features_widen_the_first_cut(screen, monkeypatch):
 def test_reduced_precision_affinity_is_close_to_fp32_and_reused_exactly(monkeypatch):
     # bf16 affinities (forced: this runs on any CPU, emulated where bf16 is not native) move a few top-k neighbours,
     # so the soft labels stay close to fp32's, not equal; the kept candidates still give a fresh pass's bits.
-    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    monkeypatch.setattr(candidates, "PAIR_TILE", (4, 5))
     h, w, c = 11, 13, 16
     frames = smooth_frames(8, c, h, w, seed=9)
     g = torch.Generator().manual_seed(6)
@@ -141,7 +140,7 @@ def keyframe_pass(frames, keyframes, cfg, sweeps, direction="both"):
 def test_a_correction_in_a_session_sweep_equals_sweeps_from_scratch(rule, monkeypatch):
     from propagate.pipeline import Sweep
 
-    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    monkeypatch.setattr(candidates, "PAIR_TILE", (4, 5))
     h, w = 9, 11
     frames = smooth_frames(12, 8, h, w, seed=3)
     g = torch.Generator().manual_seed(8)
@@ -167,7 +166,7 @@ def test_a_correction_in_a_session_sweep_equals_sweeps_from_scratch(rule, monkey
 def test_segment_scope_draws_only_on_the_two_keyframes_around_a_frame(monkeypatch):
     from propagate.pipeline import Sweep
 
-    monkeypatch.setattr(propagation, "TILE", (4, 5))
+    monkeypatch.setattr(candidates, "PAIR_TILE", (4, 5))
     h, w = 9, 11
     frames = smooth_frames(14, 8, h, w, seed=6)
     g = torch.Generator().manual_seed(9)
