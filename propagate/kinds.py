@@ -317,7 +317,8 @@ class PointKind(LabelKind):
             raise PropagateError("masks were given where points were expected: give a points file (JSON or CSV)")
         points, frames = read_point_keyframes(given, source.names)
         for index, xy in frames.items():
-            check_points_inside(PointSet(points.names, xy), source.native_size, f"{given} (frame {source.names[index]})")
+            where = f"{given} (frame {source.names[index]})"
+            check_points_inside(PointSet(points.names, xy), source.native_size, where)
         return Keyframes(cls.of(config, source.native_size, points), frames, given)
 
     def counts(self) -> JSON:

@@ -51,7 +51,7 @@ from propagate.kinds import FrameResult, Given, LabelKind, MaskKind, PointKind, 
 from propagate.pipeline import check_length, iter_results, resolve_direction
 from propagate.session import Session
 from propagate.video import Frame, open_video
-from propagate.writers import OVERLAY_MP4, Run, check_formats, chosen, format_names
+from propagate.writers import OVERLAY_MP4, Run, check_formats, chosen
 
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
 RUN_INFO = "run_info.json"  # what produced the results
@@ -481,9 +481,6 @@ class ResumableRun:
 # ---------------------------------------------------------------------------------------------- the run jobs
 
 
-FORMATS = format_names()  # the --format values (propagate.writers.WRITERS)
-
-
 @contextlib.contextmanager
 def _closing(stream: Iterable[object]) -> Iterator[None]:
     """Close a generator of results when the writing stops, even on an error, so that its progress bar is cleared
@@ -597,7 +594,8 @@ def _write_folder(folder: ResultsFolder, run: Run, results: Iterable[tuple[Frame
 def run_video(video: str | Path, mask: str | Path | np.ndarray | Mapping[int, np.ndarray], out_dir: str | Path,
               config: Config, *, extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None,
               overwrite: bool = False, render: bool = True, progress: bool = True, label: str | None = None,
-              inputs: Sequence[str | Path] = (), formats: Sequence[str] = ("png",), direction: str | None = None) -> JSON:
+              inputs: Sequence[str | Path] = (), formats: Sequence[str] = ("png",),
+              direction: str | None = None) -> JSON:
     """The ``propagate run --mask`` job (:func:`run_labels` for masks): one indexed PNG per frame (named like the
     input frames), ``overlay.mp4``, ``confidence.csv``, ``coco.json`` (``formats`` with ``coco``), ``run_info.json``
     and the ``.complete`` manifest, written whole into ``out_dir``.

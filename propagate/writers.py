@@ -115,7 +115,8 @@ def write_coco(run: Run) -> Iterator[FrameWriter]:
     from propagate.io import atomic_write_json
 
     path = Path(run.source.path)
-    coco = CocoVideoWriter(path.stem if path.suffix else path.name, run.source.native_size, [int(t) for t in run.tracks])
+    objects = [int(t) for t in run.tracks]
+    coco = CocoVideoWriter(path.stem if path.suffix else path.name, run.source.native_size, objects)
 
     def write(frame: Frame, result: FrameResult) -> None:
         assert result.mask is not None
