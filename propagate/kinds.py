@@ -17,8 +17,10 @@ A codec is made for one video (it knows the frames' native size, and for points 
 ``Unit``'s or a manifest row's ``kind``) to its class.
 
 A per-object rule (an annotation that names the objects it gives, objects absent from a frame) belongs here too: the
-annotation :meth:`LabelKind.check` returns, the labels :meth:`LabelKind.encode` makes of it and the confidences
-:meth:`LabelKind.decode` reports are the only places that see it.
+annotation :meth:`LabelKind.check` returns, the labels :meth:`LabelKind.encode` makes of it, the confidences
+:meth:`LabelKind.decode` reports, and one more step the keyframe sweep would ask of the codec (a partial keyframe's
+labels merged with the propagated labels of the objects it does not give); the session, the jobs and the writers
+only pass the annotation through.
 """
 from __future__ import annotations
 
