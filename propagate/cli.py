@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
 from propagate.features import preset_name
+from propagate.writers import format_help
 
 if TYPE_CHECKING:
     from propagate.cache import FeatureCache
@@ -235,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "of keyframe masks named like frames (00000.png, 00040.png, ...)")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
-    run.add_argument("--format", default="png", help="outputs: png (always; points.json for points), coco (adds "
-                     "coco.json, or coco_keypoints.json for points); e.g. png,coco")
+    run.add_argument("--format", default="png", help="outputs, comma-separated: " + format_help() + " (e.g. png,coco)")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")

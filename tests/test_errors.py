@@ -677,12 +677,12 @@ def test_a_full_disk_is_one_line_and_the_earlier_results_survive(shared, tmp_pat
 # The CLI with each mask write slowed down, so that a signal reliably lands mid-run.
 SLOW_CLI = """
 import sys, time
-import propagate.runs as runs
-write = runs.write_mask
+import propagate.labels as labels
+write = labels.write_mask
 def slow_write(path, mask):
     write(path, mask)
     time.sleep(0.25)
-runs.write_mask = slow_write
+labels.write_mask = slow_write
 from propagate.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -19,6 +19,7 @@ FLOORS: list[list[str]] = [
     ["propagation"],
     ["labels", "keypoints", "coco"],
     ["render"],
+    ["kinds", "writers"],  # a codec per label kind (masks, points); the table of result writers
     ["pipeline", "session"],
     ["runs"],
     ["datasets", "cache", "demo", "cluster", "app"],
