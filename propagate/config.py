@@ -83,6 +83,26 @@ class PckConfig:
 
 
 @dataclass
+class MatchConfig:
+    """Matching one image to another (``propagate match``, ``edit``, ``eval spair|hpatches``; :mod:`propagate.correspond`).
+
+    Defaults are DIFT's SPair-71k settings; the ``hpatches_*`` presets set the geometric ones.
+    """
+
+    size: list[int] | None = None  # [W, H] every image is resized to for extraction (DIFT img_size); null: its own size
+    upsample: str = "bilinear"  # features to the image's size before matching (DIFT), or none (argmax over cells)
+    prompt: str = ""  # DIFT-SD prompt template; {category} is the image's category (SPair: "a photo of a {category}")
+    metric: str = "cosine"  # mutual nearest neighbours of keypoint descriptors: cosine or l2 (DIFT's ADM on HPatches)
+    homography: str = "lmeds"  # OpenCV's robust fit of keypoint matches: lmeds or ransac
+    reproj_threshold: float = 3.0  # RANSAC inlier distance in pixels (keypoint matches)
+    keypoints: int = 1000  # keypoints per image (OpenCV SIFT detector, no weights; DIFT used 1k SuperPoint)
+    edit_samples: int = 1000  # pixels sampled inside an edit's alpha and matched
+    edit_threshold: float = 5.0  # RANSAC inlier distance in pixels of an edit's homography
+    smooth_frames: int = 2  # video edits: edit corners averaged over this many frames either side
+    seed: int = 0  # which pixels of the edit are sampled
+
+
+@dataclass
 class Config:
     """Everything one run needs besides its inputs.
 
@@ -97,6 +117,7 @@ class Config:
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     pck: PckConfig = field(default_factory=PckConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
     batch_frames: int = 4  # frames extracted together (each with its ensemble copies)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per sequence: {dotted key: value}
 
@@ -105,7 +126,8 @@ class Config:
 
 
 _SECTIONS = {"resize": ResizeConfig, "propagation": PropagationConfig, "keypoints": KeypointConfig,
-             "keyframes": KeyframeConfig, "pck": PckConfig}
+             "keyframes": KeyframeConfig, "pck": PckConfig,
+             "match": MatchConfig}
 
 
 # What each field accepts: a test and the words that tell the user what to give. Keys are dotted as in overrides.
@@ -160,6 +182,17 @@ CHECKS: dict[str, Check] = {
     "keyframes.direction": _one_of("auto", "forward", "backward", "both"),
     "keyframes.blend": _one_of("linear", "nearest"),
     "pck.lost_joints": _one_of("wrong", "drop"),
+    "match.size": _SIZE,
+    "match.upsample": _one_of("bilinear", "none"),
+    "match.prompt": ((lambda v: isinstance(v, str)), "a string (may be empty)"),
+    "match.metric": _one_of("cosine", "l2"),
+    "match.homography": _one_of("lmeds", "ransac"),
+    "match.reproj_threshold": _POSITIVE_NUMBER,
+    "match.keypoints": _int_at_least(4),
+    "match.edit_samples": _int_at_least(4),
+    "match.edit_threshold": _POSITIVE_NUMBER,
+    "match.smooth_frames": _int_at_least(0),
+    "match.seed": _int_at_least(0),
 }
 
 

@@ -16,12 +16,12 @@ FLOORS: list[list[str]] = [
     ["errors", "config", "metrics", "pck", "io"],
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
-    ["propagation"],
+    ["propagation", "correspond"],
     ["labels", "keypoints", "coco"],
     ["render"],
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app"],
+    ["datasets", "cache", "demo", "cluster", "app", "matching", "edit"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
