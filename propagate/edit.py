@@ -151,14 +151,16 @@ def run_edit(source: str | Path, edit: str | Path, targets: Sequence[str | Path]
 
 
 def smooth_corners(corners: np.ndarray, fitted: np.ndarray, radius: int, anchor: int) -> np.ndarray:
-    """Per-frame corners ``[T, 4, 2]`` averaged over the fitted frames within ``radius`` frames (``fitted [T]``
-    bool); frame ``anchor`` (where the edit was drawn) keeps its own. A frame with no fitted frame in reach takes the
-    nearest fitted one's."""
+    """Per-frame corners ``[T, 4, 2]`` averaged over the fitted frames (``fitted [T]`` bool) of a window centred on
+    each frame: ``radius`` frames either side, fewer near the ends so the window stays centred (a steady motion
+    stays where it is). Frame ``anchor`` (where the edit was drawn) keeps its own; a frame with no fitted frame in
+    its window takes the nearest fitted one's."""
     count = len(corners)
     good = np.flatnonzero(fitted)
     out = np.empty_like(corners)
     for t in range(count):
-        near = good[np.abs(good - t) <= radius]
+        reach = min(radius, t, count - 1 - t)
+        near = good[np.abs(good - t) <= reach]
         if len(near) == 0:
             near = good[[np.argmin(np.abs(good - t))]]
         out[t] = corners[near].mean(axis=0)
