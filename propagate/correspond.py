@@ -64,10 +64,11 @@ def with_prompt(extractor: FeatureExtractor, template: str, category: str | None
     prompt = template.replace("{category}", category)
     if getattr(extractor, "prompt", None) == prompt:
         return extractor
-    from propagate.features.dift_sd import encode_prompt, resolve_model_folder
+    from propagate.features.dift_sd import encode_prompt, quiet_hf_loading, resolve_model_folder
 
     described = copy.copy(extractor)  # shares the UNet and VAE; only the prompt differs
-    embeds = encode_prompt(resolve_model_folder(extractor.model), prompt)  # type: ignore[attr-defined]
+    with quiet_hf_loading():
+        embeds = encode_prompt(resolve_model_folder(extractor.model), prompt)  # type: ignore[attr-defined]
     described.prompt = prompt  # type: ignore[attr-defined]
     described.prompt_embeds = embeds.to(device=extractor.device, dtype=extractor.dtype)  # type: ignore[attr-defined]
     return described

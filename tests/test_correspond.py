@@ -298,3 +298,38 @@ def test_presets_carry_dift_numbers():
             assert (config.match.metric, config.match.homography, config.match.reproj_threshold) == (*geometric, 3.0)
     for name in ("spair_baseline", "hpatches_baseline"):
         assert load_config(name).features == "baseline"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("preset", ["spair_sd", "spair_adm", "hpatches_adm"])
+def test_match_edit_and_hpatches_run_with_every_extractor(walk, tmp_path, capsys, tiny_sd_dir, preset):
+    """Every registered backbone runs the image commands from its presets (tiny random-weight models, 64x64); the
+    label names the features (only the baseline's says BASELINE, see the tests above)."""
+    from propagate.features.adm_net import save_tiny_checkpoint
+
+    model = tiny_sd_dir if preset.endswith("_sd") else save_tiny_checkpoint(tmp_path / "tiny.pt")
+    label = "DIFT-SD" if preset.endswith("_sd") else "DIFT-ADM"
+    small = cv2.resize(walk, (128, 72), interpolation=cv2.INTER_AREA)
+    Image.fromarray(small).save(tmp_path / "src.png")
+    Image.fromarray(warp(small, AFFINE)).save(tmp_path / "tgt.png")
+    rgba = np.zeros((72, 128, 4), np.uint8)
+    rgba[20:50, 30:90] = (0, 255, 0, 255)
+    Image.fromarray(rgba).save(tmp_path / "edit.png")
+    (tmp_path / "pts.json").write_text(json.dumps({"points": {"a": [40, 30], "b": [90, 50]}}))
+    flags = ["--config", preset, "--model", model, "--ensemble-size", "1", "--device", "cpu",
+             "--set", "match.size=[64, 64]", "--set", "match.edit_samples=50"]
+    code, out, err = run_cli(["match", tmp_path / "src.png", tmp_path / "tgt.png", "--points", tmp_path / "pts.json",
+                              "--out", tmp_path / "m", "--category", "room", *flags], capsys)
+    assert code == 0, err
+    assert f"[{label}]" in out and json.loads((tmp_path / "m" / "tgt.json").read_text())["features"] == label
+    code, out, err = run_cli(["edit", tmp_path / "src.png", "--edit", tmp_path / "edit.png", "--to",
+                              tmp_path / "tgt.png", "--out", tmp_path / "e", *flags], capsys)
+    assert code == 0 and f"[{label}]" in out, err
+    if preset == "hpatches_adm":
+        write_hpatches(tmp_path / "hp", small)
+        code, out, err = run_cli(["eval", "hpatches", "--root", tmp_path / "hp", "--out", tmp_path / "h", *flags],
+                                 capsys)
+        assert code == 0 and f"features: {label}" in out, err
+    if preset == "spair_sd":
+        info = json.loads((tmp_path / "m" / "run_info.json").read_text())
+        assert info["extractor"]["prompt"] == "a photo of a room"
