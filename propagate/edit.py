@@ -7,8 +7,8 @@ with RANSAC (``match.edit_threshold`` px), warp the edit with it and alpha-blend
 
 On a video, the edit is placed on frame ``--at``; every other frame gets its own fit from that frame (never chained,
 so errors do not add up), the edit's four corners are then averaged over ``match.smooth_frames`` frames either side
-(a frame whose fit failed borrows its neighbours'), and where a mask of the surface is given (a folder of per-frame
-masks, as ``propagate run`` writes) the edit is hidden outside it: the surface occluded, the edit with it.
+(a frame whose fit failed borrows its neighbours'), and where per-frame masks are given (as ``propagate run``
+writes) the edit shows only on the label it was placed on: where something covers that surface, the edit is hidden.
 """
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ from propagate.labels import VOID, read_mask
 from propagate.matching import features_label, read_image, target_images
 from propagate.render import OverlayWriter, caption
 from propagate.runs import RUN_INFO, ResultsFolder, run_record
-from propagate.video import IMAGE_SUFFIXES, open_video, natural_key
+from propagate.video import IMAGE_SUFFIXES, natural_key, open_video
+
+MIN_INLIERS = 0.2  # video: a frame's fit must keep this fraction of the samples as inliers to count
 
 
 def read_edit(path: str | Path, size_wh: tuple[int, int]) -> np.ndarray:
@@ -168,6 +170,16 @@ def smooth_corners(corners: np.ndarray, fitted: np.ndarray, radius: int, anchor:
     return out
 
 
+def surface_label(mask: np.ndarray, alpha: np.ndarray) -> int:
+    """The label the edit was placed on: the most common one under its drawn pixels (void aside; 0, the background,
+    is a surface too)."""
+    under = mask[(alpha > 0) & (mask != VOID)]
+    if len(under) == 0:
+        raise PropagateError("the edit lies on void pixels only in the mask of the frame it was drawn on: give a mask "
+                             "that labels the surface under the edit")
+    return int(np.bincount(under).argmax())
+
+
 def _frame_masks(mask: Path, names: Sequence[str], size_wh: tuple[int, int]) -> list[Path]:
     """One mask file per frame from a folder (named like the frames, or the same count in natural order)."""
     if not mask.is_dir():
@@ -224,19 +236,23 @@ def run_edit_video(video: str | Path, edit: str | Path, at: int, out: str | Path
         raw.append(homography)
         inliers.append(kept)
     count = len(raw)
-    fitted = np.array([h is not None for h in raw])
+    fitted = np.array([h is not None and kept >= MIN_INLIERS * len(src_xy) for h, kept in zip(raw, inliers)])
+    if not fitted.any():
+        raise PropagateError(f"the edit could not be fitted in any frame of {video}: no frame kept "
+                             f"{MIN_INLIERS:.0%} of the matches as inliers")
     projected = np.stack([project(h, corners) if h is not None else corners for h in raw])
     smoothed = smooth_corners(projected, fitted, match.smooth_frames, at)
     final = [cv2.getPerspectiveTransform(corners.astype(np.float32), c.astype(np.float32)) for c in smoothed]
 
     with folder as staging:
         (staging / "frames").mkdir()
+        surface = surface_label(read_mask(mask_files[at]), rgba[..., 3]) if mask_files is not None else None
         with OverlayWriter(staging / "edit.mp4", fps or source.fps, size_wh) as writer:  # type: ignore[arg-type]
             for frame in source:
                 visible = None
                 if mask_files is not None:
                     labels = read_mask(mask_files[frame.index])
-                    visible = (labels > 0) & (labels != VOID)
+                    visible = labels == surface
                 result = composite(frame.image, rgba, final[frame.index], visible)
                 Image.fromarray(result).save(staging / "frames" / f"{Path(frame.name).stem}.png")
                 writer.write(caption(result.copy(), label) if extractor.name == "baseline" else result)
