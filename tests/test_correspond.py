@@ -24,6 +24,7 @@ from propagate.video import open_video
 HOMOGRAPHY = np.array([[0.95, 0.06, 14.0], [-0.04, 1.03, 4.0], [0.00008, 0.00004, 1.0]])
 AFFINE = np.array([[1.05, 0.03, -10.0], [-0.02, 0.97, 8.0], [0.0, 0.0, 1.0]])
 CELLS = 96  # the baseline presets extract at 768x768 with stride 8: a 96x96 grid over any image
+FAST = ["--set", "match.size=[512, 288]", "--set", "match.edit_samples=300"]  # the clip's own size, fewer samples
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_edit_images_lands_corners_within_a_few_pixels(walk, tmp_path, capsys):
     Image.fromarray(warp(walk, HOMOGRAPHY)).save(tmp_path / "h.png")
     Image.fromarray(small).save(tmp_path / "a.png")
     code, out, _ = run_cli(["edit", tmp_path / "src.png", "--edit", tmp_path / "edit.png", "--to", tmp_path / "h.png",
-                            tmp_path / "a.png", "--out", tmp_path / "out", "--features", "baseline"], capsys)
+                            tmp_path / "a.png", "--out", tmp_path / "out", "--features", "baseline", *FAST], capsys)
     assert code == 0 and "BASELINE" in out
     for stem, truth, size in (("h", HOMOGRAPHY, (width, height)), ("a", scale @ AFFINE, (384, 216))):
         record = json.loads((tmp_path / "out" / f"{stem}.json").read_text())
@@ -216,7 +217,7 @@ def test_edit_video_follows_a_known_motion_and_hides_where_masked(walk, tmp_path
     assert (first == np.eye(3)).all()
     Image.fromarray(rgba).save(tmp_path / "edit.png")
     code, out, _ = run_cli(["edit", frames, "--edit", tmp_path / "edit.png", "--at", 1, "--mask", masks,
-                            "--out", tmp_path / "out", "--features", "baseline"], capsys)
+                            "--out", tmp_path / "out", "--features", "baseline", *FAST], capsys)
     assert code == 0 and "5 frames" in out
     record = json.loads((tmp_path / "out" / "homographies.json").read_text())
     assert record["at"] == 1 and len(record["frames"]) == 5
@@ -261,7 +262,8 @@ def write_hpatches(root: Path, image: np.ndarray) -> dict[str, list[np.ndarray]]
 
 def test_eval_hpatches_on_known_homographies_and_resume(walk, tmp_path, capsys):
     write_hpatches(tmp_path / "hp", walk)
-    args = ["eval", "hpatches", "--root", tmp_path / "hp", "--out", tmp_path / "out", "--features", "baseline"]
+    args = ["eval", "hpatches", "--root", tmp_path / "hp", "--out", tmp_path / "out", "--features", "baseline",
+            "--set", "match.size=[512, 288]", "--set", "match.keypoints=400"]
     code, out, _ = run_cli(args, capsys)
     assert code == 0 and "BASELINE" in out
     for seq in ("i_walk", "v_walk"):
