@@ -48,11 +48,11 @@ def extraction_size(native_wh: tuple[int, int], size: Sequence[int] | None, mult
 def image_features(extractor: FeatureExtractor, image: np.ndarray, size: Sequence[int] | None = None,
                    frame_id: int = IMAGE_FRAME_ID) -> torch.Tensor:
     """Features of one RGB image ``[H, W, 3]`` uint8, resized (bilinear) to :func:`extraction_size`: ``[C, h, w]``
-    float32 on the CPU."""
+    float32 on the extractor's device (matching then runs there too)."""
     size_wh = extraction_size((image.shape[1], image.shape[0]), size, extractor.size_multiple)
     with torch.inference_mode():
         feats = extractor.extract(to_tensor(image, size_wh)[None], [frame_id])[0]
-    return feats.float().cpu()
+    return feats.float()
 
 
 def with_prompt(extractor: FeatureExtractor, template: str, category: str | None) -> FeatureExtractor:
@@ -88,7 +88,7 @@ def sample_features(feats: torch.Tensor, xy: np.ndarray, size_wh: tuple[int, int
     width, height = size_wh
     pts = torch.as_tensor(np.asarray(xy, dtype=np.float64), dtype=torch.float64).reshape(-1, 2)
     grid = torch.stack([(2 * pts[:, 0] + 1) / width - 1, (2 * pts[:, 1] + 1) / height - 1], dim=1)
-    grid = grid.to(feats.dtype).view(1, 1, -1, 2)
+    grid = grid.to(device=feats.device, dtype=feats.dtype).view(1, 1, -1, 2)
     out = F.grid_sample(feats[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0, :, 0].T.contiguous()
 
@@ -102,6 +102,11 @@ def cell_centres(grid_hw: tuple[int, int], size_wh: tuple[int, int]) -> np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------- semantic matching
+
+
+def _normalized_rows(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x)`` of ``[N, C]`` rows, in place (the same numbers without a second copy of a large map)."""
+    return x.div_(x.norm(2, 1, keepdim=True).clamp_min(1e-12).expand_as(x))
 
 
 def match_points(src_feats: torch.Tensor, tgt_feats: torch.Tensor, src_xy: np.ndarray, src_wh: tuple[int, int],
@@ -129,13 +134,13 @@ def match_points(src_feats: torch.Tensor, tgt_feats: torch.Tensor, src_xy: np.nd
         cos = targets @ vectors.T  # hw, J
         best, index = cos.max(dim=0)
         centres = cell_centres(tuple(tgt_feats.shape[1:]), tgt_wh)
-        return centres[index.numpy()], best.double().numpy()
+        return centres[index.cpu().numpy()], best.double().cpu().numpy()
     src_up = upsample(src_feats, src_wh)
     cols = np.clip(np.rint(src_xy[:, 0]).astype(np.int64), 0, src_wh[0] - 1)
     rows = np.clip(np.rint(src_xy[:, 1]).astype(np.int64), 0, src_wh[1] - 1)
-    vectors = src_up[:, torch.from_numpy(rows), torch.from_numpy(cols)].T  # J, C
+    vectors = src_up[:, torch.from_numpy(rows).to(src_up.device), torch.from_numpy(cols).to(src_up.device)].T  # J, C
     del src_up
-    targets = F.normalize(upsample(tgt_feats, tgt_wh).reshape(channels, -1).T)  # HW, C
+    targets = _normalized_rows(upsample(tgt_feats, tgt_wh).reshape(channels, -1).T)  # HW, C
     xy = np.zeros((len(src_xy), 2))
     similarity = np.zeros(len(src_xy))
     for j in range(len(src_xy)):  # one point at a time, as DIFT: the same products, so the same argmax
@@ -151,15 +156,15 @@ def nearest_pixels(vectors: torch.Tensor, tgt_feats: torch.Tensor, tgt_wh: tuple
     """For each of ``vectors [N, C]``, the target pixel of highest cosine similarity in the upsampled target map
     (the nearest neighbour of normalised vectors, as DIFT's edit propagation): ``xy [N, 2]`` and ``similarity [N]``."""
     channels = tgt_feats.shape[0]
-    targets = F.normalize(upsample(tgt_feats, tgt_wh).reshape(channels, -1).T, dim=1)  # HW, C
-    queries = F.normalize(vectors, dim=1)
-    best = torch.empty(len(queries))
-    index = torch.empty(len(queries), dtype=torch.long)
+    targets = _normalized_rows(upsample(tgt_feats, tgt_wh).reshape(channels, -1).T)  # HW, C
+    queries = F.normalize(vectors.to(targets.device), dim=1)
+    best = torch.empty(len(queries), device=targets.device)
+    index = torch.empty(len(queries), dtype=torch.long, device=targets.device)
     for start in range(0, len(queries), chunk):
         values, where = (targets @ queries[start:start + chunk].T).max(dim=0)
         best[start:start + chunk], index[start:start + chunk] = values, where
-    idx = index.numpy()
-    return np.stack([idx % tgt_wh[0], idx // tgt_wh[0]], axis=1).astype(np.float64), best.double().numpy()
+    idx = index.cpu().numpy()
+    return np.stack([idx % tgt_wh[0], idx // tgt_wh[0]], axis=1).astype(np.float64), best.double().cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------- geometric matching
@@ -178,9 +183,9 @@ def mutual_nearest(a: torch.Tensor, b: torch.Tensor, metric: str = "cosine") -> 
         raise PropagateError(f"match.metric {metric!r}: choose cosine or l2")
     nn12 = sim.argmax(dim=1)
     nn21 = sim.argmax(dim=0)
-    ids = torch.arange(len(a))
+    ids = torch.arange(len(a), device=sim.device)
     keep = nn21[nn12] == ids
-    return torch.stack([ids[keep], nn12[keep]], dim=1).numpy()
+    return torch.stack([ids[keep], nn12[keep]], dim=1).cpu().numpy()
 
 
 def detect_keypoints(image: np.ndarray, count: int) -> np.ndarray:
