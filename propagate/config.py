@@ -84,7 +84,8 @@ class PckConfig:
 
 @dataclass
 class MatchConfig:
-    """Matching one image to another (``propagate match``, ``edit``, ``eval spair|hpatches``; :mod:`propagate.correspond`).
+    """Matching one image to another (``propagate match``, ``edit``, ``eval spair|hpatches``;
+    :mod:`propagate.correspond`).
 
     Defaults are DIFT's SPair-71k settings; the ``hpatches_*`` presets set the geometric ones.
     """

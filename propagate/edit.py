@@ -95,9 +95,10 @@ def edit_corners(alpha: np.ndarray) -> np.ndarray:
 
 
 def homography_json(homography: np.ndarray | None, corners: np.ndarray, inliers: int, samples: int,
-                    target: str, size_wh: tuple[int, int]) -> dict[str, object]:
+                    target: str, size_wh: tuple[int, int], features: str) -> dict[str, object]:
+    """One target's fit as ``<stem>.json`` holds it (``features``: the label, which says so for the baseline)."""
     return {
-        "image": target, "size": list(size_wh), "samples": samples, "inliers": inliers,
+        "image": target, "size": list(size_wh), "features": features, "samples": samples, "inliers": inliers,
         "homography": None if homography is None else [[float(v) for v in row] for row in homography],
         "corners": None if homography is None else [[round(float(x), 3), round(float(y), 3)]
                                                     for x, y in project(homography, corners)],
@@ -140,7 +141,7 @@ def run_edit(source: str | Path, edit: str | Path, targets: Sequence[str | Path]
             homography, inliers = fit_edit(src_vectors, src_xy, tgt_feats, tgt_wh, match.edit_threshold)
             result = tgt_image if homography is None else composite(tgt_image, rgba, homography)
             Image.fromarray(result).save(staging / f"{target.stem}.png")
-            record = homography_json(homography, corners, inliers, len(src_xy), str(target), tgt_wh)
+            record = homography_json(homography, corners, inliers, len(src_xy), str(target), tgt_wh, label)
             atomic_write_json(staging / f"{target.stem}.json", record)
             fits.append({"target": str(target), "fitted": homography is not None, "inliers": inliers})
         atomic_write_json(staging / RUN_INFO, run_record(config, described, task="edit", source=str(source),
@@ -232,7 +233,8 @@ def run_edit_video(video: str | Path, edit: str | Path, at: int, out: str | Path
             homography, kept = np.eye(3), len(src_xy)
         else:
             feats = image_features(described, frame.image, match.size, frame_id=frame.index)
-            homography, kept = fit_edit(src_vectors, src_xy, feats, size_wh, match.edit_threshold)  # type: ignore[arg-type]
+            homography, kept = fit_edit(src_vectors, src_xy, feats, size_wh,  # type: ignore[arg-type]
+                                        match.edit_threshold)
         raw.append(homography)
         inliers.append(kept)
     count = len(raw)
@@ -257,12 +259,13 @@ def run_edit_video(video: str | Path, edit: str | Path, at: int, out: str | Path
                 Image.fromarray(result).save(staging / "frames" / f"{Path(frame.name).stem}.png")
                 writer.write(caption(result.copy(), label) if extractor.name == "baseline" else result)
         atomic_write_json(staging / "homographies.json", {
-            "at": at, "corners": [[float(x), float(y)] for x, y in corners], "frames": [
+            "at": at, "features": label, "corners": [[float(x), float(y)] for x, y in corners], "frames": [
                 {"frame": name, "fitted": bool(ok), "inliers": kept,
                  "raw": None if h is None else [[float(v) for v in row] for row in h],
                  "homography": [[float(v) for v in row] for row in f]}
                 for name, ok, kept, h, f in zip(source.names, fitted, inliers, raw, final)]})
         atomic_write_json(staging / RUN_INFO, run_record(config, described, task="edit video", video=str(video),
-                                                         edit=str(edit), at=at, mask=None if mask is None else str(mask),
+                                                         edit=str(edit), at=at,
+                                                         mask=None if mask is None else str(mask),
                                                          category=category, features_label=label))
     return {"frames": count, "out": str(out), "features": label, "fitted": int(fitted.sum())}

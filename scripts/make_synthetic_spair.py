@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Write a synthetic SPair-71k-layout dataset whose PCK is counted by hand (see propagate/datasets/synthetic_spair.py).
 
-Example: python scripts/make_synthetic_spair.py /tmp/spair && propagate eval spair --root /tmp/spair --out /tmp/o --features baseline
+Example: python scripts/make_synthetic_spair.py /tmp/spair
+         propagate eval spair --root /tmp/spair --out /tmp/o --features baseline
 """
 from __future__ import annotations
 

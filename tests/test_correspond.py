@@ -135,8 +135,8 @@ def test_match_lands_within_one_feature_cell(walk, tmp_path, capsys, name, trans
     picture = np.asarray(Image.open(tmp_path / "out" / "tgt.jpg"))
     assert picture.shape[0] == 384 and picture.shape[1] > 2 * 384 * width / height  # two panels side by side
     # the output is a points file `match` reads again (a chain of images)
-    code, _, _ = run_cli(["match", tmp_path / "tgt.png", tmp_path / "src.png", "--points", tmp_path / "out" / "tgt.json",
-                          "--out", tmp_path / "back", "--features", "baseline"], capsys)
+    code, _, _ = run_cli(["match", tmp_path / "tgt.png", tmp_path / "src.png", "--points",
+                          tmp_path / "out" / "tgt.json", "--out", tmp_path / "back", "--features", "baseline"], capsys)
     assert code == 0
 
 
@@ -184,6 +184,7 @@ def test_edit_images_lands_corners_within_a_few_pixels(walk, tmp_path, capsys):
     assert code == 0 and "BASELINE" in out
     for stem, truth, size in (("h", HOMOGRAPHY, (width, height)), ("a", scale @ AFFINE, (384, 216))):
         record = json.loads((tmp_path / "out" / f"{stem}.json").read_text())
+        assert record["features"] == "BASELINE features (not DIFT)"
         got = np.array(record["corners"])
         assert np.abs(got - project(truth, corners)).max() < 6, (stem, got, project(truth, corners))
         assert np.abs(project(np.array(record["homography"]), corners) - got).max() < 1e-2
@@ -350,7 +351,7 @@ def test_edit_errors_are_one_line(walk, tmp_path, capsys):
         (["--edit", tmp_path / "rgb.png", "--to", tmp_path / "nothere.png"], "does not exist"),
     ]
     for extra, words in cases:
-        code, _, err = run_cli(["edit", tmp_path / "src.png", *extra, "--out", tmp_path / "o", "--features", "baseline"],
-                               capsys)
+        code, _, err = run_cli(["edit", tmp_path / "src.png", *extra, "--out", tmp_path / "o",
+                                "--features", "baseline"], capsys)
         assert code == 2 and err.startswith("error:") and words in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "o").exists()

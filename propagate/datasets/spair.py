@@ -159,7 +159,8 @@ def _category_runner(dataset: SpairDataset):
                 features[name] = image_features(described, image, config.match.size)
             records = [predict_pair(p, features, sizes, config.match.upsample) for p in pairs]
             with folder as staging:
-                atomic_write_json(staging / PREDICTIONS, {"category": category, "pairs": records})
+                atomic_write_json(staging / PREDICTIONS, {"category": category, "features": label_of(extractor.name),
+                                                          "pairs": records})
             summaries.append({"category": category, "pairs": len(records)})
         return summaries
 
