@@ -400,6 +400,25 @@ class _StderrLines(logging.Handler):
         print(self.format(record), file=sys.stderr)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: Python's or NumPy's MemoryError, torch's out-of-memory error, or
+    OpenCV's ``cv2.error`` for a buffer it could not allocate."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text)):  # CUDA's, and torch's CPU allocator's
+        return True
+    return type(exc).__module__.startswith("cv2") and ("Insufficient memory" in text or "Failed to allocate" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's message, as one short line (OpenCV's span several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = next((x for x in lines if "memory" in x.lower() or "alloc" in x.lower()), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {line[:160]}" if line else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -421,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}: nothing was marked complete; fix this and run again",
               file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only running out of memory is turned into a line; the rest re-raised
+        if debug or not _out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({_first_line(exc)}): nothing was marked complete; use smaller frames "
+              "(resize.short_side), fewer frames per batch (--batch-frames, --batch-size) or a machine with more "
+              "memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: what was being written is not marked complete (finished results are); run the same "

@@ -22,7 +22,7 @@ from propagate.config import Config, KeypointConfig, PropagationConfig
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
-from propagate.keypoints import CONVENTIONS, decode_keypoints, keypoint_heatmaps, pixels_to_grid
+from propagate.keypoints import decode_keypoints, keypoint_heatmaps, pixels_to_grid
 from propagate.labels import decode_mask, mask_to_labels, require_objects
 from propagate.propagation import LabelPropagator
 from propagate.video import Frame, VideoSource, open_video, processing_size
@@ -109,10 +109,7 @@ class KeypointTracker:
         native_wh: tuple[int, int],
         device: str | torch.device | None = None,
     ):
-        if keypoints.decode_topk < 1:
-            raise PropagateError(f"keypoints.decode_topk must be >= 1, got {keypoints.decode_topk}")
-        if keypoints.cell_convention not in CONVENTIONS:
-            raise PropagateError(f"keypoints.cell_convention {keypoints.cell_convention!r}: choose one of {', '.join(CONVENTIONS)}")
+        keypoints.check()  # checked when made; again here, as a caller may have changed a field since
         self.keypoints = keypoints
         self.native_wh = tuple(native_wh)
         self.propagator = LabelPropagator(propagation, device=device)

@@ -34,8 +34,8 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
-from propagate.keypoints import decode_keypoints, keypoint_heatmaps, pixels_to_grid
-from propagate.labels import decode_mask, mask_to_labels, object_ids
+from propagate.keypoints import check_points, decode_keypoints, keypoint_heatmaps, pixels_to_grid
+from propagate.labels import check_mask, decode_mask, mask_to_labels, object_ids
 from propagate.pipeline import Sweep, as_source, check_length, propagate_keyframes
 from propagate.video import VideoSource, processing_size
 
@@ -172,13 +172,9 @@ class Session:
     def add_mask(self, index: int, mask: np.ndarray) -> None:
         """Make frame ``index`` a keyframe with ``mask [H, W]`` uint8 (0 background, 1..N objects, 255 void)."""
         self._check_index(index)
+        mask = check_mask(mask, self.native_size, f"keyframe {index}")  # a uint8 copy
         self._set_kind("masks")
-        mask = np.asarray(mask)
-        w, h = self.native_size
-        if mask.shape != (h, w) or mask.dtype != np.uint8:
-            raise PropagateError(f"keyframe {index}: the mask is {mask.dtype} {mask.shape[::-1]}, the frames are "
-                                 f"{w}x{h}: give a [H, W] uint8 mask of the frame's size")
-        self._annotations[index] = mask.copy()
+        self._annotations[index] = mask
 
     def add_points(self, index: int, xy: np.ndarray, names: Sequence[str] | None = None) -> None:
         """Make frame ``index`` a keyframe with points ``xy [J, 2]`` (native pixels). Every keyframe gives the same
@@ -192,8 +188,8 @@ class Session:
         if self.point_names and names != self.point_names:
             raise PropagateError(f"keyframe {index} gives points {', '.join(names)} but the session tracks "
                                  f"{', '.join(self.point_names)}: every keyframe must give the same points")
+        self._annotations[index] = check_points(names, xy, self.native_size, f"keyframe {index}").copy()
         self.point_names = names
-        self._annotations[index] = xy.copy()
 
     def remove(self, index: int) -> None:
         """Frame ``index`` is a keyframe no more."""

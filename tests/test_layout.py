@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
-    ["errors", "config", "metrics", "pck", "io"],
+    ["errors", "options", "config", "metrics", "pck", "io"],
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
     ["propagation", "correspond"],
