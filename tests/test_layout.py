@@ -94,7 +94,8 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo", "session", "cluster"])
+                                    "features.stream", "features", "propagation", "demo", "session", "cluster",
+                                    "correspond", "matching", "edit", "datasets.spair", "datasets.hpatches"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 
