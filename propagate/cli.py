@@ -156,6 +156,56 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
     print(format_pck_table(result))
 
 
+def cmd_match(args: argparse.Namespace) -> None:
+    from propagate.matching import run_match
+
+    config = config_from_args(args, "spair")
+    summary = run_match(args.source, args.targets, args.points, args.out, config, category=args.category,
+                        overwrite=args.overwrite)
+    print(f"matched points into {summary['targets']} image(s) in {summary['out']} [{summary['features']}]")
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from propagate.edit import run_edit, run_edit_video
+
+    if (args.to is None) == (args.at is None):
+        raise PropagateError("give exactly one of --to TGT... (images) or --at FRAME (a video)")
+    config = config_from_args(args, "spair")
+    if args.to is not None:
+        if args.mask is not None:
+            raise PropagateError("--mask hides the edit where a video's surface is occluded: use it with --at")
+        summary = run_edit(args.source, args.edit, args.to, args.out, config, category=args.category,
+                           overwrite=args.overwrite)
+        failed = [f["target"] for f in summary["fits"] if not f["fitted"]]  # type: ignore[union-attr]
+        print(f"edit carried to {summary['targets']} image(s) in {summary['out']} [{summary['features']}]"
+              + (f"; no homography for {', '.join(failed)} (written unedited)" if failed else ""))
+    else:
+        summary = run_edit_video(args.source, args.edit, args.at, args.out, config, mask=args.mask,
+                                 category=args.category, overwrite=args.overwrite)
+        print(f"edit carried through {summary['frames']} frames ({summary['fitted']} fitted) into {summary['out']} "
+              f"[{summary['features']}]")
+
+
+def cmd_eval_spair(args: argparse.Namespace) -> None:
+    from propagate.datasets.spair import evaluate_spair, format_spair_table
+
+    config = config_from_args(args, "spair")
+    categories = args.categories.split(",") if args.categories else None
+    result = evaluate_spair(args.root, args.out, config, split=args.split, categories=categories, preset=args.config,
+                            command=" ".join(sys.argv))
+    print(format_spair_table(result))
+
+
+def cmd_eval_hpatches(args: argparse.Namespace) -> None:
+    from propagate.datasets.hpatches import evaluate_hpatches, format_hpatches_table
+
+    config = config_from_args(args, "hpatches")
+    sequences = args.sequences.split(",") if args.sequences else None
+    result = evaluate_hpatches(args.root, args.out, config, sequences=sequences, preset=args.config,
+                               command=" ".join(sys.argv))
+    print(format_hpatches_table(result))
+
+
 def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g = p.add_argument_group("workers (Ray; pip install -e \".[cluster]\")")
     g.add_argument("--workers", type=int, help="worker processes, each with its own extractor (default: one per CPU, "
@@ -273,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(ej)
     add_cluster_flags(ej)
     ej.set_defaults(func=cmd_eval_jhmdb)
+    es = ev_sub.add_parser("spair", help="SPair-71k semantic correspondence: carry keypoints, then PCK@0.1")
+    es.add_argument("--root", required=True, help="SPair-71k root (JPEGImages/<category>/, PairAnnotation/<split>/)")
+    es.add_argument("--split", default="test")
+    es.add_argument("--out", required=True, help="results folder (resumable)")
+    es.add_argument("--categories", help="comma-separated subset of the categories")
+    add_config_flags(es)
+    es.set_defaults(func=cmd_eval_spair)
+    eh = ev_sub.add_parser("hpatches", help="HPatches: homography accuracy at 1, 3, 5 px (illumination, viewpoint)")
+    eh.add_argument("--root", required=True, help="hpatches-sequences-release (<seq>/1.ppm..6.ppm, H_1_2..H_1_6)")
+    eh.add_argument("--out", required=True, help="results folder (resumable)")
+    eh.add_argument("--sequences", help="comma-separated subset of the sequences")
+    add_config_flags(eh)
+    eh.set_defaults(func=cmd_eval_hpatches)
 
     ba = sub.add_parser("batch", help="label every video of a manifest on Ray workers (local or a cluster)")
     ba.add_argument("manifest", help="CSV: video,mask or video,points; optional name and config columns (README)")
@@ -305,6 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted (default 500)")
     add_config_flags(sv)
     sv.set_defaults(func=cmd_serve)
+
+    ma = sub.add_parser("match", help="carry named points from one image to others (semantic correspondence)")
+    ma.add_argument("source", help="the image the points are on")
+    ma.add_argument("targets", nargs="+", metavar="TGT", help="target images, or folders of them")
+    ma.add_argument("--points", required=True, help="points on the source: JSON or CSV (see README)")
+    ma.add_argument("--out", required=True, help="output folder: <target>.json and <target>.jpg per target")
+    ma.add_argument("--category", help="what the images show (DIFT-SD's prompt \"a photo of a {category}\")")
+    ma.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_config_flags(ma)
+    ma.set_defaults(func=cmd_match)
+
+    ed_ = sub.add_parser("edit", help="carry an edit (an RGBA sticker over the source) to other images or a video")
+    ed_.add_argument("source", help="the image the edit is drawn over, or a video (file or folder of frames)")
+    ed_.add_argument("--edit", required=True, help="RGBA PNG the size of the source, transparent where not drawn")
+    ed_.add_argument("--to", nargs="+", metavar="TGT", help="target images, or folders of them")
+    ed_.add_argument("--at", type=int, help="video: the frame the edit is drawn over (0-based)")
+    ed_.add_argument("--mask", help="video: folder of per-frame masks of the surface; the edit hides outside them")
+    ed_.add_argument("--out", required=True, help="output folder")
+    ed_.add_argument("--category", help="what the images show (DIFT-SD's prompt \"a photo of a {category}\")")
+    ed_.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_config_flags(ed_)
+    ed_.set_defaults(func=cmd_edit)
     return parser
 
 

@@ -16,13 +16,13 @@ FLOORS: list[list[str]] = [
     ["errors", "options", "config", "metrics", "pck", "io"],
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
-    ["propagation"],
+    ["propagation", "correspond"],
     ["labels", "keypoints", "coco"],
     ["render"],
     ["kinds", "writers"],  # a codec per label kind (masks, points); the table of result writers
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app"],
+    ["datasets", "cache", "demo", "cluster", "app", "matching", "edit"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
@@ -95,7 +95,8 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo", "session", "cluster"])
+                                    "features.stream", "features", "propagation", "demo", "session", "cluster",
+                                    "correspond", "matching", "edit", "datasets.spair", "datasets.hpatches"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 
