@@ -174,7 +174,7 @@ def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from propagate.cluster import run_batch
+    from propagate.batch import run_batch
 
     def configure(preset: str | None, task: str) -> Config:
         return config_from_args(argparse.Namespace(**{**vars(args), "config": preset or args.config}), task)
@@ -200,7 +200,7 @@ def cmd_score_davis(args: argparse.Namespace) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     from propagate.cache import extract_to_cache
     from propagate.datasets.davis import is_davis_root, sequence_folders
-    from propagate.runs import check_not_input
+    from propagate.results import check_not_input
 
     config = config_from_args(args, "davis")
     videos = sequence_folders(args.input) if is_davis_root(args.input) else [Path(args.input)]

@@ -19,12 +19,13 @@ import pytest
 
 from conftest import write_clip
 from propagate.cli import _cluster_runner, build_parser, main
-from propagate.cluster import RayRunner, read_manifest, run_batch
+from propagate.batch import read_manifest, run_batch
+from propagate.cluster import RayRunner
 from propagate.config import load_config
 from propagate.datasets.davis import evaluate_davis
 from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
-from propagate.runs import STAGING_MARK, STAGING_TAG, ResultsFolder, check_output
+from propagate.results import STAGING_MARK, STAGING_TAG, ResultsFolder, check_output
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[cluster]"')
 
@@ -69,7 +70,7 @@ def files(folder: Path) -> dict[str, bytes]:
             if p.name == "run_info.json":  # the date and command line differ between any two runs
                 record = json.loads(data)
                 record.pop("date"), record.pop("command")
-                record["config"].pop("batch_frames")  # speed only (runs.SPEED_ONLY): the slow tests use 1
+                record["config"].pop("batch_frames")  # speed only (results.SPEED_ONLY): the slow tests use 1
                 data = json.dumps(record, sort_keys=True).encode()
             found[str(p.relative_to(folder))] = data
     return found

@@ -31,7 +31,7 @@ from PIL import Image
 
 from propagate.cli import main
 from propagate.labels import read_mask, write_mask
-from propagate.runs import COMPLETE, STAGING_TAG
+from propagate.results import COMPLETE, STAGING_TAG
 
 from conftest import write_clip
 

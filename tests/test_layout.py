@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
     ["errors", "config", "metrics", "pck", "io"],
+    ["results"],  # results folders: checks, staging, the journal, recovery, run records; no torch
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
     ["propagation"],
@@ -21,7 +22,7 @@ FLOORS: list[list[str]] = [
     ["render"],
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app"],
+    ["datasets", "cache", "demo", "cluster", "batch", "app"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
@@ -93,7 +94,7 @@ def test_no_import_cycles():
             visit(module, [])
 
 
-@pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
+@pytest.mark.parametrize("module", ["pipeline", "results", "runs", "batch", "cache", "datasets.davis", "datasets.jhmdb",
                                     "features.stream", "features", "propagation", "demo", "session", "cluster"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib

@@ -16,11 +16,11 @@ from PIL import Image
 from propagate.config import load_config
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
-from propagate import runs
-from propagate.runs import (
-    COMPLETE, INSTALLING, STAGING_MARK, ResultsFolder, ResumableRun, check_output, remove_stale_staging, run_points, run_video,
-    written_files,
+from propagate import results
+from propagate.results import (
+    COMPLETE, INSTALLING, STAGING_MARK, ResultsFolder, ResumableRun, check_output, remove_stale_staging, written_files,
 )
+from propagate.runs import run_points, run_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,7 +134,7 @@ def test_a_mount_point_stages_inside_it_and_a_move_cut_short_is_finished_by_the_
     halfway is finished, old files dropped and new ones in, by whatever opens the folder next."""
     target = tmp_path / "volume"
     target.mkdir()
-    monkeypatch.setattr(runs.os.path, "ismount", lambda path: Path(path) == target)
+    monkeypatch.setattr(results.os.path, "ismount", lambda path: Path(path) == target)
     with ResultsFolder(target) as staging:
         assert staging.parent == target
         (staging / "sub").mkdir()
@@ -150,10 +150,10 @@ def test_a_mount_point_stages_inside_it_and_a_move_cut_short_is_finished_by_the_
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(runs.os, "replace", cut_short)
+    monkeypatch.setattr(results.os, "replace", cut_short)
     with pytest.raises(KeyboardInterrupt):
         write_results(target, {"a.png": "new", "c.png": "new"}, inside=True, overwrite=True)
-    monkeypatch.setattr(runs.os, "replace", real_replace)
+    monkeypatch.setattr(results.os, "replace", real_replace)
     assert not (target / COMPLETE).exists() and (target / INSTALLING).exists()  # half moved: never complete
     assert (target / "a.png").read_text() == "new" and (target / "sub" / "b.json").exists() is False
     assert ResultsFolder.is_complete(target)
