@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,13 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
-from propagate.io import atomic_write_text
-from propagate.results import JSON, ResultsFolder, check_not_input, check_output
+from propagate.io import atomic_write_json, atomic_write_text
+from propagate.results import JSON, ResultsFolder, check_not_input, check_output, confined
 from propagate.runs import Unit, run_unit
 
 FAILURES_CSV = "failures.csv"
 FAILURES_HEADER = ["name", "video", "error"]
+BATCH_RECORD = ".batch.json"  # in --out: the files batch itself wrote there (failures.csv), written first
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -170,13 +172,26 @@ def read_manifest(path: str | Path) -> list[Row]:
     return rows
 
 
+def row_folder(row: Row, out: Path) -> Path:
+    """``out/<name>``, the row's results folder: refused if it is a symlink (results are never written through one
+    out of ``out``)."""
+    folder = out / row.name
+    if folder.is_symlink():
+        raise PropagateError(f"{folder} is a symlink (to {os.path.realpath(folder)}): results are written only inside "
+                             "--out; remove the link or give the row another name")
+    return confined(out, row.name, f"manifest line {row.line}")
+
+
 def check_row(row: Row, out: Path) -> None:
-    """What can be checked of a row before anything runs: its files exist and its results folder can be written."""
+    """What can be checked of a row before anything runs: its files exist (a mask may be a keyframe folder) and its
+    results folder can be written."""
     if not row.video.exists():
         raise PropagateError(f"video {row.video} does not exist")
-    if not row.annotation.is_file():
-        raise PropagateError(f"{'mask' if row.kind == 'masks' else 'points'} file {row.annotation} does not exist")
-    check_output(out / row.name, [row.video, row.annotation])
+    if row.kind == "masks" and not row.annotation.exists():
+        raise PropagateError(f"mask file or keyframe folder {row.annotation} does not exist")
+    if row.kind == "points" and not row.annotation.is_file():
+        raise PropagateError(f"points file {row.annotation} does not exist")
+    check_output(row_folder(row, out), [row.video, row.annotation])
 
 
 # ---------------------------------------------------------------------------------------------- propagate batch
@@ -201,12 +216,30 @@ class BatchReport:
         return "\n".join(lines)
 
 
+def check_failures_file(out: Path) -> None:
+    """``out/failures.csv`` may be replaced only if batch wrote it: its record (``.batch.json``) lists it, whatever
+    the file holds; a symlink or a folder there is never ours."""
+    failures = out / FAILURES_CSV
+    if not (failures.exists() or failures.is_symlink()):
+        return
+    record = out / BATCH_RECORD
+    try:
+        listed = json.loads(record.read_text(encoding="utf-8")).get("files") if not record.is_symlink() else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        listed = None
+    if failures.is_symlink() or not failures.is_file() or not isinstance(listed, list) or FAILURES_CSV not in listed:
+        raise PropagateError(f"{failures} exists and was not written by propagate batch (its record {record} does not "
+                             "list it): move it or choose another --out")
+
+
 def _write_failures(out: Path, failed: Sequence[tuple[Row, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(FAILURES_HEADER)
     writer.writerows([row.name, str(row.video), error] for row, error in failed)
     out.mkdir(parents=True, exist_ok=True)
+    check_failures_file(out)  # still ours (nothing put there while the batch ran)
+    atomic_write_json(out / BATCH_RECORD, {"files": [FAILURES_CSV]})  # first: failures.csv is ours from here on
     atomic_write_text(out / FAILURES_CSV, buffer.getvalue())
 
 
@@ -227,10 +260,7 @@ def run_batch(manifest: str | Path, out: str | Path, configure: Callable[[str | 
             if out == given.resolve() or out.is_relative_to(given.resolve()):
                 raise PropagateError(f"--out {out} lies inside {given} (manifest line {row.line}): choose an --out "
                                      "outside the inputs")
-    failures = out / FAILURES_CSV
-    if failures.exists() and (not failures.is_file() or
-                              failures.read_text(encoding="utf-8").split("\n", 1)[0] != ",".join(FAILURES_HEADER)):
-        raise PropagateError(f"{failures} exists and was not written by propagate batch: move it or choose another --out")
+    check_failures_file(out)
     for task in sorted({"davis" if row.kind == "masks" else "jhmdb" for row in rows}):
         configure(None, task)  # the command line's own settings: an error there is everyone's, so it stops here
     report = BatchReport()
@@ -238,11 +268,11 @@ def run_batch(manifest: str | Path, out: str | Path, configure: Callable[[str | 
     job_rows: list[Row] = []
     configs: dict[tuple[str | None, str], Config] = {}
     for row in rows:
-        if ResultsFolder.is_complete(out / row.name):
-            report.skipped.append(row.name)
-            continue
         task = "davis" if row.kind == "masks" else "jhmdb"
         try:
+            if ResultsFolder.is_complete(row_folder(row, out)):
+                report.skipped.append(row.name)
+                continue
             check_row(row, out)
             if (row.config, task) not in configs:
                 configs[row.config, task] = configure(row.config, task)

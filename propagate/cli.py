@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -162,6 +164,8 @@ def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g.add_argument("--address", help="a running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001 "
                    "(default: start a local one)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (default 0: CPU)")
+    g.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for the cluster at --address to answer (default 30)")
 
 
 def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner | None:
@@ -170,7 +174,8 @@ def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner
         return None
     from propagate.cluster import RayRunner
 
-    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
+    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                     connect_timeout=args.connect_timeout)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -308,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill``, ``timeout`` and a container stop send), raised where the program is so that it unwinds
+    exactly as Ctrl-C does: staging folders removed, nothing marked complete."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class _StderrLines(logging.Handler):
     """The package's info lines (e.g. the precision an extractor resolved to) on the current stderr."""
 
@@ -323,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(_StderrLines())
         log.setLevel(logging.INFO)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)
     except PropagateError as exc:
@@ -337,10 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}: nothing was marked complete; fix this and run again",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: what was being written is not marked complete (finished results are); run the same "
-              "command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM); " if isinstance(exc, Terminated) else ""
+        print(f"interrupted: {how}what was being written is not marked complete (finished results are); run the "
+              "same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return status if isinstance(status, int) else 0
 
 

@@ -25,9 +25,10 @@ must go to a folder that every worker sees (a shared file system on a multi-node
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
-from propagate.results import JSON, Owner, staging_folders
+from propagate.results import JSON, Owner, delete, staging_folders
 from propagate.runs import Unit, run_unit
 
 
@@ -67,7 +68,7 @@ def discard_staging(target: Path, owners: Sequence[Owner]) -> list[Path]:
     wanted = {(int(pid), str(host)) for pid, host in owners}
     removed = [staging for staging, owner in staging_folders(target) if owner in wanted]
     for staging in removed:
-        shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
+        delete(staging, staging, tree=True)  # a staging folder is ours from top to bottom
     return removed
 
 
@@ -144,6 +145,8 @@ class RayRunner:
         retries: how many times a video is started again after its worker died.
         setup: run once in each worker before it builds an extractor (must be picklable).
         overwrite: replace earlier results (as ``propagate run --overwrite``).
+        connect_timeout: seconds to wait for the cluster at ``address`` to answer before giving up (Ray itself
+            retries a dead address without end).
 
     The extractor given to ``__call__`` is not used: each worker builds its own from ``config``. Used as a context
     manager (``with RayRunner(...) as runner:``), the workers and their extractors stay up between runs (a
@@ -151,9 +154,12 @@ class RayRunner:
     """
 
     def __init__(self, workers: int | None = None, address: str | None = None, gpus_per_worker: float = 0.0,
-                 retries: int = 2, setup: Callable[[], None] | None = None, overwrite: bool = False):
+                 retries: int = 2, setup: Callable[[], None] | None = None, overwrite: bool = False,
+                 connect_timeout: float = 30.0):
         if workers is not None and workers < 1:
             raise PropagateError(f"--workers {workers}: give at least 1")
+        if not connect_timeout > 0:
+            raise PropagateError(f"--connect-timeout {connect_timeout}: give a number of seconds > 0")
         if gpus_per_worker < 0:
             raise PropagateError(f"--gpus-per-worker {gpus_per_worker}: give 0 (CPU workers) or more")
         self.workers = workers
@@ -162,6 +168,7 @@ class RayRunner:
         self.retries = retries
         self.setup = setup
         self.overwrite = overwrite
+        self.connect_timeout = connect_timeout
         self._ray: ModuleType | None = None
         self._started = False  # this runner started a local cluster (and stops it in close)
         self._slots: list[_Slot] = []
@@ -206,8 +213,11 @@ class RayRunner:
         self._ray = ray
         if ray.is_initialized():
             return ray
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             if self.address:
+                self._reachable(self.address)
                 ray.init(address=self.address, log_to_driver=False)
             else:
                 ray.init(include_dashboard=False, log_to_driver=False)
@@ -216,8 +226,23 @@ class RayRunner:
             self._ray = None
             raise PropagateError(f"cannot start Ray workers on {where}: {str(exc).splitlines()[0]}; for a running "
                                  "cluster give --address auto (on one of its nodes) or ray://HEAD:10001") from None
+        finally:
+            if sigterm is not None:  # ray.init makes SIGTERM exit at once; the caller's handling (the CLI's) stays
+                signal.signal(signal.SIGTERM, sigterm)
         self._started = True
         return ray
+
+    def _reachable(self, address: str) -> None:
+        """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) that does not accept a connection within
+        :attr:`connect_timeout` (``auto`` is looked up by Ray itself)."""
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            return  # auto, or a form Ray reads on its own
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout).close()
+        except OSError as exc:
+            reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ConnectionError(f"{address} does not answer ({reason}) within {self.connect_timeout:g} s") from None
 
     def _num_workers(self, ray: ModuleType) -> int:
         if self.workers is not None:

@@ -16,8 +16,14 @@ What it promises (README, "What propagate will and will not delete"):
   mount point), the whole results are first committed in a journal (``.installing``: the staging folder, the earlier
   files to drop, the new manifest), then moved in file by file. An interrupted move is finished by whatever next
   opens that folder, so it never stays half old, half new.
-- **Delete only what we wrote.** ``overwrite`` replaces exactly the files listed in the earlier manifest; a folder
-  holding anything else is refused, naming the first foreign file.
+- **Delete only what we wrote.** ``overwrite`` replaces exactly the files listed in the earlier manifest that a run
+  of ours writes (:data:`RESULT_NAMES`); a folder holding anything else (a file, an empty folder, a symlink, a
+  dotfile) is refused, naming it. Every name read from a file (a manifest, the journal) is confined to its folder
+  before anything is done with it, and every removal goes through :func:`delete`, which refuses a path outside the
+  folder it is given and never follows a symlink.
+- **One writer at a time.** A run that finds another live run writing the same folder (its marked staging folder,
+  started earlier) stops with one line; results that appear while a run writes are never replaced without
+  ``overwrite``.
 
 :class:`ResultsFolder` writes one folder; :class:`ResumableRun` is the top folder of a dataset protocol (its
 ``run_info.json``, then one unit folder per video, each written by a :class:`ResultsFolder` and skipped when
@@ -33,7 +39,10 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import sys
+import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
 from typing import Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
@@ -50,6 +59,11 @@ INSTALLING = ".installing"  # the journal of results being moved into their fold
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failures that can only come from writing
 
 JSON = dict[str, object]
+
+# What a run of ours writes into a results folder (shell patterns, one per name; ``/`` only where a writer makes a
+# subfolder): only names that match, listed in the manifest, are replaced by ``overwrite``. A new writer adds its own.
+RESULT_NAMES = ["*.png", "run_info.json", "confidence.csv", "coco.json", "coco_keypoints.json", "points.json",
+                "overlay.mp4"]
 
 # Options that change speed but not results: left out when checking that a resumed run uses the same settings.
 SPEED_ONLY = {("batch_frames",), ("extractor",), ("propagation", "device"), ("propagation", "screen")}
@@ -138,23 +152,78 @@ def check_not_input(target: str | Path, inputs: Sequence[str | Path]) -> None:
             raise PropagateError(f"output {target} contains the input {given}: choose an --out that holds no input")
 
 
+def _inside(folder: Path, name: str | Path) -> bool:
+    """``folder / name`` lies inside ``folder`` (not ``folder`` itself) once resolved: no absolute path, no ``..``
+    and no symlink on the way out. The last part is not followed (a link inside ``folder`` is inside)."""
+    path = folder / name
+    root = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(path.parent)) / path.name
+    return real != root and real.is_relative_to(root) and ".." not in Path(name).parts
+
+
+def confined(folder: Path, name: str, source: str | Path) -> Path:
+    """``folder / name`` for a ``name`` read from the file ``source``, checked to lie inside ``folder``; a
+    PropagateError naming it otherwise (``../x``, an absolute path, a symlink out)."""
+    if not name or not _inside(folder, name):
+        raise PropagateError(f"{source} names {name!r}, which lies outside {folder}: that file was not written by "
+                             f"propagate; remove it (or choose another --out)")
+    return folder / name
+
+
+def written_name(name: str) -> bool:
+    """``name`` (relative, ``/``-separated) is one a run of ours writes into a results folder (:data:`RESULT_NAMES`)."""
+    return not any(part.startswith(".") for part in name.split("/")) and any(
+        fnmatchcase(name, pattern) and name.count("/") == pattern.count("/") for pattern in RESULT_NAMES)
+
+
 def written_files(folder: Path) -> list[str] | None:
-    """The files listed in ``folder``'s manifest (relative paths), or None if it has no manifest of ours."""
+    """The files listed in ``folder``'s manifest (relative paths), or None if it has no manifest of ours. A listed
+    name that leads outside ``folder`` is a PropagateError naming it."""
     mark = folder / COMPLETE
-    if not mark.is_file():
+    if not mark.is_file() or mark.is_symlink():
         return None
     try:
         data = json.loads(mark.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return None
+    for name in files:
+        confined(folder, name, mark)
     return files
 
 
 def _all_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def _entries(folder: Path) -> dict[str, str]:
+    """Everything under ``folder``, relative name -> ``file``, ``folder``, ``symlink`` or ``other``; symlinks are
+    listed, never followed."""
+    found = {}
+    for top, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = Path(top) / name
+            mode = os.lstat(path).st_mode
+            kind = ("symlink" if stat.S_ISLNK(mode) else "folder" if stat.S_ISDIR(mode)
+                    else "file" if stat.S_ISREG(mode) else "other")
+            found[path.relative_to(folder).as_posix()] = kind
+    return found
+
+
+def _foreign(folder: Path, listed: Sequence[str], skip: Sequence[str]) -> list[str]:
+    """The entries of ``folder`` that propagate cannot show it wrote, each as ``name`` (a file) or ``name (an empty
+    folder)`` etc.: ours are the manifest, listed regular files with a name a run writes, and their folders;
+    ``skip`` are top-level names left out (our staging folders)."""
+    entries = {n: k for n, k in _entries(folder).items() if n.split("/")[0] not in skip}
+    ours = {n for n in listed if entries.get(n) == "file" and written_name(n)} | {COMPLETE}
+    ours |= {p.as_posix() for n in ours for p in Path(n).parents
+             if p != Path(".") and entries.get(p.as_posix()) == "folder"}
+    foreign = sorted(n for n in entries if n not in ours)
+    shown = [n for n in foreign if not any(other.startswith(n + "/") for other in foreign)]  # a folder: its contents
+    what = {"folder": " (an empty folder)", "symlink": " (a symlink)", "other": " (not a regular file)"}
+    return [n + what.get(entries[n], "") for n in shown]
 
 
 def _is_shared_place(path: Path) -> bool:
@@ -186,25 +255,46 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = (), overwrit
     if not overwrite:
         raise PropagateError(f"output folder {path} already holds results: pass --overwrite to replace them, "
                              "or choose another --out")
-    foreign = sorted(set(present) - set(ours) - {COMPLETE})
+    foreign = _foreign(path, ours, list(ours_in_progress))
     if foreign:
         raise PropagateError(f"output folder {path} holds {foreign[0]}, which propagate did not write: "
-                             "--overwrite replaces only earlier results; move that file or choose another --out")
+                             "--overwrite replaces only earlier results; move it or choose another --out")
 
 
 # ---------------------------------------------------------------------------------------------- removal of our own
+
+
+def delete(folder: Path, path: Path, tree: bool = False) -> None:
+    """The one way propagate removes anything: ``path`` if it is ``folder`` or lies inside it once resolved (else a
+    PropagateError, whatever the caller passes). A file or a symlink is unlinked (a symlink is never followed); a
+    folder is removed only if empty, or with ``tree`` with everything in it (links inside are removed, not
+    followed). A missing path is fine: every removal can be repeated."""
+    root = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(path.parent)) / path.name  # the last part is not followed
+    if real != root and not real.is_relative_to(root):
+        raise PropagateError(f"refusing to delete {path}: it lies outside the results folder {folder}")
+    try:
+        mode = os.lstat(real).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        real.unlink(missing_ok=True)
+    elif tree:
+        shutil.rmtree(real, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            real.rmdir()  # only if empty: a file we did not list keeps its folder
 
 
 def _remove_listed(folder: Path, files: Sequence[str], keep_folder: bool = False) -> None:
     """Delete ``files`` (relative to ``folder``), then the folders they leave empty, then ``folder`` if empty
     (unless ``keep_folder``)."""
     for name in files:
-        (folder / name).unlink(missing_ok=True)
+        delete(folder, folder / name)
     dirs = sorted({p for name in files for p in (folder / name).parents if p.is_relative_to(folder) and p != folder},
                   key=lambda p: len(p.parts), reverse=True)
     for d in dirs if keep_folder else [*dirs, folder]:
-        with contextlib.suppress(OSError):
-            d.rmdir()  # only if empty: a file we did not list keeps its folder
+        delete(folder, d)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -220,13 +310,28 @@ def _pid_alive(pid: int) -> bool:
 Owner = tuple[int, str]  # (pid, host) of the process writing a staging folder, as its mark records them
 
 
+def _mark(staging: Path) -> JSON | None:
+    """A staging folder's in-progress mark (``pid``, ``host``, ``started``); None without a readable one. Nothing in
+    it is ever used as a path."""
+    try:
+        info = json.loads((staging / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def _owner(staging: Path) -> Owner | None:
     """The (pid, host) a staging folder's in-progress mark names; None without a readable mark."""
     try:
-        info = json.loads((staging / STAGING_MARK).read_text(encoding="utf-8"))
-        return int(info["pid"]), str(info["host"])
-    except (OSError, ValueError, KeyError, TypeError):
+        info = _mark(staging)
+        return int(info["pid"]), str(info["host"])  # type: ignore[index, call-overload]
+    except (ValueError, KeyError, TypeError):
         return None
+
+
+def _is_folder(path: Path) -> bool:
+    """A real folder (a symlink to one is not: we never make links, so a linked staging folder is not ours)."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def _inner_staging(target: Path) -> dict[str, Owner]:
@@ -234,7 +339,7 @@ def _inner_staging(target: Path) -> dict[str, Owner]:
     -> owner: ours, never counted as the folder's contents."""
     if not target.is_dir():
         return {}
-    found = {p.name: _owner(p) for p in target.glob(f"{STAGING_TAG}*") if p.is_dir()}
+    found = {p.name: _owner(p) for p in target.glob(f"{STAGING_TAG}*") if _is_folder(p)}
     return {name: owner for name, owner in found.items() if owner is not None}
 
 
@@ -245,7 +350,7 @@ def staging_folders(target: Path) -> Iterator[tuple[Path, Owner | None]]:
     if not target.parent.is_dir():
         return
     for staging in target.parent.glob(f".{target.name}{STAGING_TAG}*"):
-        if staging.is_dir():
+        if _is_folder(staging):
             yield staging, _owner(staging)
     for name, owner in sorted(_inner_staging(target).items()):
         yield target / name, owner
@@ -265,10 +370,21 @@ def remove_stale_staging(target: Path) -> None:
         found = list(staging_folders(target))
     for staging, owner in found:
         if owner is not None:
-            if owner[1] == socket.gethostname() and not _pid_alive(owner[0]):
-                shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
+            if _gone(owner):
+                delete(staging, staging, tree=True)  # a staging folder is ours from top to bottom
         elif staging.name.endswith("-old") and (files := written_files(staging)) is not None:
             _remove_listed(staging, [*files, COMPLETE])
+
+
+def _started(staging: Path) -> int:
+    """When the run that marked ``staging`` started (ns since the epoch; 0 when its mark does not say)."""
+    value = (_mark(staging) or {}).get("started")
+    return value if isinstance(value, int) else 0
+
+
+def _gone(owner: Owner) -> bool:
+    """The process that marked a staging folder is known to be gone (same host, no such process)."""
+    return owner[1] == socket.gethostname() and not _pid_alive(owner[0])
 
 
 def finish_install(target: Path) -> None:
@@ -282,16 +398,21 @@ def finish_install(target: Path) -> None:
     data = read_json(journal, "install journal")
     name, replaces, manifest = data.get("staging"), data.get("replaces"), data.get("manifest")
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    names_ok = all(isinstance(f, list) and all(isinstance(n, str) and n and not Path(n).is_absolute()
-                                               and ".." not in Path(n).parts for n in f) for f in (replaces, files))
+    names_ok = all(isinstance(f, list) and all(isinstance(n, str) and n for n in f) for f in (replaces, files))
     inside = isinstance(name, str) and "/" not in name and name.startswith(STAGING_TAG)
     beside = isinstance(name, str) and "/" not in name and name.startswith(f".{target.name}{STAGING_TAG}")
     if not names_ok or not (inside or beside):
         raise PropagateError(f"install journal {journal} is not one propagate wrote: delete {target} and run again")
     assert isinstance(name, str) and isinstance(replaces, list) and isinstance(files, list)
     staging = target / name if inside else target.parent / name
+    for listed in (replaces, files):
+        for file in listed:
+            confined(target, file, journal)
+            confined(staging, file, journal)
+    if staging.is_symlink() or not all(written_name(file) for file in replaces):
+        raise PropagateError(f"install journal {journal} is not one propagate wrote: delete {target} and run again")
     try:
-        (target / COMPLETE).unlink(missing_ok=True)
+        delete(target, target / COMPLETE)
         _remove_listed(target, sorted(set(replaces) - set(files)), keep_folder=True)
         for file in files:
             if (staging / file).exists():
@@ -302,8 +423,8 @@ def finish_install(target: Path) -> None:
             raise PropagateError(f"results moving into {target} lost {missing[0]} (its staging folder {staging} was "
                                  f"changed): delete {target} and run again")
         atomic_write_json(target / COMPLETE, manifest)
-        shutil.rmtree(staging, ignore_errors=True)  # what is left of our staging folder: its marks
-        journal.unlink()
+        delete(staging, staging, tree=True)  # what is left of our staging folder: its marks
+        delete(target, journal)
     except OSError as exc:
         raise PropagateError(f"cannot finish moving results into {target}: {exc.strerror or exc} (at "
                              f"{exc.filename}): fix this and run again") from exc
@@ -327,6 +448,7 @@ class ResultsFolder:
         if self.target.is_symlink():  # results go where the link points; the link itself is the user's
             self.target = self.target.resolve()
         check_output(self.target, inputs, overwrite)
+        self.overwrite = overwrite
         self.staging: Path | None = None
         self.inside = False  # staging inside the target (a mount point), not beside it
         self.committed = False  # the results are whole and journalled: finishing the move is the next open's job
@@ -351,11 +473,28 @@ class ResultsFolder:
             self.staging = self.target / tag if self.inside else parent / f".{self.target.name}{tag}"
             self.staging.mkdir()
             atomic_write_json(self.staging / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                            "target": str(self.target)})
+                                                            "target": str(self.target), "started": time.time_ns()})
+            self._check_alone()
         except OSError as exc:
             self._discard()
             raise self._write_error(exc) from exc
+        except BaseException:
+            self._discard()
+            raise
         return self.staging
+
+    def _check_alone(self) -> None:
+        """One writer per folder: refuse if another live run of ours writes ``target`` and started first (its
+        marked staging folder; two runs that start at once both see each other and the later one stops)."""
+        assert self.staging is not None
+        mine = _started(self.staging), self.staging.name
+        for staging, owner in staging_folders(self.target):
+            if staging == self.staging or owner is None or _gone(owner):
+                continue
+            if (_started(staging), staging.name) < mine:
+                raise PropagateError(f"another propagate run (pid {owner[0]} on {owner[1]}) is writing {self.target}: "
+                                     f"wait for it to finish or choose another --out (if that run is gone, delete "
+                                     f"its staging folder {staging})")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -381,22 +520,32 @@ class ResultsFolder:
                               "--out")
 
     def _discard(self) -> None:
-        if self.staging is not None and self.staging.exists() and not self.committed:
-            shutil.rmtree(self.staging, ignore_errors=True)
-        for folder in self._created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if self.staging is not None and not self.committed:
+            delete(self.staging, self.staging, tree=True)
+        for folder in self._created:  # deepest first, each only if empty
+            delete(self._created[-1], folder)
 
     def _install(self) -> None:
         staging, target = self.staging, self.target
         assert staging is not None
         manifest: JSON = {"files": [f for f in _all_files(staging) if f != STAGING_MARK], **self.summary}
         earlier = written_files(target) if target.exists() else None
-        if not self.inside and (not target.exists() or earlier is not None):
-            (staging / STAGING_MARK).unlink()
+        if earlier is not None and not self.overwrite:  # absent or empty when checked: another run wrote it since
+            raise PropagateError(f"another run wrote results to {target} while this one was writing: nothing of "
+                                 "this run was marked complete; choose another --out (or pass --overwrite)")
+        check_output(target, overwrite=True)  # nothing foreign appeared in the meantime
+        earlier = [f for f in earlier or [] if written_name(f)]  # what we can show we wrote: all that is replaced
+        if not self.inside and (not target.exists() or written_files(target) is not None):
+            delete(staging, staging / STAGING_MARK)
             atomic_write_json(staging / COMPLETE, manifest)
             if not target.exists():
-                os.rename(staging, target)
+                try:
+                    os.rename(staging, target)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another run moved its results in first
+                        raise PropagateError(f"another run wrote results to {target} while this one was writing: "
+                                             "nothing of this run was marked complete; choose another --out") from exc
+                    raise
                 return
             aside = target.parent / f".{target.name}{STAGING_TAG}{secrets.token_hex(4)}-old"
             try:
@@ -409,10 +558,10 @@ class ResultsFolder:
                 except OSError:
                     os.rename(aside, target)  # the earlier results go back where they were
                     raise
-                _remove_listed(aside, [*(earlier or []), COMPLETE])
+                _remove_listed(aside, [*earlier, COMPLETE])
                 return
         # an existing empty folder, a mount point or a folder that cannot be swapped: commit, then move in
-        atomic_write_json(target / INSTALLING, {"staging": staging.name, "replaces": earlier or [], "manifest": manifest})
+        atomic_write_json(target / INSTALLING, {"staging": staging.name, "replaces": earlier, "manifest": manifest})
         self.committed = True  # from here on the staging folder belongs to the journal: an interrupt leaves it
         finish_install(target)
 
@@ -459,6 +608,10 @@ class ResumableRun:
         atomic_write_json(self.out / RUN_INFO, self.info)
 
     def done(self, unit: str) -> bool:
+        """Whether ``unit``'s folder (``out/<unit>``; a name from a split file, confined to ``out``) is complete."""
+        if not unit or not _inside(self.out, unit):
+            raise PropagateError(f"{unit!r} would be written outside {self.out}: give sequence or video names that are "
+                                 "plain relative paths")
         folder = self.out / unit
         if ResultsFolder.is_complete(folder):
             return True
