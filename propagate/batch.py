@@ -136,7 +136,8 @@ def read_manifest(path: str | Path) -> list[Row]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise PropagateError(f"manifest {path} does not exist: give a CSV with columns video,mask or video,points") from None
+        raise PropagateError(f"manifest {path} does not exist: give a CSV with columns video,mask or "
+                             "video,points") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PropagateError(f"manifest {path} cannot be read ({exc}): give a UTF-8 CSV file") from None
     reader = csv.DictReader(io.StringIO(text))
@@ -179,7 +180,7 @@ def row_folder(row: Row, out: Path) -> Path:
     if folder.is_symlink():
         raise PropagateError(f"{folder} is a symlink (to {os.path.realpath(folder)}): results are written only inside "
                              "--out; remove the link or give the row another name")
-    return confined(out, row.name, f"manifest line {row.line}")
+    return confined(out, row.name, f"manifest line {row.line}", "give a plain folder name in the name column")
 
 
 def check_row(row: Row, out: Path) -> None:
@@ -216,18 +217,24 @@ class BatchReport:
         return "\n".join(lines)
 
 
+def _recorded(out: Path) -> bool:
+    """Batch's record in ``out`` (``.batch.json``, a regular file) lists ``failures.csv``."""
+    record = out / BATCH_RECORD
+    try:
+        listed = json.loads(record.read_text(encoding="utf-8")).get("files") if not record.is_symlink() else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        listed = None
+    return isinstance(listed, list) and FAILURES_CSV in listed
+
+
 def check_failures_file(out: Path) -> None:
     """``out/failures.csv`` may be replaced only if batch wrote it: its record (``.batch.json``) lists it, whatever
     the file holds; a symlink or a folder there is never ours."""
     failures = out / FAILURES_CSV
     if not (failures.exists() or failures.is_symlink()):
         return
-    record = out / BATCH_RECORD
-    try:
-        listed = json.loads(record.read_text(encoding="utf-8")).get("files") if not record.is_symlink() else None
-    except (OSError, ValueError, AttributeError, RecursionError):
-        listed = None
-    if failures.is_symlink() or not failures.is_file() or not isinstance(listed, list) or FAILURES_CSV not in listed:
+    if failures.is_symlink() or not failures.is_file() or not _recorded(out):
+        record = out / BATCH_RECORD
         raise PropagateError(f"{failures} exists and was not written by propagate batch (its record {record} does not "
                              "list it): move it or choose another --out")
 
@@ -239,7 +246,8 @@ def _write_failures(out: Path, failed: Sequence[tuple[Row, str]]) -> None:
     writer.writerows([row.name, str(row.video), error] for row, error in failed)
     out.mkdir(parents=True, exist_ok=True)
     check_failures_file(out)  # still ours (nothing put there while the batch ran)
-    atomic_write_json(out / BATCH_RECORD, {"files": [FAILURES_CSV]})  # first: failures.csv is ours from here on
+    if not _recorded(out):
+        atomic_write_json(out / BATCH_RECORD, {"files": [FAILURES_CSV]})  # first: failures.csv is ours from here on
     atomic_write_text(out / FAILURES_CSV, buffer.getvalue())
 
 

@@ -125,8 +125,9 @@ def read_json(path: Path, what: str) -> JSON:
     """A JSON object the tool wrote; a PropagateError naming ``path`` if it is unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise PropagateError(f"{what} {path} is unreadable: delete it (and the results beside it) or choose another --out") from None
+    except (OSError, ValueError, RecursionError):
+        raise PropagateError(f"{what} {path} is unreadable: delete it (and the results beside it) or choose another "
+                             "--out") from None
     if not isinstance(data, dict):
         raise PropagateError(f"{what} {path} is not a propagate record: choose another --out")
     return data
@@ -161,12 +162,13 @@ def _inside(folder: Path, name: str | Path) -> bool:
     return real != root and real.is_relative_to(root) and ".." not in Path(name).parts
 
 
-def confined(folder: Path, name: str, source: str | Path) -> Path:
-    """``folder / name`` for a ``name`` read from the file ``source``, checked to lie inside ``folder``; a
-    PropagateError naming it otherwise (``../x``, an absolute path, a symlink out)."""
+def confined(folder: Path, name: str, source: str,
+             fix: str = "that file was not written by propagate; remove it (or choose another --out)") -> Path:
+    """``folder / name`` for a ``name`` read from a file (``source`` says which, e.g. ``manifest out/.complete``),
+    checked to lie inside ``folder``; a PropagateError naming it otherwise (``../x``, an absolute path, a symlink
+    out)."""
     if not name or not _inside(folder, name):
-        raise PropagateError(f"{source} names {name!r}, which lies outside {folder}: that file was not written by "
-                             f"propagate; remove it (or choose another --out)")
+        raise PropagateError(f"{source} names {name!r}, which lies outside {folder}: {fix}")
     return folder / name
 
 
@@ -190,7 +192,7 @@ def written_files(folder: Path) -> list[str] | None:
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return None
     for name in files:
-        confined(folder, name, mark)
+        confined(folder, name, f"manifest {mark}")
     return files
 
 
@@ -407,8 +409,8 @@ def finish_install(target: Path) -> None:
     staging = target / name if inside else target.parent / name
     for listed in (replaces, files):
         for file in listed:
-            confined(target, file, journal)
-            confined(staging, file, journal)
+            confined(target, file, f"install journal {journal}")
+            confined(staging, file, f"install journal {journal}")
     if staging.is_symlink() or not all(written_name(file) for file in replaces):
         raise PropagateError(f"install journal {journal} is not one propagate wrote: delete {target} and run again")
     try:

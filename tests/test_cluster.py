@@ -151,7 +151,7 @@ def test_batch_gives_serial_bytes_reports_bad_rows_and_a_rerun_skips_finished_vi
     assert failures[0] == "name,video,error" and [f.split(",")[0] for f in failures[1:]] == \
         ["missing", "unreadable_mask", "typo_preset"]
     assert_same_as_serial(out, clips)
-    assert sorted(p.name for p in out.iterdir()) == ["failures.csv", *sorted(NAMES)]  # nothing of the bad rows
+    assert sorted(p.name for p in out.iterdir()) == [".batch.json", "failures.csv", *sorted(NAMES)]  # no bad rows
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "failures.csv"}
     rows.write_text("\n".join(rows.read_text().splitlines()[:4]) + "\n")  # the bad rows fixed (dropped)
