@@ -22,7 +22,8 @@ from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_json, atomic_write_text
-from propagate.results import JSON, ResultsFolder, check_not_input, check_output, confined
+from propagate.records import JSON
+from propagate.results import ResultsFolder, check_not_input, check_output, confined
 from propagate.runs import Unit, run_unit
 
 FAILURES_CSV = "failures.csv"

@@ -43,7 +43,8 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
-from propagate.results import JSON, Owner, delete, staging_folders
+from propagate.records import JSON
+from propagate.results import Owner, delete, staging_folders
 from propagate.runs import Unit, run_unit
 
 

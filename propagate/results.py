@@ -27,12 +27,12 @@ What it promises (README, "What propagate will and will not delete"):
 
 :class:`ResultsFolder` writes one folder; :class:`ResumableRun` is the top folder of a dataset protocol (its
 ``run_info.json``, then one unit folder per video, each written by a :class:`ResultsFolder` and skipped when
-complete); :func:`staging_folders` reads the staging marks (the owner of each staging folder) for the cluster.
+complete); :func:`staging_folders` reads the staging marks (the owner of each staging folder) for the cluster. What
+produced the results (``run_info.json``) is :mod:`propagate.records`.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import json
 import os
@@ -40,97 +40,30 @@ import secrets
 import shutil
 import socket
 import stat
-import sys
 import time
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.io import atomic_write_json
+from propagate.records import JSON, RUN_INFO, E, read_json, run_record
 
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
-RUN_INFO = "run_info.json"  # what produced the results
 STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
 STAGING_TAG = ".propagate-"  # staging folders are named .<target name>.propagate-<id> (inside: .propagate-<id>)
 INSTALLING = ".installing"  # the journal of results being moved into their folder file by file
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failures that can only come from writing
-
-JSON = dict[str, object]
 
 # What a run of ours writes into a results folder (shell patterns, one per name; ``/`` only where a writer makes a
 # subfolder): only names that match, listed in the manifest, are replaced by ``overwrite``. A new writer adds its own.
 RESULT_NAMES = ["*.png", "run_info.json", "confidence.csv", "coco.json", "coco_keypoints.json", "points.json",
                 "overlay.mp4"]
 
-# Options that change speed but not results: left out when checking that a resumed run uses the same settings.
-SPEED_ONLY = {("batch_frames",), ("extractor",), ("propagation", "device"), ("propagation", "screen")}
-
-
-
-
-class RecordedExtractor(Protocol):
-    """What a run record needs of a feature extractor (:class:`propagate.features.FeatureExtractor` has it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def settings(self) -> dict[str, object]: ...
-
-    def describe(self) -> str: ...
-
-
-E = TypeVar("E", bound=RecordedExtractor)  # the extractor a dataset run builds and hands to its runner
 U = TypeVar("U")  # a unit of work (:class:`propagate.runs.Unit`)
 C = TypeVar("C")  # a feature store, or None
-
-
-# ---------------------------------------------------------------------------------------------- records
-
-
-def result_settings(config: Config) -> JSON:
-    """The config without the options that only change speed (what resumed results must agree on), as JSON."""
-    kept = {k: v for k, v in config.to_dict().items() if (k,) not in SPEED_ONLY}
-    for section, value in list(kept.items()):
-        if isinstance(value, dict):
-            kept[section] = {k: v for k, v in value.items() if (section, k) not in SPEED_ONLY}
-    return json.loads(json.dumps(kept, default=str))
-
-
-def run_record(config: Config, extractor: RecordedExtractor, **extra: object) -> JSON:
-    """What produced a set of results: config, extractor settings, package versions, date, command line (as JSON
-    reads it back: tuples become lists)."""
-    import importlib.metadata as md
-
-    versions: dict[str, str | None] = {}
-    for package in ("propagate", "torch", "diffusers", "transformers", "numpy"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = None
-    record = {
-        "config": config.to_dict(),
-        "extractor": extractor.settings(),
-        "versions": versions,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        **extra,
-    }
-    return json.loads(json.dumps(record, default=str))
-
-
-def read_json(path: Path, what: str) -> JSON:
-    """A JSON object the tool wrote; a PropagateError naming ``path`` if it is unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        raise PropagateError(f"{what} {path} is unreadable: delete it (and the results beside it) or choose another "
-                             "--out") from None
-    if not isinstance(data, dict):
-        raise PropagateError(f"{what} {path} is not a propagate record: choose another --out")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------- checks

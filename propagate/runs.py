@@ -25,7 +25,8 @@ from propagate.keypoints import PointSet, check_points_inside, points_record, re
 from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
 from propagate.pipeline import KeypointTracker, check_length, iter_masks, resolve_direction, track_points
 from propagate.render import OverlayWriter, caption, draw_points, overlay_mask
-from propagate.results import JSON, RUN_INFO, ResultsFolder, run_record
+from propagate.records import JSON, RUN_INFO, run_record
+from propagate.results import ResultsFolder
 from propagate.session import Session
 from propagate.video import Frame, VideoSource, open_video
 

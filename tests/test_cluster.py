@@ -70,7 +70,7 @@ def files(folder: Path) -> dict[str, bytes]:
             if p.name == "run_info.json":  # the date and command line differ between any two runs
                 record = json.loads(data)
                 record.pop("date"), record.pop("command")
-                record["config"].pop("batch_frames")  # speed only (results.SPEED_ONLY): the slow tests use 1
+                record["config"].pop("batch_frames")  # speed only (records.SPEED_ONLY): the slow tests use 1
                 data = json.dumps(record, sort_keys=True).encode()
             found[str(p.relative_to(folder))] = data
     return found

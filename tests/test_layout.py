@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
     ["errors", "config", "metrics", "pck", "io"],
-    ["results"],  # results folders: checks, staging, the journal, recovery, run records; no torch
+    ["records", "results"],  # run records; results folders (checks, staging, the journal, recovery); no torch
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
     ["propagation"],
@@ -94,7 +94,7 @@ def test_no_import_cycles():
             visit(module, [])
 
 
-@pytest.mark.parametrize("module", ["pipeline", "results", "runs", "batch", "cache", "datasets.davis", "datasets.jhmdb",
+@pytest.mark.parametrize("module", ["pipeline", "records", "results", "runs", "batch", "cache", "datasets.davis", "datasets.jhmdb",
                                     "features.stream", "features", "propagation", "demo", "session", "cluster"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib

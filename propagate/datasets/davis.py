@@ -34,7 +34,8 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
-from propagate.results import RUN_INFO, ResumableRun, check_not_input, result_settings
+from propagate.records import RUN_INFO, result_settings
+from propagate.results import ResumableRun, check_not_input
 from propagate.runs import Runner, Unit, run_units
 from propagate.video import IMAGE_SUFFIXES, natural_key
 

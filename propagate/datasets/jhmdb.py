@@ -45,7 +45,8 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.keypoints import PointSet
-from propagate.results import RUN_INFO, ResumableRun, result_settings
+from propagate.records import RUN_INFO, result_settings
+from propagate.results import ResumableRun
 from propagate.runs import Runner, Unit, run_units
 from propagate.video import open_video
 
