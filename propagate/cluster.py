@@ -241,9 +241,10 @@ class RayRunner:
             return  # auto, or a form Ray reads on its own
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout).close()
+        except TimeoutError:
+            raise ConnectionError(f"{address} does not answer within {self.connect_timeout:g} s") from None
         except OSError as exc:
-            reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            raise ConnectionError(f"{address} does not answer ({reason}) within {self.connect_timeout:g} s") from None
+            raise ConnectionError(f"{address} does not answer ({exc.strerror or exc})") from None
 
     def _num_workers(self, ray: ModuleType) -> int:
         if self.workers is not None:
