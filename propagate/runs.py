@@ -46,7 +46,8 @@ from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, check_processing_size
 from propagate.coco import CocoVideoWriter, keypoints_json
-from propagate.io import atomic_write_json, atomic_write_text
+from propagate.cvat import CvatVideoWriter, points_xml
+from propagate.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from propagate.keypoints import PointSet, check_points_inside, points_record, read_point_keyframes
 from propagate.labels import object_ids, read_keyframes, require_objects, write_mask
 from propagate.pipeline import KeypointTracker, check_length, iter_masks, resolve_direction, track_points
@@ -482,15 +483,17 @@ class ResumableRun:
 # ---------------------------------------------------------------------------------------------- the run jobs
 
 
-FORMATS = ("png", "coco")
+FORMATS = ("png", "coco", "cvat")
 CONFIDENCE_CSV = "confidence.csv"
 COCO_JSON = "coco.json"
+CVAT_XML = "annotations.xml"  # CVAT for video 1.1 (propagate/cvat.py)
 COCO_KEYPOINTS_JSON = "coco_keypoints.json"
 MaskResult = tuple[Frame, np.ndarray, Mapping[int, float], bool]  # frame, mask [H, W], confidence, keyframe
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """The export formats asked for (``png`` always written; ``coco`` adds ``coco.json``)."""
+    """The export formats asked for (``png`` always written; ``coco`` adds ``coco.json``, ``cvat``
+    ``annotations.xml``)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise PropagateError(f"format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)} (e.g. --format png,coco)")
@@ -517,8 +520,9 @@ def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskRes
     Returns the confidence rows (``[frame, name, keyframe, object_1, ...]``) as written.
     """
     objects = sorted(object_ids)
-    coco = CocoVideoWriter(Path(source.path).stem if Path(source.path).suffix else Path(source.path).name,
-                           source.native_size, objects) if "coco" in formats else None
+    name = Path(source.path).stem if Path(source.path).suffix else Path(source.path).name
+    coco = CocoVideoWriter(name, source.native_size, objects) if "coco" in formats else None
+    cvat = CvatVideoWriter(name, source.native_size, objects) if "cvat" in formats else None
     rows = [["frame", "name", "keyframe", *[f"object_{o}" for o in objects]]]
     writer = OverlayWriter(out / "overlay.mp4", source.fps, source.native_size) if overlay_text is not None else None
     with writer or contextlib.nullcontext(), _closing(results):
@@ -528,12 +532,16 @@ def write_mask_results(out: Path, source: VideoSource, results: Iterable[MaskRes
                          *[f"{confidence.get(o, 0.0):.4f}" for o in objects]])
             if coco is not None:
                 coco.add(frame.name, mask)
+            if cvat is not None:
+                cvat.add(mask, keyframe, confidence)
             if writer is not None:
                 tag = " | keyframe" if keyframe else ""
                 writer.write(caption(overlay_mask(frame.image, mask), f"{overlay_text} | frame {frame.index}{tag}"))
     atomic_write_text(out / CONFIDENCE_CSV, "\n".join(",".join(r) for r in rows) + "\n")
     if coco is not None:
         atomic_write_json(out / COCO_JSON, coco.to_json())
+    if cvat is not None:
+        atomic_write_bytes(out / CVAT_XML, cvat.to_xml())
     return rows
 
 
@@ -710,6 +718,11 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
             coordinates = [(str(f["name"]), _xy_of(f["points"], given.names)) for f in frames]
             atomic_write_json(out / COCO_KEYPOINTS_JSON, keypoints_json(Path(source.path).stem, source.native_size,
                                                                         given.names, given.edges, coordinates))
+        if "cvat" in formats:
+            records = [f["points"] for f in frames]
+            atomic_write_bytes(out / CVAT_XML, points_xml(
+                Path(source.path).stem, source.native_size, given.names, [_xy_of(r, given.names) for r in records],
+                set(keyframes), [np.array([r[n]["confidence"] for n in given.names]) for r in records]))  # type: ignore[index]
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}

@@ -17,11 +17,11 @@ FLOORS: list[list[str]] = [
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
     ["propagation"],
-    ["labels", "keypoints", "coco"],
+    ["labels", "keypoints", "coco", "cvat"],
     ["render"],
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app"],
+    ["datasets", "cache", "demo", "cluster", "app", "fiftyone_io"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
