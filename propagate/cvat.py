@@ -311,7 +311,8 @@ def parse_cvat_video(data: bytes, source: str) -> CvatVideo:
     """Parse a CVAT for video 1.1 document (``source`` names it in errors)."""
     root = _parse_xml(data, source)
     if root.tag != "annotations":
-        raise PropagateError(f"CVAT file {source} has <{root.tag}> at its root, not <annotations>: give a CVAT XML file")
+        raise PropagateError(f"CVAT file {source} has <{root.tag}> at its root, not <annotations>: "
+                             "give a CVAT XML file")
     version = root.findtext("version")
     if version is not None and version.strip() != "1.1":
         raise PropagateError(f"CVAT file {source} is version {version.strip()}: export it as CVAT for video 1.1")

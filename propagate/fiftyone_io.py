@@ -89,7 +89,8 @@ def prompt_to_mask(label: fo.Label, size_wh: tuple[int, int], where: str) -> np.
                 raise PropagateError(f"{where}: detection {det.label!r} reaches outside the frame")
             out[top:top + h, left:left + w][box] = obj
         return out
-    raise PropagateError(f"{where} is a {type(label).__name__}: give a Segmentation, Detections with masks or Keypoints")
+    raise PropagateError(f"{where} is a {type(label).__name__}: give a Segmentation, Detections with masks or "
+                         "Keypoints")
 
 
 # ---------------------------------------------------------------------------------------------- a results folder

@@ -722,7 +722,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
             records = [f["points"] for f in frames]
             atomic_write_bytes(out / CVAT_XML, points_xml(
                 Path(source.path).stem, source.native_size, given.names, [_xy_of(r, given.names) for r in records],
-                set(keyframes), [np.array([r[n]["confidence"] for n in given.names]) for r in records]))  # type: ignore[index]
+                set(keyframes), [_confidence_of(r, given.names) for r in records]))
         atomic_write_json(out / RUN_INFO, run_record(config, extractor, video=str(video), keyframes=list(keyframes),
                                                      points=str(points) if not isinstance(points, PointSet) else None))
         folder.summary = {"frames": len(frames), "points": len(given.names)}
@@ -732,6 +732,12 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     out = Path(out_dir)
     return {"frames": len(frames), "points": len(given.names), "lost_last_frame": lost, "out": str(out),
             "overlay": str(out / "overlay.mp4") if render else None, "features": text, "keyframes": list(keyframes)}
+
+
+def _confidence_of(record: object, names: Sequence[str]) -> np.ndarray:
+    """``[J]`` confidences of one frame's points record."""
+    assert isinstance(record, dict)
+    return np.array([record[n]["confidence"] for n in names], dtype=np.float64)
 
 
 def _xy_of(record: object, names: Sequence[str]) -> np.ndarray:

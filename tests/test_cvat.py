@@ -194,7 +194,8 @@ HAND = """<?xml version="1.0" encoding="utf-8"?>
     </box>
   </track>
   <track id="11" label="dog" source="manual">
-    <mask frame="3" outside="0" occluded="0" keyframe="1" rle="1, 2, 2, 1" left="30" top="20" width="3" height="2" z_order="1"/>
+    <mask frame="3" outside="0" occluded="0" keyframe="1" rle="1, 2, 2, 1" left="30" top="20" width="3" height="2"
+          z_order="1"/>
   </track>
 </annotations>
 """
