@@ -129,12 +129,13 @@ class CvatVideoWriter:
     """Collects one video's masks frame by frame, then :meth:`to_xml` the CVAT for video 1.1 document (bytes).
 
     ``object_ids`` are the objects to write (one track each, in id order); ``names`` maps an id to its CVAT label
-    (default ``object-<id>``).
+    (default ``object-<id>``); ``num_frames`` is the video's length when fewer frames are added (keyframes only).
     """
 
     def __init__(self, name: str, size_wh: tuple[int, int], object_ids: Sequence[int],
-                 names: Mapping[int, str] | None = None):
+                 names: Mapping[int, str] | None = None, num_frames: int | None = None):
         self.name = name
+        self.num_frames = num_frames
         self.size_wh = (int(size_wh[0]), int(size_wh[1]))
         self.object_ids = sorted(int(o) for o in object_ids)
         self.labels = {o: object_label(o, names) for o in self.object_ids}
@@ -143,12 +144,15 @@ class CvatVideoWriter:
         self.with_confidence = False
 
     def add(self, mask: np.ndarray, keyframe: bool = False, confidence: Mapping[int, float] | None = None,
-            absent: Collection[int] = ()) -> None:
+            absent: Collection[int] = (), frame: int | None = None) -> None:
         """Add the next frame: its mask ``[H, W]`` uint8 (object indices), whether it is a user keyframe, the
         objects' confidence, and objects known to be absent (``outside`` even where they have pixels; by default
-        an object is absent where it has no pixel)."""
-        frame = self.frames
-        self.frames += 1
+        an object is absent where it has no pixel). ``frame``: its number, when frames are skipped (default: the
+        one after the last added)."""
+        frame = self.frames if frame is None else int(frame)
+        if frame < self.frames:
+            raise ValueError(f"frame {frame} comes after frame {self.frames - 1}: add frames in order")
+        self.frames = frame + 1
         self.with_confidence |= confidence is not None
         for obj, track in self.tracks.items():
             binary = mask == obj
@@ -177,8 +181,8 @@ class CvatVideoWriter:
                 if "confidence" in shape:
                     ET.SubElement(shape_el, "attribute", {"name": "confidence"}).text = shape["confidence"]
             tracks.append(track_el)
-        meta = _meta(self.name, self.size_wh, self.frames, [self.labels[o] for o in self.object_ids],
-                     self.with_confidence)
+        labels = [self.labels[o] for o in self.object_ids]
+        meta = _meta(self.name, self.size_wh, max(self.frames, self.num_frames or 0), labels, self.with_confidence)
         return _document(meta, tracks)
 
 

@@ -169,6 +169,22 @@ def test_keyframes_through_cvat_give_byte_identical_results(keyed_run, tmp_path,
         assert info["keyframes"] == [0, 4]
 
 
+def test_keyframes_alone_written_as_cvat_give_the_results_of_the_png_keyframes(keyed_run, tmp_path):
+    from propagate.cvat import CvatVideoWriter
+
+    root, frames, truth = keyed_run
+    writer = CvatVideoWriter("clip", (192, 128), [1, 2], num_frames=8)
+    writer.add(truth[0], keyframe=True, frame=0)  # object 2 is not there yet: its track starts on frame 4
+    writer.add(truth[4], keyframe=True, frame=4)
+    with pytest.raises(ValueError, match="add frames in order"):
+        writer.add(truth[1], frame=1)
+    xml = tmp_path / "keys.xml"
+    xml.write_bytes(writer.to_xml())
+    assert main(["run", str(frames), "--mask", str(xml), "--out", str(tmp_path / "out"), *SMALL]) == 0
+    for file in sorted((root / "png").glob("*.png")) + [root / "png" / "confidence.csv"]:
+        assert (tmp_path / "out" / file.name).read_bytes() == file.read_bytes(), file.name
+
+
 # ---------------------------------------------------------------------------------------------- a hand-written file
 
 
