@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from propagate.config import load_config
+from propagate.errors import PropagateError
 from propagate.features import build_extractor
 from propagate.labels import read_mask, write_mask
 from propagate.runs import run_points, run_video
@@ -106,6 +107,8 @@ def test_a_run_loaded_into_a_dataset_reads_back_the_pngs(fo, run):
                 assert det.confidence == pytest.approx(float(confidence[det.index - 1]))
     finally:
         dataset.delete()
+    with pytest.raises(PropagateError, match="is not a file: FiftyOne video datasets hold video files"):
+        load_results(root / "out", video=root / "frames")
 
 
 @pytest.mark.parametrize("prompt", ["segmentation", "detections"])
