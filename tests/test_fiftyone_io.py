@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fo():
-    """FiftyOne, its database in a temporary folder, no usage tracking; a skip (with the reason) if it cannot start."""
-    home = tempfile.mkdtemp(prefix="fiftyone-test-")
+def fo(tmp_path_factory):
+    """FiftyOne, its database in a pytest temporary folder (removed with pytest's old ones), no usage tracking; a
+    skip (with the reason) if it cannot start."""
+    home = tmp_path_factory.mktemp("fiftyone")
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {"FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_DIR": f"{home}/db",
                            "FIFTYONE_DEFAULT_DATASET_DIR": f"{home}/datasets", "FIFTYONE_CONFIG_PATH": f"{home}/c.json",
