@@ -238,6 +238,19 @@ def test_a_hand_written_file_imports_as_documented(tmp_path, capsys):
     assert np.array_equal(masks[3], want3)
 
 
+def test_rotation_turns_boxes_and_ellipses_clockwise_on_screen():
+    from propagate.cvat import Shape, rasterise
+
+    box = Shape("box", 0, False, True, 0, {"xtl": "30", "ytl": "48", "xbr": "70", "ybr": "52", "rotation": "90"})
+    want = np.zeros((100, 100), bool)
+    want[30:70, 48:52] = True  # a 40x4 box on its centre turned a quarter: 4x40
+    assert np.array_equal(rasterise(box, (100, 100), "t"), want)
+    ellipse = Shape("ellipse", 0, False, True, 0, {"cx": "50.5", "cy": "50.5", "rx": "20", "ry": "5", "rotation": "30"})
+    pixels = rasterise(ellipse, (100, 100), "t")
+    # 15 px along the long axis turned 30 degrees clockwise (y down): down and right of the centre, not up
+    assert pixels[57, 63] and not pixels[43, 63] and pixels[50, 50]
+
+
 BAD_CASES = {
     "frame": (HAND.replace('frame="3" outside="0" occluded="1"', 'frame="6" outside="0" occluded="1"'),
               "frame 6, outside the video's frames 0..5"),
