@@ -13,15 +13,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
-    ["errors", "config", "metrics", "pck", "io"],
+    ["errors", "options", "config", "metrics", "pck", "io"],
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
-    ["propagation"],
+    ["propagation", "correspond"],
     ["labels", "keypoints", "coco", "cvat"],
     ["render"],
+    ["kinds", "writers"],  # a codec per label kind (masks, points); the table of result writers
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app", "fiftyone_io"],
+    ["datasets", "cache", "demo", "cluster", "app", "matching", "edit", "fiftyone_io"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
@@ -94,7 +95,8 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo", "session", "cluster"])
+                                    "features.stream", "features", "propagation", "demo", "session", "cluster",
+                                    "correspond", "matching", "edit", "datasets.spair", "datasets.hpatches"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 
