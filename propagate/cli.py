@@ -287,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
     run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
-    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), or a folder "
-                     "of keyframe masks named like frames (00000.png, 00040.png, ...)")
+    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), a folder "
+                     "of keyframe masks named like frames (00000.png, 00040.png, ...), or a CVAT for video 1.1 "
+                     "annotations.xml or export zip")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
     run.add_argument("--format", default="png", help="outputs, comma-separated: " + format_help() + " (e.g. png,coco)")

@@ -62,7 +62,8 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # failure
 RESULT_NAMES = ["*.png", "run_info.json", "confidence.csv", "coco.json", "coco_keypoints.json", "points.json",
                 "overlay.mp4",
                 "*.json", "*.jpg", "frames/*.png", "edit.mp4",  # match and edit: per target, per frame
-                "scores.csv"]  # eval spair / hpatches
+                "scores.csv",  # eval spair / hpatches
+                "annotations.xml"]  # --format cvat
 
 U = TypeVar("U")  # a unit of work (:class:`propagate.runs.Unit`)
 C = TypeVar("C")  # a feature store, or None

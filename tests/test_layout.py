@@ -18,12 +18,12 @@ FLOORS: list[list[str]] = [
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
     ["propagation", "correspond"],
-    ["labels", "keypoints", "coco"],
+    ["labels", "keypoints", "coco", "cvat"],
     ["render"],
     ["kinds", "writers"],  # a codec per label kind (masks, points); the table of result writers
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "batch", "app", "matching", "edit"],
+    ["datasets", "cache", "demo", "cluster", "batch", "app", "matching", "edit", "fiftyone_io"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
