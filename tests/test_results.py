@@ -228,6 +228,20 @@ def test_resumable_run_skips_done_units_refuses_foreign_ones_and_other_settings(
     with pytest.raises(PropagateError, match="lies inside the input"):
         ResumableRun(tmp_path / "data" / "out", inputs=[tmp_path / "data"], info={}, keys=[])
 
+def test_results_recorded_before_an_option_existed_resume_while_it_keeps_its_default(tmp_path):
+    from propagate.config import load_config
+    from propagate.records import result_settings
+
+    settings = result_settings(load_config("davis_baseline"))
+    older = {k: v for k, v in settings.items() if k != "match"}  # recorded before the `match` section existed
+    out = tmp_path / "eval"
+    ResumableRun(out, inputs=[], info={"settings": older}, keys=["settings"]).record()
+    ResumableRun(out, inputs=[], info={"settings": settings}, keys=["settings"])  # defaults: agrees
+    changed = load_config("davis_baseline", overrides={"match.seed": 3})
+    with pytest.raises(PropagateError, match="other settings"):  # a new option away from its default does not
+        ResumableRun(out, inputs=[], info={"settings": result_settings(changed)}, keys=["settings"])
+
+
 # ---------------------------------------------------------------------------------------------- no torch
 
 
