@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
 from propagate.features import preset_name
+from propagate.writers import format_help
 
 if TYPE_CHECKING:
     from propagate.cache import FeatureCache
@@ -155,6 +158,56 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
     print(format_pck_table(result))
 
 
+def cmd_match(args: argparse.Namespace) -> None:
+    from propagate.matching import run_match
+
+    config = config_from_args(args, "spair")
+    summary = run_match(args.source, args.targets, args.points, args.out, config, category=args.category,
+                        overwrite=args.overwrite)
+    print(f"matched points into {summary['targets']} image(s) in {summary['out']} [{summary['features']}]")
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from propagate.edit import run_edit, run_edit_video
+
+    if (args.to is None) == (args.at is None):
+        raise PropagateError("give exactly one of --to TGT... (images) or --at FRAME (a video)")
+    config = config_from_args(args, "spair")
+    if args.to is not None:
+        if args.mask is not None:
+            raise PropagateError("--mask hides the edit where a video's surface is occluded: use it with --at")
+        summary = run_edit(args.source, args.edit, args.to, args.out, config, category=args.category,
+                           overwrite=args.overwrite)
+        failed = [f["target"] for f in summary["fits"] if not f["fitted"]]  # type: ignore[union-attr]
+        print(f"edit carried to {summary['targets']} image(s) in {summary['out']} [{summary['features']}]"
+              + (f"; no homography for {', '.join(failed)} (written unedited)" if failed else ""))
+    else:
+        summary = run_edit_video(args.source, args.edit, args.at, args.out, config, mask=args.mask,
+                                 category=args.category, overwrite=args.overwrite)
+        print(f"edit carried through {summary['frames']} frames ({summary['fitted']} fitted) into {summary['out']} "
+              f"[{summary['features']}]")
+
+
+def cmd_eval_spair(args: argparse.Namespace) -> None:
+    from propagate.datasets.spair import evaluate_spair, format_spair_table
+
+    config = config_from_args(args, "spair")
+    categories = args.categories.split(",") if args.categories else None
+    result = evaluate_spair(args.root, args.out, config, split=args.split, categories=categories, preset=args.config,
+                            command=" ".join(sys.argv))
+    print(format_spair_table(result))
+
+
+def cmd_eval_hpatches(args: argparse.Namespace) -> None:
+    from propagate.datasets.hpatches import evaluate_hpatches, format_hpatches_table
+
+    config = config_from_args(args, "hpatches")
+    sequences = args.sequences.split(",") if args.sequences else None
+    result = evaluate_hpatches(args.root, args.out, config, sequences=sequences, preset=args.config,
+                               command=" ".join(sys.argv))
+    print(format_hpatches_table(result))
+
+
 def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g = p.add_argument_group("workers (Ray; pip install -e \".[cluster]\")")
     g.add_argument("--workers", type=int, help="worker processes, each with its own extractor (default: one per CPU, "
@@ -162,6 +215,8 @@ def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g.add_argument("--address", help="a running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001 "
                    "(default: start a local one)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (default 0: CPU)")
+    g.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for the cluster at --address to answer (default 30)")
 
 
 def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner | None:
@@ -170,11 +225,12 @@ def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner
         return None
     from propagate.cluster import RayRunner
 
-    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
+    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                     connect_timeout=args.connect_timeout)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from propagate.cluster import run_batch
+    from propagate.batch import run_batch
 
     def configure(preset: str | None, task: str) -> Config:
         return config_from_args(argparse.Namespace(**{**vars(args), "config": preset or args.config}), task)
@@ -200,7 +256,7 @@ def cmd_score_davis(args: argparse.Namespace) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     from propagate.cache import extract_to_cache
     from propagate.datasets.davis import is_davis_root, sequence_folders
-    from propagate.runs import check_not_input
+    from propagate.results import check_not_input
 
     config = config_from_args(args, "davis")
     videos = sequence_folders(args.input) if is_davis_root(args.input) else [Path(args.input)]
@@ -231,12 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
     run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
-    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), or a folder "
-                     "of keyframe masks named like frames (00000.png, 00040.png, ...)")
+    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), a folder "
+                     "of keyframe masks named like frames (00000.png, 00040.png, ...), or a CVAT for video 1.1 "
+                     "annotations.xml or export zip")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
-    run.add_argument("--format", default="png", help="outputs: png (always; points.json for points), coco (adds "
-                     "coco.json, or coco_keypoints.json for points); e.g. png,coco")
+    run.add_argument("--format", default="png", help="outputs, comma-separated: " + format_help() + " (e.g. png,coco)")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -273,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(ej)
     add_cluster_flags(ej)
     ej.set_defaults(func=cmd_eval_jhmdb)
+    es = ev_sub.add_parser("spair", help="SPair-71k semantic correspondence: carry keypoints, then PCK@0.1")
+    es.add_argument("--root", required=True, help="SPair-71k root (JPEGImages/<category>/, PairAnnotation/<split>/)")
+    es.add_argument("--split", default="test")
+    es.add_argument("--out", required=True, help="results folder (resumable)")
+    es.add_argument("--categories", help="comma-separated subset of the categories")
+    add_config_flags(es)
+    es.set_defaults(func=cmd_eval_spair)
+    eh = ev_sub.add_parser("hpatches", help="HPatches: homography accuracy at 1, 3, 5 px (illumination, viewpoint)")
+    eh.add_argument("--root", required=True, help="hpatches-sequences-release (<seq>/1.ppm..6.ppm, H_1_2..H_1_6)")
+    eh.add_argument("--out", required=True, help="results folder (resumable)")
+    eh.add_argument("--sequences", help="comma-separated subset of the sequences")
+    add_config_flags(eh)
+    eh.set_defaults(func=cmd_eval_hpatches)
 
     ba = sub.add_parser("batch", help="label every video of a manifest on Ray workers (local or a cluster)")
     ba.add_argument("manifest", help="CSV: video,mask or video,points; optional name and config columns (README)")
@@ -305,7 +374,38 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted (default 500)")
     add_config_flags(sv)
     sv.set_defaults(func=cmd_serve)
+
+    ma = sub.add_parser("match", help="carry named points from one image to others (semantic correspondence)")
+    ma.add_argument("source", help="the image the points are on")
+    ma.add_argument("targets", nargs="+", metavar="TGT", help="target images, or folders of them")
+    ma.add_argument("--points", required=True, help="points on the source: JSON or CSV (see README)")
+    ma.add_argument("--out", required=True, help="output folder: <target>.json and <target>.jpg per target")
+    ma.add_argument("--category", help="what the images show (DIFT-SD's prompt \"a photo of a {category}\")")
+    ma.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_config_flags(ma)
+    ma.set_defaults(func=cmd_match)
+
+    ed_ = sub.add_parser("edit", help="carry an edit (an RGBA sticker over the source) to other images or a video")
+    ed_.add_argument("source", help="the image the edit is drawn over, or a video (file or folder of frames)")
+    ed_.add_argument("--edit", required=True, help="RGBA PNG the size of the source, transparent where not drawn")
+    ed_.add_argument("--to", nargs="+", metavar="TGT", help="target images, or folders of them")
+    ed_.add_argument("--at", type=int, help="video: the frame the edit is drawn over (0-based)")
+    ed_.add_argument("--mask", help="video: folder of per-frame masks of the surface; the edit hides outside them")
+    ed_.add_argument("--out", required=True, help="output folder")
+    ed_.add_argument("--category", help="what the images show (DIFT-SD's prompt \"a photo of a {category}\")")
+    ed_.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_config_flags(ed_)
+    ed_.set_defaults(func=cmd_edit)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill``, ``timeout`` and a container stop send), raised where the program is so that it unwinds
+    exactly as Ctrl-C does: staging folders removed, nothing marked complete."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class _StderrLines(logging.Handler):
@@ -342,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(_StderrLines())
         log.setLevel(logging.INFO)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)
     except PropagateError as exc:
@@ -363,10 +465,14 @@ def main(argv: list[str] | None = None) -> int:
               "(resize.short_side), fewer frames per batch (--batch-frames, --batch-size) or a machine with more "
               "memory", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: what was being written is not marked complete (finished results are); run the same "
-              "command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM); " if isinstance(exc, Terminated) else ""
+        print(f"interrupted: {how}what was being written is not marked complete (finished results are); run the "
+              "same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return status if isinstance(status, int) else 0
 
 

@@ -143,6 +143,33 @@ class PckConfig(Section):
 
 
 @dataclass
+class MatchConfig(Section):
+    """Matching one image to another (``propagate match``, ``edit``, ``eval spair|hpatches``;
+    :mod:`propagate.correspond`).
+
+    Defaults are DIFT's SPair-71k settings; the ``hpatches_*`` presets set the geometric ones.
+    """
+
+    key_prefix = "match."
+
+    # [W, H] every image is resized to for extraction (DIFT's img_size); null: its own size
+    size: list[int] | None = option(None, _SIZE, _SIZE_MAX)
+    # features to the image's size before matching (DIFT), or none (argmax over cells)
+    upsample: str = option("bilinear", one_of("bilinear", "none"))
+    prompt: str = ""  # DIFT-SD prompt template; {category} is the image's category (SPair: "a photo of a {category}")
+    # mutual nearest neighbours of keypoint descriptors: cosine or l2 (DIFT's ADM on HPatches)
+    metric: str = option("cosine", one_of("cosine", "l2"))
+    homography: str = option("lmeds", one_of("lmeds", "ransac"))  # OpenCV's robust fit of keypoint matches
+    reproj_threshold: float = option(3.0, above(0))  # RANSAC inlier distance in pixels (keypoint matches)
+    # keypoints per image (OpenCV SIFT detector, no weights; DIFT used 1k SuperPoint)
+    keypoints: int = option(1000, at_least(4), at_most(100000))
+    edit_samples: int = option(1000, at_least(4), at_most(100000))  # pixels sampled inside an edit's alpha
+    edit_threshold: float = option(5.0, above(0))  # RANSAC inlier distance in pixels of an edit's homography
+    smooth_frames: int = option(2, at_least(0), at_most(1000))  # video edits: corners averaged over +-this many frames
+    seed: int = option(0, at_least(0))  # which pixels of the edit are sampled
+
+
+@dataclass
 class Config(Checked):
     """Everything one run needs besides its inputs.
 
@@ -157,6 +184,7 @@ class Config(Checked):
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     pck: PckConfig = field(default_factory=PckConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
     batch_frames: int = option(4, at_least(1))  # frames extracted together (each with its ensemble copies)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per sequence: {dotted key: value}
 
@@ -165,7 +193,8 @@ class Config(Checked):
 
 
 _SECTIONS: dict[str, type[Section]] = {"resize": ResizeConfig, "propagation": PropagationConfig,
-                                       "keypoints": KeypointConfig, "keyframes": KeyframeConfig, "pck": PckConfig}
+                                       "keypoints": KeypointConfig, "keyframes": KeyframeConfig, "pck": PckConfig,
+                                       "match": MatchConfig}
 
 
 def _declared_keys() -> dict[str, tuple[object, tuple[Rule, ...]]]:

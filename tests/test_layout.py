@@ -14,14 +14,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
     ["errors", "options", "config", "metrics", "pck", "io"],
+    ["records", "results"],  # run records; results folders (checks, staging, the journal, recovery); no torch
     ["video"],
     ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
-    ["propagation", "candidates"],  # candidates: the per-pair candidate store that corrections reuse
-    ["labels", "keypoints", "coco"],
+    ["propagation", "candidates", "correspond"],  # candidates: the per-pair candidate store corrections reuse
+    ["labels", "keypoints", "coco", "cvat"],
     ["render"],
+    ["kinds", "writers"],  # a codec per label kind (masks, points); the table of result writers
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app"],
+    ["datasets", "cache", "demo", "cluster", "batch", "app", "matching", "edit", "fiftyone_io"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
@@ -93,8 +95,9 @@ def test_no_import_cycles():
             visit(module, [])
 
 
-@pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo", "session", "cluster"])
+@pytest.mark.parametrize("module", ["pipeline", "records", "results", "runs", "batch", "cache", "datasets.davis",
+                                    "datasets.jhmdb", "features.stream", "features", "propagation", "demo", "session",
+                                    "cluster", "correspond", "matching", "edit", "datasets.spair", "datasets.hpatches"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 

@@ -31,13 +31,13 @@ from tqdm import tqdm
 from propagate import metrics
 from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor
+from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
-from propagate.runs import (
-    RUN_INFO, ResumableRun, Runner, Unit, check_not_input, result_settings,
-)
+from propagate.records import RUN_INFO, result_settings
+from propagate.results import ResumableRun, check_not_input
+from propagate.runs import Runner, Unit, run_units
 from propagate.video import IMAGE_SUFFIXES, natural_key
 
 RESOLUTION = "480p"
@@ -342,7 +342,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
         units.append(Unit(seq, frames, given, out / seq, render=False, inputs=tuple(inputs),
                           config=sequence_config(config, seq) if seq in config.overrides else None))
     model = config.extractor.get("model")
-    run.run(units, config, extractor, cache, progress, runner, task="DAVIS-2017 semi-supervised", preset=preset,
+    run.run(units, config, extractor, cache, progress, runner or run_units, build_extractor,
+            task="DAVIS-2017 semi-supervised", preset=preset,
             **({"model": model} if model is not None else {}),
             dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
             sequence_configs={seq: result_settings(sequence_config(config, seq))
