@@ -107,6 +107,7 @@ class Session:
         self._sweeps = (Sweep(config.propagation, store=self._candidates),
                         Sweep(config.propagation, store=self._candidates))
         self.results: dict[int, FrameResult] = {}
+        self._decoded: dict[int, tuple[torch.Tensor, FrameResult]] = {}  # frame -> soft labels, their result
         # affinities: (frame, context frame) pairs scored; reused: taken from the kept candidates instead
         self.stats = {"extractor_frames": 0, "propagated_frames": 0, "affinities": 0, "affinities_reused": 0}
 
@@ -212,8 +213,14 @@ class Session:
         stream = propagate_keyframes(self.features, self.num_frames, labels, self.config.propagation, direction,
                                      self.config.keyframes.blend, self._sweeps)
         self.results, self._propagated = {}, dict(self._annotations)
+        decoded, self._decoded = self._decoded, {}
         for index, soft, is_key in stream:
-            result = self._decode(index, soft, is_key)
+            earlier = decoded.get(index)
+            if earlier is not None and earlier[0] is soft and not is_key:
+                result = earlier[1]  # a frame a sweep replayed: the same soft labels, so the same result
+            else:
+                result = self._decode(index, soft, is_key)
+            self._decoded[index] = (soft, result)
             self.results[index] = result
             yield index, result
         self.stats["propagated_frames"] += sum(s.propagated for s in self._sweeps)
