@@ -257,7 +257,8 @@ def processing_size(native_wh: tuple[int, int], resize: ResizeConfig) -> tuple[i
 
     ``resize.size`` forces a size; otherwise the short side becomes ``short_side`` and the long side is scaled with
     it and floored to a multiple of ``multiple`` (DIFT/DINO: 854x480 -> 832x480). Unless ``resize.upscale``, a
-    short side below ``short_side`` is not enlarged: it is kept, floored to a multiple (640x360 -> 608x352).
+    short side below ``short_side`` is not enlarged: it is kept, floored to a multiple (640x360 -> 608x352; at
+    least one multiple).
     """
     if resize.size:
         width, height = (int(v) for v in resize.size)
@@ -265,7 +266,7 @@ def processing_size(native_wh: tuple[int, int], resize: ResizeConfig) -> tuple[i
     width, height = native_wh
     short, m = int(resize.short_side), int(resize.multiple)
     if not resize.upscale and short > min(width, height):
-        short = min(width, height) // m * m
+        short = max(m, min(width, height) // m * m)  # a short side below one multiple still becomes one multiple
     if width >= height:
         long_side = int((width * short / height) // m) * m
         size = (long_side, short)
