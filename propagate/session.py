@@ -160,12 +160,9 @@ class Session:
         return self._features.get(index)
 
     def image(self, index: int) -> np.ndarray:
-        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size."""
+        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size (read by seeking, not from frame 0 on)."""
         self._check_index(index)
-        for frame in self.source:
-            if frame.index == index:
-                return frame.image
-        raise PropagateError(f"frame {index} of {self.source.path} could not be read")
+        return self.source.frame(index)
 
     # ------------------------------------------------------------------------------------------ keyframes
 
