@@ -15,11 +15,11 @@ from propagate.labels import write_mask
 def plain_cpu_dtype():
     """``dtype: auto`` resolves as on a CPU without bf16 units (fp32), so results do not depend on the test machine's
     CPU (session-wide, before any module fixture builds an extractor); tests of the bf16 rule patch
-    :func:`propagate.features.common.cpu_has_bf16_units` themselves."""
-    import propagate.features.common as common
+    :func:`propagate.device.cpu_has_bf16_units` themselves."""
+    import propagate.device as device
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common, "cpu_has_bf16_units", lambda: False)
+        patch.setattr(device, "cpu_has_bf16_units", lambda: False)
         yield
 
 

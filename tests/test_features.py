@@ -1,5 +1,5 @@
 """The features package itself: the registry and option checking (``__init__``), the extractor interface (``base``)
-and what every extractor shares (``common``: device, dtype, per-frame noise)."""
+and what every extractor shares (``device``: device and dtype; ``common``: per-frame noise)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +15,8 @@ from propagate.errors import PropagateError
 from propagate.features import EXTRACTORS, build_extractor, build_options, extractor_class, preset_name
 from propagate.features.base import FeatureExtractor
 from propagate.features.baseline import BaselineOptions
-from propagate.features.common import (
-    DTYPES,
-    frame_generator,
-    frame_normals,
-    resolve_device,
-    resolve_dtype,
-)
+from propagate.device import DTYPES, resolve_device, resolve_dtype
+from propagate.features.common import frame_generator, frame_normals
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -170,12 +165,12 @@ def test_resolve_device_mps_and_unknown_names(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_resolve_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    import propagate.features.common as common
+    import propagate.device as device
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: False)
     assert resolve_dtype("auto", cpu) == "fp32" and resolve_dtype("auto", cuda) == "fp16"
-    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # AMX or AVX512-BF16
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: True)  # AMX or AVX512-BF16
     assert resolve_dtype("auto", cpu) == "bf16" and resolve_dtype("auto", cuda) == "fp16"
     for alias, name in (("float32", "fp32"), ("float16", "fp16"), ("half", "fp16"), ("bfloat16", "bf16")):
         assert resolve_dtype(alias, cpu) == name

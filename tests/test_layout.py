@@ -1,5 +1,6 @@
 """The house rules of the package layout: modules in pipeline order, lower floors never import higher ones (not
-even inside a function), no import cycles, and no ``Any`` for the cache, extractor or config of a public function."""
+even inside a function), no import cycles, the propagator imports no extractor, a job imports no other job, and no
+``Any`` for the cache, extractor or config of a public function."""
 from __future__ import annotations
 
 import ast
@@ -13,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
-    ["errors", "config", "metrics", "pck", "io"],
+    ["errors", "config", "metrics", "pck", "io", "device"],
     ["video"],
-    ["features"],  # every module of the features package: extractors, shared device/dtype/noise, the stream
+    ["features"],  # every module of the features package: extractors, shared checks/noise, the stream, the fallback
     ["propagation"],
     ["labels", "keypoints", "coco"],
     ["render"],
@@ -26,6 +27,13 @@ FLOORS: list[list[str]] = [
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
 FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
+
+# Lower, yet not to be imported: the propagator sees tensors, never extractors (device and dtype resolution, which
+# both need, is on the ground floor).
+NEVER_IMPORTS: dict[str, set[str]] = {"propagation": {"features"}}
+# Floors of separate jobs: a job imports its own modules and lower floors, never another job beside it (what two
+# jobs share, such as the DIFT-or-baseline fallback of the demo and the app, goes down a floor).
+JOB_FLOORS: set[int] = {FLOOR["datasets"]}
 
 
 def modules() -> dict[str, Path]:
@@ -71,6 +79,41 @@ def test_no_module_imports_from_a_floor_above_it():
             elif floor_of(imported) > floor_of(module):
                 wrong.append(f"propagate/{module}.py:{line} imports propagate.{imported} (a higher floor)")
     assert not wrong, "\n".join(wrong)
+
+
+def rule_breaks(imports: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """Imports (``module -> [(imported module, line)]``) that break :data:`NEVER_IMPORTS` or :data:`JOB_FLOORS`."""
+    wrong = []
+    for module, found in imports.items():
+        top, path = module.split(".")[0], module.replace(".", "/") + ".py"
+        for imported, line in found:
+            other = imported.split(".")[0]
+            if other in NEVER_IMPORTS.get(top, ()):
+                wrong.append(f"propagate/{path}:{line} imports propagate.{imported} ({top} never imports {other})")
+            elif other != top and floor_of(module) in JOB_FLOORS and floor_of(imported) == floor_of(module):
+                wrong.append(f"propagate/{path}:{line} imports propagate.{imported} (another job on its floor)")
+    return wrong
+
+
+def test_propagation_imports_no_features_and_no_job_imports_another():
+    wrong = rule_breaks({module: imports_of(path) for module, path in modules().items()})
+    assert not wrong, "\n".join(wrong)
+
+
+def test_rule_breaks_are_found():
+    """Known answers: each rule caught (at any depth of a package), and what the rules allow let through."""
+    imports = {
+        "propagation": [("features.common", 41), ("device", 42), ("config", 43)],
+        "app.workspace": [("demo", 7), ("app.core", 8), ("features.fallback", 9), ("session", 10)],
+        "datasets.davis": [("cache", 3), ("datasets.jhmdb", 4)],
+        "cli": [("demo", 5), ("app", 6)],
+        "session": [("features", 1)],
+    }
+    assert rule_breaks(imports) == [
+        "propagate/propagation.py:41 imports propagate.features.common (propagation never imports features)",
+        "propagate/app/workspace.py:7 imports propagate.demo (another job on its floor)",
+        "propagate/datasets/davis.py:3 imports propagate.cache (another job on its floor)",
+    ]
 
 
 def test_no_import_cycles():

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from propagate.app.core import resolve_under_root
 from propagate.config import Config
-from propagate.demo import dift_or_baseline
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
 from propagate.features.base import FeatureExtractor
+from propagate.features.fallback import dift_or_baseline
 
 DEFAULT_UPLOAD_MB = 500
 

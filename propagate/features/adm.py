@@ -30,7 +30,8 @@ from propagate.features.adm_net import (
     sidecar_path,
 )
 from propagate.features.base import FeatureExtractor
-from propagate.features.common import DTYPES, check_int, frame_normals, resolve_device, resolve_dtype
+from propagate.device import DTYPES, resolve_device, resolve_dtype
+from propagate.features.common import check_int, frame_normals
 
 
 @dataclass(frozen=True)

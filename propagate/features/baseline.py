@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from propagate.features.base import FeatureExtractor
-from propagate.features.common import resolve_device
+from propagate.device import resolve_device
 
 
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ from torch import nn
 
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.features.common import DTYPES, check_int, frame_normals, resolve_device, resolve_dtype
+from propagate.device import DTYPES, resolve_device, resolve_dtype
+from propagate.features.common import check_int, frame_normals
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
