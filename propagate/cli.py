@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
-from propagate.features import preset_name
 
 if TYPE_CHECKING:
     from propagate.cache import FeatureCache
@@ -65,6 +64,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, task: str) -> Config:
     """Preset (``--config``, else ``<task>_<features>``), then ``--features``, the flags, and ``--set``."""
+    from propagate.features import preset_name  # imported here: the registry loads torch; --help and score need none
+
     overrides: dict[str, object] = {}
     preset = args.config
     features = args.features

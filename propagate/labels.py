@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from propagate.errors import PropagateError
 from propagate.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: reading and writing mask files needs none
+    import torch
 
 VOID = 255
 LOSSY_FORMATS = {"JPEG", "MPO", "WEBP", "JPEG2000"}  # PIL format names of masks refused as lossy
@@ -179,6 +180,9 @@ def mask_to_labels(mask: np.ndarray, num_objects: int, grid_hw: tuple[int, int],
     ``nearest``: the mask is resized to the grid with nearest sampling, then one-hot (DINO/DIFT). ``area``: the
     one-hot mask is area-averaged into each cell (soft fractions).
     """
+    import torch
+    import torch.nn.functional as F
+
     mask = np.where(mask == 255, 0, mask).astype(np.int64)
     if mask.max() > num_objects:
         raise ValueError(f"mask holds index {mask.max()} > num_objects {num_objects}")
@@ -211,6 +215,9 @@ def decode_mask(
     upsampled soft label's margin over the best other label, clipped to [0, 1]; 0 where the object is lost (no
     pixel). Soft labels sum to 1 per cell, so a confident object is near 1 and a contested one near 0.
     """
+    import torch
+    import torch.nn.functional as F
+
     up = F.interpolate(soft[None].float(), size=tuple(proc_hw), mode="bilinear", align_corners=False)[0]
     probs = up
     if minmax:
@@ -232,6 +239,8 @@ def decode_mask(
 
 def _object_confidence(probs: torch.Tensor, winner: torch.Tensor) -> dict[int, float]:
     """``{object: mean margin}`` of soft labels ``probs [K, H, W]`` over the pixels ``winner [H, W]`` gives it."""
+    import torch
+
     if probs.shape[0] < 2:
         return {}
     top2 = torch.topk(probs, 2, dim=0)

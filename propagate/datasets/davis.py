@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -30,14 +30,14 @@ from tqdm import tqdm
 from propagate import metrics
 from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor
-from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
-from propagate.runs import (
-    RUN_INFO, ResumableRun, Runner, Unit, check_not_input, result_settings,
-)
 from propagate.video import IMAGE_SUFFIXES, natural_key
+
+if TYPE_CHECKING:  # scoring imports no torch: the protocol's run modules are imported by evaluate_davis
+    from propagate.features import FeatureExtractor
+    from propagate.features.stream import FeatureStore
+    from propagate.runs import Runner
 
 RESOLUTION = "480p"
 
@@ -190,6 +190,8 @@ def score_davis(root: str | Path, results: str | Path, split: str = "val",
         F-Decay}, "per_object": [{"Sequence": "<seq>_<k>", "J-Mean", ..., "F-Decay"}], "files": {"global",
         "per_sequence"}}``.
     """
+    from propagate.runs import check_not_input
+
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     results = Path(results)
@@ -296,6 +298,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
+    from propagate.runs import RUN_INFO, ResumableRun, Unit, check_not_input, result_settings
+
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     out = Path(out)
