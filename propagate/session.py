@@ -164,6 +164,14 @@ class Session:
         self._check_index(index)
         return self.source.frame(index)
 
+    def annotation(self, index: int) -> np.ndarray:
+        """Keyframe ``index``'s annotation as given: a mask ``[H, W]`` uint8 or points ``[J, 2]`` (read-only)."""
+        if index not in self._annotations:
+            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+        view = self._annotations[index].view()
+        view.flags.writeable = False
+        return view
+
     # ------------------------------------------------------------------------------------------ keyframes
 
     def add_mask(self, index: int, mask: np.ndarray) -> None:

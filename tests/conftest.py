@@ -59,3 +59,22 @@ def write_clip(folder: Path, num_frames: int = 6, size: tuple[int, int] = (192, 
 @pytest.fixture
 def clip(tmp_path: Path) -> tuple[Path, Path, list[np.ndarray]]:
     return write_clip(tmp_path)
+
+
+def damaged_zip(path: Path, files: list[Path], compression: int = 0) -> Path:
+    """A zip of ``files`` (``compression``: a zipfile constant, default stored) whose second member has one byte of
+    its data flipped, so its CRC fails (stored) or its compressed data is broken (deflated) when unpacked."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for file in files:
+            zf.write(file, file.name)
+    with zipfile.ZipFile(path) as zf:
+        member = zf.infolist()[1]
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    start = member.header_offset + 30 + name_len + extra_len  # the member's data, after its local header
+    data[start + member.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_clip
+from conftest import damaged_zip, write_clip
 from propagate.app.core import (
     MAX_OBJECTS, Correspondence, best_match, confidence_strip, frames_to_check, layer_to_mask, mask_to_layer,
     open_upload, resolve_under_root,
@@ -70,6 +70,19 @@ def test_uploads_open_or_say_what_is_wrong(tmp_path):
         with pytest.raises(PropagateError, match=says) as caught:
             open_upload(upload, tmp_path / f"work-{upload.stem}", 1 * MB)
         assert str(tmp_path) not in str(caught.value)  # named as the user knows it
+
+
+def test_a_damaged_zip_upload_is_one_line(tmp_path):
+    """A zip whose member fails its CRC (stored) or whose compressed data is broken (deflated): one line naming the
+    upload, not the exception the unpacking raised."""
+    frames, _, _ = write_clip(tmp_path / "clip", 3)
+    files = sorted(frames.iterdir())
+    for compression, says in [(zipfile.ZIP_STORED, r"Bad CRC-32"), (zipfile.ZIP_DEFLATED, r"")]:
+        upload = damaged_zip(tmp_path / f"frames-{compression}.zip", files, compression)
+        with pytest.raises(PropagateError, match=rf"upload {upload.name} is a damaged zip: {files[1].name} cannot be "
+                                                 rf"unpacked \(.*{says}.*\); zip the frames again") as caught:
+            open_upload(upload, tmp_path / f"work-{compression}", 10 * MB)
+        assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
 
 
 def test_layer_codec_round_trips_every_object():

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_clip
+from conftest import damaged_zip, write_clip
 from propagate.demo import _texture
 from propagate.labels import DAVIS_PALETTE, read_mask, write_mask
 
@@ -64,6 +64,7 @@ def site(tmp_path_factory):
     (root / "bad.mp4").write_bytes(b"this is not a video" * 100)
     with zipfile.ZipFile(root / "empty.zip", "w") as zf:
         zf.writestr("readme.txt", "no frames here")
+    damaged_zip(root / "crc.zip", sorted(frames.iterdir()))  # its second frame fails its CRC
     outside = write_clip(base / "outside", 2, SIZE)[0]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -330,10 +331,15 @@ def test_paths_outside_root_are_refused(page, site):
 
 
 def test_bad_upload_is_a_visible_error_and_the_server_keeps_serving(page, site):
-    for bad, says in [("bad.mp4", "upload bad.mp4"), ("empty.zip", "upload empty.zip holds no frames")]:
+    log = site["base"] / "server.log"
+    logged = len(log.read_text())
+    for bad, says in [("bad.mp4", "upload bad.mp4"), ("empty.zip", "upload empty.zip holds no frames"),
+                      ("crc.zip", "upload crc.zip is a damaged zip: 00001.jpg cannot be unpacked (Bad CRC-32")]:
         page.set_input_files("#upload input[type=file]", str(site["root"] / bad))
         shown = wait_status(page, says)
-        assert says in shown and "/tmp" not in shown, shown  # named as the user knows it, no server path
+        assert shown.startswith("error:") and "/tmp" not in shown, shown  # named as the user knows it
+    assert page.locator(".toast-body").count() == 0  # no Gradio exception box
+    assert "Traceback" not in log.read_text()[logged:]
     open_path(page, "clip/frames")
     wait_status(page, f"opened clip/frames: {FRAMES} frames")
 

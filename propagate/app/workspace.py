@@ -1,6 +1,7 @@
-"""One browser session's work: the open video's :class:`~propagate.session.Session`, the results streamed so far,
-the points being placed, and the files it exports. No gradio here; the page (:mod:`propagate.app.ui`) holds one
-workspace per browser session, so one user's video is never visible to another.
+"""One browser session's work: the open video's :class:`~propagate.session.Session`, the points being placed, and
+the files it exports. Keyframes, results and confidences are the session's own (read from it, never copied). No
+gradio here; the page (:mod:`propagate.app.ui`) holds one workspace per browser session, so one user's video is
+never visible to another.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from propagate.video import VideoSource
 
 
 class Workspace:
-    """A video opened in the app: the session over it, keyframes, streamed results and an export folder.
+    """A video opened in the app: the session over it (keyframes, streamed results), the points being placed, the
+    object ids offered for painting, and an export folder.
 
     Args:
         source: the video (a path under the server's root, or an unpacked upload).
@@ -34,9 +36,7 @@ class Workspace:
         self.source = source
         self.session = Session(source, config, extractor=extractor)
         self.folder = folder
-        self.results: dict[int, FrameResult] = {}  # streamed by the last propagation
-        self.masks: dict[int, np.ndarray] = {}  # keyframe masks as saved
-        self.points: dict[int, dict[str, tuple[float, float]]] = {}  # points mode: frame -> name -> (x, y)
+        self.points: dict[int, dict[str, tuple[float, float]]] = {}  # points placed (not yet saved): frame -> name -> (x, y)
         self.exports = 0
         self._images: dict[int, np.ndarray] = {}
         self.objects = 1  # object ids offered for painting: 1..objects
@@ -48,6 +48,17 @@ class Workspace:
     @property
     def keyframes(self) -> list[int]:
         return list(self.session.keyframes)
+
+    @property
+    def results(self) -> dict[int, FrameResult]:
+        """The session's results of its last propagation, as far as it streamed (a cancelled run keeps these)."""
+        return self.session.results
+
+    def keyframe_mask(self, index: int) -> np.ndarray | None:
+        """The session's mask of keyframe ``index`` ``[H, W]`` uint8 (read-only), or None if it is no mask keyframe."""
+        if self.session.kind != "masks" or index not in self.session.keyframes:
+            return None
+        return self.session.annotation(index)
 
     def confidence(self) -> dict[int, float]:
         """Per propagated frame (not keyframes), the confidence of its least confident object or point."""
@@ -65,8 +76,9 @@ class Workspace:
 
     def mask(self, index: int) -> np.ndarray:
         """The mask shown on frame ``index``: its keyframe mask, else the propagated one, else empty ``[H, W]``."""
-        if index in self.masks:
-            return self.masks[index]
+        keyframe = self.keyframe_mask(index)
+        if keyframe is not None:
+            return keyframe
         result = self.results.get(index)
         if result is not None and result.mask is not None:
             return result.mask
@@ -76,8 +88,9 @@ class Workspace:
     def overlay(self, index: int) -> np.ndarray:
         """Frame ``index`` ``[H, W, 3]`` with its mask (or points) drawn."""
         image = self.image(index)
-        if index in self.masks:
-            return overlay_mask(image, self.masks[index])
+        keyframe = self.keyframe_mask(index)
+        if keyframe is not None:
+            return overlay_mask(image, keyframe)
         result = self.results.get(index)
         if index in self.points:
             names = list(self.points[index])
@@ -99,7 +112,6 @@ class Workspace:
         if not objects:
             raise PropagateError(f"frame {index}: nothing is painted: paint an object before saving a keyframe")
         self.session.add_mask(index, mask)
-        self.masks[index] = mask
         self.objects = max(self.objects, *objects)
         return objects
 
@@ -123,7 +135,6 @@ class Workspace:
         if index not in self.session.keyframes:
             raise PropagateError(f"frame {index} is not a keyframe")
         self.session.remove(index)
-        self.masks.pop(index, None)
         self.points.pop(index, None)
 
     # -------------------------------------------------------------------------------------------- propagate, export
@@ -133,9 +144,7 @@ class Workspace:
         stream (a cancelled run keeps what it had)."""
         if not self.session.keyframes:
             raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
-        self.results = {}
         for _, result in self.session.propagate():
-            self.results[result.index] = result
             yield result
 
     def export(self) -> list[Path]:
