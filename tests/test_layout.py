@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import types
 import typing
 from pathlib import Path
 
@@ -136,6 +137,16 @@ def test_no_import_cycles():
             visit(module, [])
 
 
+def type_checking_names(module: types.ModuleType) -> dict[str, object]:
+    """The names a module imports under ``if TYPE_CHECKING:`` (for its annotations only, so that importing it stays
+    light), imported here so that its type hints can be resolved."""
+    names: dict[str, object] = {}
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            exec(compile(ast.Module(body=node.body, type_ignores=[]), module.__name__, "exec"), names)
+    return names
+
+
 @pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
                                     "features.stream", "features", "propagation", "demo", "session", "cluster"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
@@ -148,7 +159,7 @@ def test_public_functions_type_their_cache_extractor_and_config(module):
         functions = [obj] if inspect.isfunction(obj) else [
             f for f in vars(obj).values() if inspect.isfunction(f)] if inspect.isclass(obj) else []
         for function in functions:
-            hints = typing.get_type_hints(function)
+            hints = typing.get_type_hints(function, {**vars(mod), **type_checking_names(mod)})
             for param in ("cache", "extractor", "config", "store"):
                 if param in inspect.signature(function).parameters:
                     assert param in hints and hints[param] is not typing.Any, f"{module}.{function.__qualname__}({param})"
