@@ -77,7 +77,8 @@ class FolderSource(VideoSource):
         self.path = path
         files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            raise PropagateError(f"{path} holds no frames (.jpg/.jpeg/.png/.bmp): point at a folder of frames or a video file")
+            raise PropagateError(f"{path} holds no frames (.jpg/.jpeg/.png/.bmp): point at a folder of frames or a "
+                                 "video file")
         self.files = sorted(files, key=lambda p: natural_key(p.name))
         self.names = [p.stem for p in self.files]
         if len(set(self.names)) != len(self.names):
@@ -147,9 +148,11 @@ def choose_reader(reader: str = "auto") -> str:
     if reader == "auto":
         return "decord" if reader_installed("decord") else "pyav"
     if reader not in VIDEO_READERS:
-        raise PropagateError(f"video reader {reader!r} is unknown: give auto, {' or '.join(VIDEO_READERS)} (reader= or ${READER_ENV})")
+        raise PropagateError(f"video reader {reader!r} is unknown: give auto, {' or '.join(VIDEO_READERS)} "
+                             f"(reader= or ${READER_ENV})")
     if not reader_installed(reader):
-        raise PropagateError(f"video reader {reader} is not installed: pip install {_READER_MODULES[reader]}, or choose another")
+        raise PropagateError(f"video reader {reader} is not installed: pip install {_READER_MODULES[reader]}, or "
+                             "choose another")
     return reader
 
 
@@ -221,7 +224,8 @@ class _PyAVFile:
         except Exception as exc:  # av.FFmpegError (InvalidDataError, ...) and OSError
             raise PropagateError(f"video {path} cannot be decoded ({_first_line(exc)}): check the file") from None
         if first is None and self.count:
-            raise PropagateError(f"video {path} cannot be decoded (no frame in its {self.count} packets): check the file")
+            raise PropagateError(f"video {path} cannot be decoded (no frame in its {self.count} packets): check the "
+                                 "file")
         self.size = (first.shape[1], first.shape[0]) if first is not None else (0, 0)
 
     def frames(self) -> Iterator[np.ndarray]:
@@ -287,7 +291,8 @@ class VideoFileSource(VideoSource):
                     f"{len(self.names)} frames): check the file"
                 ) from None
             except Exception as exc:
-                raise PropagateError(f"video {self.path}: frame {index} cannot be decoded ({exc.__class__.__name__})") from None
+                raise PropagateError(f"video {self.path}: frame {index} cannot be decoded "
+                                     f"({exc.__class__.__name__})") from None
             yield Frame(index, self.names[index], image)
         frames.close()
 

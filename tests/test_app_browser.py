@@ -32,7 +32,8 @@ from propagate.demo import _texture
 from propagate.labels import DAVIS_PALETTE, read_mask, write_mask
 
 pytest.importorskip("gradio", reason="the app extra is not installed: pip install -e '.[app]'")
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[app]'")
+playwright_api = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright is not installed: pip install -e '.[app]'")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run does it)", allow_module_level=True)
@@ -186,7 +187,8 @@ def stroke(page, to_screen, cx: float, cy: float, half: float) -> None:
 def settle(page) -> None:
     """Let the editor catch up with the last input (a brush change, a cursor move, a stroke) before the next one: two
     animation frames and 0.3 s. CI once lost a whole stroke under load (the save saw object 1 only)."""
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 300))))")
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => "
+                  "setTimeout(r, 300))))")
 
 
 def choose_object(page, obj: int) -> None:
@@ -311,7 +313,8 @@ def test_correspond_click_lands_within_one_cell(page, site):
         assert abs(cx - x) <= 1 and abs(cy - y) <= 1, text  # the page got the click where it was made
         mx, my = (float(v) for v in page.inner_text("#match-xy").split(","))
         tx, ty = cx + SHIFT[0], cy + SHIFT[1]
-        print(f"correspond click ({x}, {y}) -> ({mx:.0f}, {my:.0f}), truth ({tx}, {ty}), {latency:.2f} s in the browser")
+        print(f"correspond click ({x}, {y}) -> ({mx:.0f}, {my:.0f}), truth ({tx}, {ty}), {latency:.2f} s in the "
+              "browser")
         assert abs(mx - tx) <= cell and abs(my - ty) <= cell, (mx, my, tx, ty)
         # the latency is printed, not asserted: scripts/bench_correspond.py measures it on a quiet machine
     shoot(page, site, "correspond")

@@ -162,4 +162,5 @@ def test_public_functions_type_their_cache_extractor_and_config(module):
             hints = typing.get_type_hints(function, {**vars(mod), **type_checking_names(mod)})
             for param in ("cache", "extractor", "config", "store"):
                 if param in inspect.signature(function).parameters:
-                    assert param in hints and hints[param] is not typing.Any, f"{module}.{function.__qualname__}({param})"
+                    where = f"{module}.{function.__qualname__}({param})"
+                    assert param in hints and hints[param] is not typing.Any, where

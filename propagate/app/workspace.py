@@ -36,7 +36,8 @@ class Workspace:
         self.source = source
         self.session = Session(source, config, extractor=extractor)
         self.folder = folder
-        self.points: dict[int, dict[str, tuple[float, float]]] = {}  # points placed (not yet saved): frame -> name -> (x, y)
+        # points placed with the mouse (saved as a keyframe by set_points): frame -> name -> (x, y)
+        self.points: dict[int, dict[str, tuple[float, float]]] = {}
         self.exports = 0
         self._images: dict[int, np.ndarray] = {}
         self.objects = 1  # object ids offered for painting: 1..objects
