@@ -298,7 +298,7 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
-    from propagate.runs import RUN_INFO, ResumableRun, Unit, check_not_input, result_settings
+    from propagate.runs import RUN_INFO, ResumableRun, Unit, result_settings
 
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
