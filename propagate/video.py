@@ -60,9 +60,14 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def frame(self, index: int) -> np.ndarray:  # pragma: no cover - abstract
-        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size, read without decoding the frames before it."""
-        raise NotImplementedError
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size. Folders and video files read it without
+        decoding the frames before it; this default (for other sources) iterates up to it."""
+        index = self._check_position(index)
+        for frame in self:
+            if frame.index == index:
+                return frame.image
+        raise PropagateError(f"frame {index} of {self.path} could not be read: the source ended before it")
 
     def _check_position(self, index: int) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.names):

@@ -256,3 +256,19 @@ def test_pyav_frame_without_times_decodes_from_the_start(tmp_path):
     assert all(np.array_equal(source.frame(i), sequential[i]) for i in (8, 0, 4))
     with pytest.raises(PropagateError, match=r"is not a frame of .*gop.mp4 \(0\.\.8\)"):
         source.frame(9)
+
+
+def test_frame_of_another_source_iterates_up_to_it():
+    """A source of one's own that only iterates (as the API allows) still answers frame(i), by iterating."""
+    from propagate.video import Frame, VideoSource
+
+    class Counting(VideoSource):
+        path, names, native_size, fps = Path("counting"), ["a", "b", "c"], (2, 1), 10.0
+
+        def __iter__(self):
+            for i in range(3):
+                yield Frame(i, self.names[i], np.full((1, 2, 3), i, np.uint8))
+
+    assert [int(Counting().frame(i)[0, 0, 0]) for i in (2, 0, 1)] == [2, 0, 1]
+    with pytest.raises(PropagateError, match=r"frame 3 is not a frame of counting \(0\.\.2\)"):
+        Counting().frame(3)
