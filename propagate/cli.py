@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
+from propagate.writers import format_help
 
 if TYPE_CHECKING:
     from propagate.cache import FeatureCache
@@ -156,6 +157,56 @@ def cmd_eval_jhmdb(args: argparse.Namespace) -> None:
     print(format_pck_table(result))
 
 
+def cmd_match(args: argparse.Namespace) -> None:
+    from propagate.matching import run_match
+
+    config = config_from_args(args, "spair")
+    summary = run_match(args.source, args.targets, args.points, args.out, config, category=args.category,
+                        overwrite=args.overwrite)
+    print(f"matched points into {summary['targets']} image(s) in {summary['out']} [{summary['features']}]")
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from propagate.edit import run_edit, run_edit_video
+
+    if (args.to is None) == (args.at is None):
+        raise PropagateError("give exactly one of --to TGT... (images) or --at FRAME (a video)")
+    config = config_from_args(args, "spair")
+    if args.to is not None:
+        if args.mask is not None:
+            raise PropagateError("--mask hides the edit where a video's surface is occluded: use it with --at")
+        summary = run_edit(args.source, args.edit, args.to, args.out, config, category=args.category,
+                           overwrite=args.overwrite)
+        failed = [f["target"] for f in summary["fits"] if not f["fitted"]]  # type: ignore[union-attr]
+        print(f"edit carried to {summary['targets']} image(s) in {summary['out']} [{summary['features']}]"
+              + (f"; no homography for {', '.join(failed)} (written unedited)" if failed else ""))
+    else:
+        summary = run_edit_video(args.source, args.edit, args.at, args.out, config, mask=args.mask,
+                                 category=args.category, overwrite=args.overwrite)
+        print(f"edit carried through {summary['frames']} frames ({summary['fitted']} fitted) into {summary['out']} "
+              f"[{summary['features']}]")
+
+
+def cmd_eval_spair(args: argparse.Namespace) -> None:
+    from propagate.datasets.spair import evaluate_spair, format_spair_table
+
+    config = config_from_args(args, "spair")
+    categories = args.categories.split(",") if args.categories else None
+    result = evaluate_spair(args.root, args.out, config, split=args.split, categories=categories, preset=args.config,
+                            command=" ".join(sys.argv))
+    print(format_spair_table(result))
+
+
+def cmd_eval_hpatches(args: argparse.Namespace) -> None:
+    from propagate.datasets.hpatches import evaluate_hpatches, format_hpatches_table
+
+    config = config_from_args(args, "hpatches")
+    sequences = args.sequences.split(",") if args.sequences else None
+    result = evaluate_hpatches(args.root, args.out, config, sequences=sequences, preset=args.config,
+                               command=" ".join(sys.argv))
+    print(format_hpatches_table(result))
+
+
 def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g = p.add_argument_group("workers (Ray; pip install -e \".[cluster]\")")
     g.add_argument("--workers", type=int, help="worker processes, each with its own extractor (default: one per CPU, "
@@ -236,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "of keyframe masks named like frames (00000.png, 00040.png, ...)")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
-    run.add_argument("--format", default="png", help="outputs: png (always; points.json for points), coco (adds "
-                     "coco.json, or coco_keypoints.json for points); e.g. png,coco")
+    run.add_argument("--format", default="png", help="outputs, comma-separated: " + format_help() + " (e.g. png,coco)")
     run.add_argument("--points", help="first-frame keypoints: JSON or CSV (see README)")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -274,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(ej)
     add_cluster_flags(ej)
     ej.set_defaults(func=cmd_eval_jhmdb)
+    es = ev_sub.add_parser("spair", help="SPair-71k semantic correspondence: carry keypoints, then PCK@0.1")
+    es.add_argument("--root", required=True, help="SPair-71k root (JPEGImages/<category>/, PairAnnotation/<split>/)")
+    es.add_argument("--split", default="test")
+    es.add_argument("--out", required=True, help="results folder (resumable)")
+    es.add_argument("--categories", help="comma-separated subset of the categories")
+    add_config_flags(es)
+    es.set_defaults(func=cmd_eval_spair)
+    eh = ev_sub.add_parser("hpatches", help="HPatches: homography accuracy at 1, 3, 5 px (illumination, viewpoint)")
+    eh.add_argument("--root", required=True, help="hpatches-sequences-release (<seq>/1.ppm..6.ppm, H_1_2..H_1_6)")
+    eh.add_argument("--out", required=True, help="results folder (resumable)")
+    eh.add_argument("--sequences", help="comma-separated subset of the sequences")
+    add_config_flags(eh)
+    eh.set_defaults(func=cmd_eval_hpatches)
 
     ba = sub.add_parser("batch", help="label every video of a manifest on Ray workers (local or a cluster)")
     ba.add_argument("manifest", help="CSV: video,mask or video,points; optional name and config columns (README)")
@@ -306,6 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted (default 500)")
     add_config_flags(sv)
     sv.set_defaults(func=cmd_serve)
+
+    ma = sub.add_parser("match", help="carry named points from one image to others (semantic correspondence)")
+    ma.add_argument("source", help="the image the points are on")
+    ma.add_argument("targets", nargs="+", metavar="TGT", help="target images, or folders of them")
+    ma.add_argument("--points", required=True, help="points on the source: JSON or CSV (see README)")
+    ma.add_argument("--out", required=True, help="output folder: <target>.json and <target>.jpg per target")
+    ma.add_argument("--category", help="what the images show (DIFT-SD's prompt \"a photo of a {category}\")")
+    ma.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_config_flags(ma)
+    ma.set_defaults(func=cmd_match)
+
+    ed_ = sub.add_parser("edit", help="carry an edit (an RGBA sticker over the source) to other images or a video")
+    ed_.add_argument("source", help="the image the edit is drawn over, or a video (file or folder of frames)")
+    ed_.add_argument("--edit", required=True, help="RGBA PNG the size of the source, transparent where not drawn")
+    ed_.add_argument("--to", nargs="+", metavar="TGT", help="target images, or folders of them")
+    ed_.add_argument("--at", type=int, help="video: the frame the edit is drawn over (0-based)")
+    ed_.add_argument("--mask", help="video: folder of per-frame masks of the surface; the edit hides outside them")
+    ed_.add_argument("--out", required=True, help="output folder")
+    ed_.add_argument("--category", help="what the images show (DIFT-SD's prompt \"a photo of a {category}\")")
+    ed_.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_config_flags(ed_)
+    ed_.set_defaults(func=cmd_edit)
     return parser
 
 
@@ -314,6 +399,25 @@ class _StderrLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         print(self.format(record), file=sys.stderr)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: Python's or NumPy's MemoryError, torch's out-of-memory error, or
+    OpenCV's ``cv2.error`` for a buffer it could not allocate."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text)):  # CUDA's, and torch's CPU allocator's
+        return True
+    return type(exc).__module__.startswith("cv2") and ("Insufficient memory" in text or "Failed to allocate" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's message, as one short line (OpenCV's span several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = next((x for x in lines if "memory" in x.lower() or "alloc" in x.lower()), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {line[:160]}" if line else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}: nothing was marked complete; fix this and run again",
               file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only running out of memory is turned into a line; the rest re-raised
+        if debug or not _out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({_first_line(exc)}): nothing was marked complete; use smaller frames "
+              "(resize.short_side), fewer frames per batch (--batch-frames, --batch-size) or a machine with more "
+              "memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: what was being written is not marked complete (finished results are); run the same "

@@ -17,7 +17,8 @@ JSON (``.json``)::
 - ``"points"`` may also be a mapping ``{"head": [120.5, 40], ...}``.
 
 CSV (``.csv``): one point per line, ``name,x,y``; a header line ``name,x,y`` and ``#`` comment lines are
-allowed; no edges.
+allowed; no edges. Both are UTF-8, with or without a byte-order mark; CRLF line ends are fine. JSON nested deeper
+than 100 levels is refused before it is parsed.
 
 Output of ``propagate run --points`` (in ``--out``)
 -------------------------------------------
@@ -51,7 +52,6 @@ cell outside the grid. Pass ``convention="crw"`` to the functions here to get CR
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +60,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from propagate.config import KeypointConfig
 from propagate.errors import PropagateError
+from propagate.io import loads_json
+from propagate.options import check_field
 
 CONVENTIONS = ("centre", "crw")
 
@@ -134,8 +137,8 @@ def _number(value: object, what: str, path: Path) -> float:
 
 def _load_json(path: Path) -> dict[str, object]:
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = loads_json(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is allowed
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or nested too deeply
         raise PropagateError(f"points file {path} is not valid JSON ({exc}); see the points format in the README") from None
     if isinstance(data, list):
         data = {"points": data}
@@ -221,7 +224,7 @@ def read_point_keyframes(path: str | Path, frame_names: Sequence[str]) -> tuple[
 def _parse_csv(path: Path) -> list[tuple[str, float, float]]:
     rows = []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark and CRLF line ends are allowed
     except UnicodeDecodeError:
         raise PropagateError(f"points file {path} is not a text file; give name,x,y lines") from None
     for lineno, row in enumerate(csv.reader(lines), start=1):
@@ -240,13 +243,27 @@ def _parse_csv(path: Path) -> list[tuple[str, float, float]]:
 
 def check_points_inside(points: PointSet, size_wh: tuple[int, int], source: str | Path) -> None:
     """Every point must lie in the first frame (``0 <= x <= W - 1``, ``0 <= y <= H - 1``)."""
+    check_points(points.names, points.xy, size_wh, f"points file {source}", "the first frame")
+
+
+def check_points(names: Sequence[str], xy: np.ndarray, size_wh: tuple[int, int], where: str,
+                 frame: str = "the frame") -> np.ndarray:
+    """Points ``xy [J, 2]`` (native pixels, one per name) checked as a points file's are: finite, and inside
+    ``frame`` of size ``size_wh`` (W, H). Returns them as float64 ``[J, 2]``; else a PropagateError starting with
+    ``where``."""
     width, height = size_wh
-    for name, (x, y) in zip(points.names, points.xy):
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape != (len(names), 2):
+        raise PropagateError(f"{where}: points of shape {list(xy.shape)} for {len(names)} names: give [J, 2] (x, y)")
+    for name, (x, y) in zip(names, xy):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise PropagateError(f"{where}: point {name!r} is at ({x:g}, {y:g}); give finite pixel coordinates")
         if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
             raise PropagateError(
-                f"points file {source}: point {name!r} at ({x:g}, {y:g}) is outside the first frame "
+                f"{where}: point {name!r} at ({x:g}, {y:g}) is outside {frame} "
                 f"({width}x{height}; x in 0..{width - 1}, y in 0..{height - 1}): give pixel coordinates in the frame"
             )
+    return xy
 
 
 # ---------------------------------------------------------------------------------------------- grid mapping
@@ -292,8 +309,7 @@ def keypoint_heatmaps(uv: np.ndarray, grid_hw: tuple[int, int], sigma: float = 0
     Args:
         uv: ``[J, 2]`` grid coordinates (u = column, v = row), e.g. from :func:`pixels_to_grid`.
     """
-    if sigma <= 0:
-        raise PropagateError(f"keypoints.sigma must be positive, got {sigma}")
+    check_field(KeypointConfig, "sigma", sigma)
     h, w = grid_hw
     uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
     maps = np.zeros((1 + len(uv), h, w), dtype=np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from propagate.errors import PropagateError
-from propagate.io import atomic_path
+from propagate.io import atomic_path, image_size
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it: reading and writing mask files needs none
     import torch
@@ -57,6 +57,7 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
     if not path.is_file():
         raise PropagateError(f"mask {path} does not exist: give the first frame's label PNG with --mask")
     try:
+        image_size(path, "mask")  # from the header: a decompression bomb is refused before decoding
         with Image.open(path) as img:
             if img.format in LOSSY_FORMATS:
                 raise PropagateError(f"mask {path} is a {img.format} file, whose lossy compression turns edges into "
@@ -113,16 +114,22 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
     """Keyframe masks ``{frame index: [H, W] uint8}`` from a mask file (frame 0) or a folder of PNGs named like frames.
 
     In a folder, ``00040.png`` is the mask of the frame named ``00040`` (the frame folder's file stems, or ``00000``,
-    ``00001``, ... for a video file); any frames, sparse; files that are not PNGs are ignored. Every mask must have the
-    frames' size; together they must label at least one object.
+    ``00001``, ... for a video file); any frames, sparse. Any other file (a JPEG, a note; hidden files aside) is an
+    error: silently skipping a keyframe the user meant to give would change the results without a word. Every
+    mask must have the frames' size; together they must label at least one object.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".png"
-                        and not p.name.startswith(".")), key=lambda p: p.name)
+        visible = [p for p in path.iterdir() if not p.name.startswith(".")]
+        files = sorted((p for p in visible if p.is_file() and p.suffix.lower() == ".png"), key=lambda p: p.name)
         if not files:
             raise PropagateError(f"mask {path} is a folder with no PNG in it: give a mask PNG, or a folder of keyframe "
                                  f"PNGs named like their frames (e.g. {names[0]}.png)")
+        others = sorted(p.name for p in visible if p not in files)
+        if others:
+            raise PropagateError(f"mask folder {path} holds {others[0]!r}, which is not a PNG mask: keyframe masks "
+                                 f"are PNGs named like their frames (e.g. {names[0]}.png; save a JPEG mask as PNG); "
+                                 "move anything else out")
         index = {name: i for i, name in enumerate(names)}
         masks = {}
         for file in files:
@@ -136,8 +143,34 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
     return dict(sorted(masks.items()))
 
 
+def check_mask(mask: np.ndarray, size_wh: tuple[int, int], where: str) -> np.ndarray:
+    """A mask given as an array (the Python API), checked as :func:`read_mask` checks a file: ``[H, W]`` of the
+    frames' size ``size_wh`` (W, H), integer ids 0..255 (any integer dtype, or bool for one object). Returns it as
+    uint8; anything else is a PropagateError starting with ``where``."""
+    mask = np.asarray(mask)
+    width, height = size_wh
+    if mask.shape != (height, width):
+        raise PropagateError(f"{where}: the mask is {mask.dtype} {list(mask.shape)}, the frames are {width}x{height}: "
+                             "give a [H, W] uint8 mask of the frame's size")
+    _check_ids(mask, where)
+    return mask.astype(np.uint8)
+
+
+def _check_ids(mask: np.ndarray, where: str | Path) -> None:
+    """Ids must be integers 0..255: a wider id would wrap around in uint8 (300 becomes object 44)."""
+    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
+        raise PropagateError(f"{where}: the mask is {mask.dtype}: give integer ids (uint8: 0 background, 1..N "
+                             "objects, 255 void)")
+    if mask.dtype != np.uint8 and mask.size and (int(mask.min()) < 0 or int(mask.max()) > VOID):
+        bad = int(mask.max()) if int(mask.max()) > VOID else int(mask.min())
+        raise PropagateError(f"{where}: the mask holds id {bad}, outside 0..255: give uint8 ids (0 background, "
+                             "1..254 objects, 255 void)")
+
+
 def require_objects(mask: np.ndarray, path: str | Path) -> list[int]:
-    """Object ids of a mask that must label something; a PropagateError naming ``path`` if it holds none."""
+    """Object ids of a mask that must label something; a PropagateError naming ``path`` if it holds none, or ids
+    outside 0..255."""
+    _check_ids(np.asarray(mask), f"mask {path}")
     ids = object_ids(mask)
     if not ids:
         raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N")

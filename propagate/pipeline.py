@@ -1,9 +1,10 @@
 """The streaming generators: frames -> features -> propagation -> decoded labels, one frame at a time.
 
-:func:`run_masks` carries a first-frame mask through a video, :func:`track_points` carries first-frame points. Each
-frame flows through the whole chain before the next one is read (features are extracted in small batches), so
-memory is bounded by the context queue, not by the video's length. Nothing here writes files: the jobs that write
-results folders are in :mod:`propagate.runs`.
+:func:`iter_results` carries a first-frame annotation of any label kind (its codec: :mod:`propagate.kinds`) through
+a video; :func:`run_masks` and :func:`track_points` are its masks and points forms. Each frame flows through the
+whole chain before the next one is read (features are extracted in small batches), so memory is bounded by the
+context queue, not by the video's length. Nothing here writes files: the jobs that write results folders are in
+:mod:`propagate.runs`.
 
 >>> for frame, mask in run_masks("frames/", read_mask("00000.png"), load_config("davis_sd")):
 ...     write_mask(f"out/{frame.name}.png", mask)
@@ -22,10 +23,10 @@ from propagate.config import Config, KeypointConfig, PropagationConfig
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
-from propagate.keypoints import CONVENTIONS, decode_keypoints, keypoint_heatmaps, pixels_to_grid
-from propagate.labels import decode_mask, mask_to_labels, require_objects
+from propagate.kinds import FrameResult, LabelKind, MaskKind, PointKind
+from propagate.labels import require_objects
 from propagate.propagation import LabelPropagator
-from propagate.video import Frame, VideoSource, open_video, processing_size
+from propagate.video import Frame, VideoSource, open_video
 
 
 def as_source(video: str | Path | VideoSource) -> VideoSource:
@@ -42,6 +43,41 @@ def check_length(source: VideoSource) -> None:
 def _progress(source: VideoSource, what: str, progress: bool) -> tqdm:
     return tqdm(total=len(source), desc=f"{what} {Path(source.path).name}", unit="frame", disable=not progress,
                 leave=False, file=sys.stderr)
+
+
+def iter_results(
+    video: str | Path | VideoSource,
+    kind: LabelKind,
+    first: np.ndarray,
+    config: Config,
+    *,
+    extractor: FeatureExtractor | None = None,
+    cache: FeatureStore | None = None,
+    progress: bool = True,
+    propagator: LabelPropagator | None = None,
+) -> Iterator[tuple[Frame, FrameResult]]:
+    """Carry frame 0's annotation ``first`` (a mask ``[H, W]`` or points ``[J, 2]``, as ``kind`` encodes it) through
+    ``video``; yield ``(frame, FrameResult)`` for every frame, frame 0's from :meth:`LabelKind.first_result`.
+
+    Each frame flows through features, propagation and ``kind``'s decoding before the next one is read; the
+    generator holds only the context queue between frames. ``cache`` (a :class:`propagate.cache.FeatureCache`)
+    supplies stored features instead of extracting them; ``propagator`` (default: one made from
+    ``config.propagation``) carries the labels.
+    """
+    source = as_source(video)
+    check_length(source)
+    extractor = extractor or build_extractor(config.features, config.extractor)
+    propagator = propagator or LabelPropagator(config.propagation)
+    with _progress(source, "propagate", progress) as bar:
+        for frame, feats in iter_features(source, extractor, config.resize, config.batch_frames, cache):
+            if frame.index == 0:
+                labels = kind.encode({0: first}, tuple(feats.shape[1:]))[0]
+                propagator.start(feats, labels)
+                result = kind.first_result(frame.index, frame.name, first, labels)
+            else:
+                result = kind.decode(frame.index, frame.name, propagator.step(feats))
+            bar.update(1)
+            yield frame, result
 
 
 def run_masks(
@@ -76,26 +112,17 @@ def iter_masks(video: str | Path | VideoSource, first_mask: np.ndarray, config: 
             f"first mask is {first_mask.shape[1]}x{first_mask.shape[0]} but the frames of {source.path} are "
             f"{native_w}x{native_h}: give the mask of the first frame"
         )
-    num_objects = max(require_objects(first_mask, "first mask"))
-    extractor = extractor or build_extractor(config.features, config.extractor)
-    proc_w, proc_h = processing_size(source.native_size, config.resize)
-    propagator = LabelPropagator(config.propagation)
-    with _progress(source, "propagate", progress) as bar:
-        for frame, feats in iter_features(source, extractor, config.resize, config.batch_frames, cache):
-            if frame.index == 0:
-                labels = mask_to_labels(first_mask, num_objects, tuple(feats.shape[1:]), config.propagation.label_downsample)
-                propagator.start(feats, labels)
-                mask, confidence = first_mask, {obj: 1.0 for obj in range(1, num_objects + 1)}
-            else:
-                soft = propagator.step(feats)
-                mask, confidence = decode_mask(soft, (proc_h, proc_w), (native_h, native_w),
-                                               config.propagation.minmax_norm)
-            bar.update(1)
-            yield frame, mask, confidence
+    require_objects(first_mask, "first mask")
+    kind = MaskKind.of(config, source.native_size)
+    for frame, result in iter_results(source, kind, first_mask, config, extractor=extractor, cache=cache,
+                                      progress=progress):
+        assert result.mask is not None
+        yield frame, result.mask, {int(o): c for o, c in result.confidence.items()}
 
 
 class KeypointTracker:
-    """Carries points through a video one frame at a time (a :class:`LabelPropagator` plus heatmap encode/decode).
+    """Carries points through a video one frame at a time: a :class:`LabelPropagator` fed through the points codec
+    (:class:`propagate.kinds.PointKind`: heatmap encode/decode).
 
     >>> tracker = KeypointTracker(config.propagation, config.keypoints, native_wh=(320, 240))
     >>> tracker.start(feats0, xy0)              # [C, h, w] features, [J, 2] native pixels
@@ -109,15 +136,17 @@ class KeypointTracker:
         native_wh: tuple[int, int],
         device: str | torch.device | None = None,
     ):
-        if keypoints.decode_topk < 1:
-            raise PropagateError(f"keypoints.decode_topk must be >= 1, got {keypoints.decode_topk}")
-        if keypoints.cell_convention not in CONVENTIONS:
-            raise PropagateError(f"keypoints.cell_convention {keypoints.cell_convention!r}: choose one of {', '.join(CONVENTIONS)}")
+        keypoints.check()  # checked when made; again here, as a caller may have changed a field since
+        self.kind = PointKind(keypoints, native_wh)
         self.keypoints = keypoints
         self.native_wh = tuple(native_wh)
         self.propagator = LabelPropagator(propagation, device=device)
         self.labels: torch.Tensor | None = None  # [1 + J, h, w] soft labels of the latest frame
-        self.tracked: np.ndarray | None = None  # [J] bool: the point has a label on the grid (see start)
+
+    @property
+    def tracked(self) -> np.ndarray | None:
+        """``[J]`` bool: the point has a label on the grid (see :meth:`start`)."""
+        return self.kind.tracked
 
     def start(self, feats: torch.Tensor, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frame 0: features ``[C, h, w]`` and points ``[J, 2]`` in native pixels (NaN rows: no label).
@@ -125,19 +154,16 @@ class KeypointTracker:
         Returns frame 0's points and confidences: ``xy`` itself with confidence 1, except points whose heatmap is
         empty (off the grid, or NaN), which cannot be propagated: NaN with confidence 0 (see :attr:`tracked`).
         """
-        grid_hw = tuple(feats.shape[-2:])
-        uv = pixels_to_grid(xy, self.native_wh, grid_hw, self.keypoints.cell_convention)
-        self.labels = keypoint_heatmaps(uv, grid_hw, self.keypoints.sigma)
+        self.labels = self.kind.heatmaps(xy, tuple(feats.shape[-2:]))
         self.propagator.start(feats, self.labels)
-        self.tracked = (self.labels[1:].flatten(1).sum(1) > 0).numpy()
-        first = np.asarray(xy, dtype=np.float64).copy()
-        first[~self.tracked] = np.nan
-        return first, self.tracked.astype(np.float64)
+        first = self.kind.first_result(0, "", xy, self.labels)
+        assert first.xy is not None
+        return first.xy, self.kind.confidences(first)
 
     def step(self, feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Points ``[J, 2]`` (NaN if lost) and confidences ``[J]`` of the next frame from its features ``[C, h, w]``."""
         self.labels = self.propagator.step(feats)
-        return decode_keypoints(self.labels, self.native_wh, self.keypoints.decode_topk, self.keypoints.cell_convention)
+        return self.kind.locate(self.labels)
 
 
 def track_points(
@@ -159,14 +185,10 @@ def track_points(
     check_length(source)
     extractor = extractor or build_extractor(config.features, config.extractor)
     tracker = tracker or KeypointTracker(config.propagation, config.keypoints, source.native_size)
-    with _progress(source, "points", progress) as bar:
-        for frame, feats in iter_features(source, extractor, config.resize, config.batch_frames, cache):
-            if frame.index == 0:
-                pred, confidence = tracker.start(feats, xy)
-            else:
-                pred, confidence = tracker.step(feats)
-            bar.update(1)
-            yield frame, pred, confidence
+    for frame, result in iter_results(source, tracker.kind, xy, config, extractor=extractor, cache=cache,
+                                      progress=progress, propagator=tracker.propagator):
+        assert result.xy is not None
+        yield frame, result.xy, tracker.kind.confidences(result)
 
 
 # ---------------------------------------------------------------------------------------------- keyframes

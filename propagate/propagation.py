@@ -133,10 +133,6 @@ class ContextQueue:
         self.next_slot = (self.next_slot - self.fixed + 1) % self.n_last + self.fixed
 
 
-TOPK_RULES = ("ties", "exact")
-QUEUE_INITS = ("first", "copies")
-
-
 def _topk_weights(scores: torch.Tensor, topk: int, temperature: float, rule: str = "ties",
                   key_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Per row, keep the top-k finite scores; softmax over the kept ones.
@@ -470,18 +466,7 @@ class LabelPropagator:
     """
 
     def __init__(self, cfg: PropagationConfig, device: str | torch.device | None = None):
-        for name in ("temperature", "topk"):
-            if getattr(cfg, name) <= 0:
-                raise PropagateError(f"propagation.{name} must be positive, got {getattr(cfg, name)}")
-        if cfg.n_last_frames < 0 or cfg.radius < 0:
-            raise PropagateError("propagation.n_last_frames and propagation.radius must be >= 0")
-        if cfg.screen not in ("auto", "on", "off", True, False):
-            raise PropagateError(f"propagation.screen must be auto, on or off, got {cfg.screen!r}")
-        if cfg.topk_rule not in TOPK_RULES:
-            raise PropagateError(f"propagation.topk_rule must be ties or exact, got {cfg.topk_rule!r}")
-        if cfg.queue_init not in QUEUE_INITS:
-            raise PropagateError(f"propagation.queue_init must be first or copies, got {cfg.queue_init!r}")
-        window_offsets_valid(torch.zeros(1), torch.zeros(1), cfg.window, 0)  # validates the window name
+        cfg.check()  # checked when made; again here, as a caller may have changed a field since
         self.cfg = cfg
         self.device = resolve_device(device if device is not None else cfg.device)
         if cfg.screen in ("auto",):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -34,32 +33,12 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
-from propagate.keypoints import decode_keypoints, keypoint_heatmaps, pixels_to_grid
-from propagate.labels import decode_mask, mask_to_labels, object_ids
+from propagate.keypoints import PointSet
+from propagate.kinds import FrameResult, LabelKind, MaskKind, PointKind, Track
 from propagate.pipeline import Sweep, as_source, check_length, propagate_keyframes
 from propagate.video import VideoSource, processing_size
 
 MEMORY_BYTES = 4 * 2**30  # features kept in memory before the session spills them to its scratch folder
-
-
-@dataclass
-class FrameResult:
-    """One frame's result: a mask (``mask`` mode) or points (``points`` mode), with confidences.
-
-    ``confidence``: per object id (masks; see :func:`propagate.labels.decode_mask`) or per point name (points: the
-    peak of its map), 1 on keyframes.
-    """
-
-    index: int
-    name: str
-    keyframe: bool
-    mask: np.ndarray | None = None  # [H, W] uint8
-    xy: np.ndarray | None = None  # [J, 2] native pixels, NaN where lost
-    confidence: dict[int | str, float] = field(default_factory=dict)
-
-    def least_confidence(self) -> float:
-        """The lowest confidence of any object or point (1 if there is none)."""
-        return min(self.confidence.values(), default=1.0)
 
 
 class _FeatureMemory:
@@ -118,9 +97,9 @@ class Session:
         self.names = list(self.source.names)
         self.native_size = self.source.native_size
         self.proc_size = processing_size(self.native_size, config.resize)
-        self.kind: str | None = None  # "masks" or "points", set by the first keyframe
-        self.point_names: list[str] = []
-        self._annotations: dict[int, np.ndarray] = {}  # frame -> mask [H, W] or points [J, 2]
+        self.codec: LabelKind | None = None  # the label kind of the keyframes (propagate.kinds), set by the first
+        self._annotations: dict[int, np.ndarray] = {}  # frame -> its annotation, as the codec checked it
+        self._propagated: dict[int, np.ndarray] = {}  # the keyframes of the latest results
         self._features = _FeatureMemory(memory_bytes)
         self._sweeps = (Sweep(config.propagation), Sweep(config.propagation))
         self.results: dict[int, FrameResult] = {}
@@ -133,6 +112,16 @@ class Session:
     @property
     def keyframes(self) -> list[int]:
         return sorted(self._annotations)
+
+    @property
+    def kind(self) -> str | None:
+        """``masks`` or ``points``: the label kind of the keyframes (None before the first)."""
+        return self.codec.name if self.codec is not None else None
+
+    @property
+    def point_names(self) -> list[str]:
+        """The names of the points the keyframes give (none for masks)."""
+        return list(self.codec.names or []) if isinstance(self.codec, PointKind) else []
 
     # ------------------------------------------------------------------------------------------ features, frames
 
@@ -176,29 +165,25 @@ class Session:
 
     def add_mask(self, index: int, mask: np.ndarray) -> None:
         """Make frame ``index`` a keyframe with ``mask [H, W]`` uint8 (0 background, 1..N objects, 255 void)."""
-        self._check_index(index)
-        self._set_kind("masks")
-        mask = np.asarray(mask)
-        w, h = self.native_size
-        if mask.shape != (h, w) or mask.dtype != np.uint8:
-            raise PropagateError(f"keyframe {index}: the mask is {mask.dtype} {mask.shape[::-1]}, the frames are "
-                                 f"{w}x{h}: give a [H, W] uint8 mask of the frame's size")
-        self._annotations[index] = mask.copy()
+        self.add(index, mask, MaskKind.of(self.config, self.native_size))
 
     def add_points(self, index: int, xy: np.ndarray, names: Sequence[str] | None = None) -> None:
         """Make frame ``index`` a keyframe with points ``xy [J, 2]`` (native pixels). Every keyframe gives the same
         points (``names``, default those of the first call, or ``p1``, ``p2``, ...)."""
-        self._check_index(index)
-        self._set_kind("points")
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         names = list(names) if names is not None else (self.point_names or [f"p{j + 1}" for j in range(len(xy))])
-        if len(names) != len(xy):
-            raise PropagateError(f"keyframe {index}: {len(xy)} points but {len(names)} names")
-        if self.point_names and names != self.point_names:
-            raise PropagateError(f"keyframe {index} gives points {', '.join(names)} but the session tracks "
-                                 f"{', '.join(self.point_names)}: every keyframe must give the same points")
-        self.point_names = names
-        self._annotations[index] = xy.copy()
+        self.add(index, xy, PointKind.of(self.config, self.native_size, PointSet(names, xy)))
+
+    def add(self, index: int, annotation: np.ndarray, kind: LabelKind) -> None:
+        """Make frame ``index`` a keyframe with ``annotation`` of label kind ``kind`` (its codec for this video: a
+        mask for :class:`~propagate.kinds.MaskKind`, points for :class:`~propagate.kinds.PointKind`). Every
+        keyframe of a session is of one kind (and, for points, gives the same points)."""
+        self._check_index(index)
+        if self.codec is not None:
+            self.codec.joins(kind, index)
+        codec = self.codec or kind
+        self._annotations[index] = codec.check(index, annotation)
+        self.codec = codec
 
     def remove(self, index: int) -> None:
         """Frame ``index`` is a keyframe no more."""
@@ -206,7 +191,7 @@ class Session:
             raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
         del self._annotations[index]
         if not self._annotations:
-            self.kind, self.point_names = None, []
+            self.codec = None
 
     # ------------------------------------------------------------------------------------------ propagation
 
@@ -221,49 +206,29 @@ class Session:
             raise PropagateError("no keyframe: add a mask (add_mask) or points (add_points) on some frame first")
         direction = direction or self.config.keyframes.direction
         self.extract()
+        assert self.codec is not None
         grid_hw = tuple(self.features(self.keyframes[0]).shape[1:])
-        labels = self._keyframe_labels(grid_hw)
+        labels = self.codec.encode(self._annotations, grid_hw)
         stream = propagate_keyframes(self.features, self.num_frames, labels, self.config.propagation, direction,
                                      self.config.keyframes.blend, self._sweeps)
-        self.results = {}
+        self.results, self._propagated = {}, dict(self._annotations)
         for index, soft, is_key in stream:
             result = self._decode(index, soft, is_key)
             self.results[index] = result
             yield index, result
         self.stats["propagated_frames"] += sum(s.propagated for s in self._sweeps)
 
-    def _keyframe_labels(self, grid_hw: tuple[int, int]) -> dict[int, torch.Tensor]:
-        """Every keyframe's labels ``[K, h, w]`` on the feature grid (K counts the objects of all keyframes)."""
-        if self.kind == "masks":
-            ids = sorted({o for m in self._annotations.values() for o in object_ids(m)})
-            if not ids:
-                raise PropagateError("the keyframes hold no object (only background 0 / void 255): label at least "
-                                     "one object 1..N")
-            mode = self.config.propagation.label_downsample
-            return {i: mask_to_labels(m, ids[-1], grid_hw, mode) for i, m in sorted(self._annotations.items())}
-        kp = self.config.keypoints
-        return {i: keypoint_heatmaps(pixels_to_grid(xy, self.native_size, grid_hw, kp.cell_convention), grid_hw,
-                                     kp.sigma)
-                for i, xy in sorted(self._annotations.items())}
-
     def _decode(self, index: int, soft: torch.Tensor, is_key: bool) -> FrameResult:
-        name = self.names[index]
-        w, h = self.native_size
-        if self.kind == "masks":
-            if is_key:
-                mask = self._annotations[index]
-                return FrameResult(index, name, True, mask=mask, confidence={o: 1.0 for o in range(1, soft.shape[0])})
-            mask, confidence = decode_mask(soft, (self.proc_size[1], self.proc_size[0]), (h, w),
-                                           self.config.propagation.minmax_norm)
-            return FrameResult(index, name, False, mask=mask, confidence=dict(confidence))
+        assert self.codec is not None
         if is_key:
-            xy = self._annotations[index]
-            return FrameResult(index, name, True, xy=xy, confidence={n: 1.0 for n in self.point_names})
-        kp = self.config.keypoints
-        xy, peak = decode_keypoints(soft, self.native_size, kp.decode_topk, kp.cell_convention)
-        return FrameResult(index, name, False, xy=xy, confidence=dict(zip(self.point_names, map(float, peak))))
+            return self.codec.keyframe_result(index, self.names[index], self._annotations[index], soft)
+        return self.codec.decode(index, self.names[index], soft)
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    def tracks(self) -> list[Track]:
+        """What the latest results report confidences for: the objects of their keyframes, or the point names."""
+        return self.codec.tracks(self._propagated) if self.codec is not None and self._propagated else []
 
     def least_confident(self, count: int = 3) -> list[FrameResult]:
         """The ``count`` propagated frames (not keyframes) of the last pass with the lowest confidence."""
@@ -283,11 +248,6 @@ class Session:
     def _check_index(self, index: int) -> None:
         if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_frames:
             raise PropagateError(f"frame {index!r} is not a frame of {self.source.path} (0..{self.num_frames - 1})")
-
-    def _set_kind(self, kind: str) -> None:
-        if self.kind not in (None, kind):
-            raise PropagateError(f"this session holds {self.kind} keyframes: a session labels masks or points, not both")
-        self.kind = kind
 
 
 class _Counting(FeatureExtractor):

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from propagate.config import ResizeConfig
 from propagate.errors import PropagateError
+from propagate.io import image_size
 
 if TYPE_CHECKING:
     import torch
@@ -102,8 +103,7 @@ class FolderSource(VideoSource):
     @staticmethod
     def _size_of(file: Path) -> tuple[int, int]:
         try:
-            with Image.open(file) as img:
-                return img.size
+            return image_size(file, "frame")  # from the header; a decompression bomb is refused undecoded
         except (UnidentifiedImageError, OSError):
             raise PropagateError(f"frame {file} is not a readable image: replace or remove it") from None
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import os
 import sys
 from pathlib import Path
@@ -232,3 +233,78 @@ def test_bad_overrides_are_one_line_errors(overrides, words):
     with pytest.raises(PropagateError) as err:
         config_from_dict({"overrides": overrides}, "preset.yaml")
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ declared ranges
+
+
+def _numeric_fields(cls: type) -> list[tuple[str, tuple]]:
+    """``(name, rules)`` of every int, float or list-of-int field of dataclass ``cls``."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    numeric = {int, float, typing.Sequence[int], list[int], list[int] | None}
+    return [(f.name, tuple(f.metadata.get("rules", ()))) for f in dataclasses.fields(cls) if hints[f.name] in numeric]
+
+
+def test_every_numeric_option_declares_a_range():
+    """Zero bins, zero scales, a zero size...: every number a user can set has a declared range (issue 22), so
+    the one checker refuses a value that would divide by zero, underflow or allocate without bound."""
+    from propagate.config import _SECTIONS
+    from propagate.features import EXTRACTORS, extractor_class
+
+    classes = [Config, *_SECTIONS.values(), *(extractor_class(name).options_type for name in EXTRACTORS)]
+    missing = [f"{cls.__name__}.{name}" for cls in classes for name, rules in _numeric_fields(cls) if not rules]
+    assert not missing, f"numeric options without a declared range: {missing}"
+    assert len([1 for cls in classes for _ in _numeric_fields(cls)]) >= 30  # the walk saw the fields
+
+
+@pytest.mark.parametrize("cls, field, value, words", [
+    ("PropagationConfig", "topk", 0, "propagation.topk=0 is not valid: give an integer >= 1"),
+    ("PropagationConfig", "temperature", 1e-300,
+     "propagation.temperature=1e-300 is not valid: give a finite number >= 1e-30"),
+    ("KeypointConfig", "sigma", 1e-200, "keypoints.sigma=1e-200 is not valid: give a finite number >= 0.01"),
+    ("ResizeConfig", "short_side", 10**6, "resize.short_side=1000000 is not valid: give an integer <= 4320"),
+])
+def test_python_callers_get_the_same_checks(cls, field, value, words):
+    """A section made in Python checks itself (no config file involved), and a field changed after that is caught
+    when the propagator (or point tracker) starts: the same checker, the same words."""
+    import propagate.config as config_module
+    from propagate.propagation import LabelPropagator
+
+    section = getattr(config_module, cls)
+    with pytest.raises(PropagateError, match=f"^{re.escape(words)}"):
+        section(**{field: value})
+    if cls == "PropagationConfig":
+        made = section()
+        setattr(made, field, value)
+        with pytest.raises(PropagateError, match=f"^{re.escape(words)}"):
+            LabelPropagator(made, device="cpu")
+
+
+def test_an_open_disk_of_radius_0_is_refused_but_a_square_one_is_not():
+    """``open_disk`` keeps keys with dy^2 + dx^2 < r^2: at radius 0 none, so every label would vanish."""
+    assert load_config(None, ["propagation.radius=0"]).propagation.radius == 0
+    with pytest.raises(PropagateError, match="propagation.radius=0 is not valid with propagation.window=open_disk"):
+        load_config(None, ["propagation.radius=0", "propagation.window=open_disk"])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("features: " + "[" * 100 + "]" * 100, "nested deeper than 64 levels"),
+    ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{k}: &{k} [{', '.join(['*' + p] * 10)}]\n" for p, k in zip("abcde", "bcdef")),
+     "expands (through its aliases) to more than 100000 values"),
+])
+def test_preset_too_deep_or_too_large_is_one_line(tmp_path, text, words):
+    preset = tmp_path / "big.yaml"
+    preset.write_text(text)
+    with pytest.raises(PropagateError, match=re.escape(words)) as err:
+        load_config(preset)
+    assert "\n" not in str(err.value)
+
+
+def test_a_preset_with_a_few_aliases_still_loads(tmp_path):
+    preset = tmp_path / "anchors.yaml"
+    preset.write_text("features: baseline\nresize: &r {short_side: 64, multiple: 8}\noverrides:\n  dogs:\n"
+                      "    resize: *r\n")
+    assert load_config(preset).resize.short_side == 64

@@ -222,21 +222,22 @@ class StubExtractor(FeatureExtractor):
 
 @pytest.fixture()
 def oracle_pipeline(monkeypatch, davis_root):
-    """A stand-in for the pipeline's run_masks (as the run job calls it) that yields the ground truth (void as
+    """A stand-in for the pipeline's stream (as the run job calls it) that yields the ground truth (void as
     background)."""
+    from propagate.kinds import FrameResult
     from propagate.video import open_video
 
     calls: list[str] = []
 
-    def iter_masks(video, first_mask, config, extractor=None, *args, **kwargs):
+    def iter_results(video, kind, first, config, *args, **kwargs):
         source = open_video(video) if isinstance(video, (str, Path)) else video
         seq = Path(source.path).name
         calls.append(seq)
         for frame in source:
             mask = read_mask(davis_root / "Annotations" / "480p" / seq / f"{frame.name}.png")
-            yield frame, np.where(mask == VOID, 0, mask), {}
+            yield frame, FrameResult(frame.index, frame.name, frame.index == 0, mask=np.where(mask == VOID, 0, mask))
 
-    monkeypatch.setattr("propagate.runs.iter_masks", iter_masks)
+    monkeypatch.setattr("propagate.runs.iter_results", iter_results)
     return calls
 
 

@@ -228,6 +228,59 @@ def not_utf8(w: World) -> None:
     w.file("bad.yaml", "features: baseline\n# caf\xe9\n".encode("latin-1"))
 
 
+# ---------------------------------------------------------------------------------------------- issue 22: inputs
+
+
+def bomb_png(path: Path, side: int = 12_000) -> Path:
+    """A real PNG decompression bomb: a side x side greyscale image of zeros (144 megapixels at the default side,
+    more than the 100-megapixel limit), a few hundred kilobytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row's pixels
+    body = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def tiny_clip(w: World, side: int = 1) -> None:
+    """A 4-frame clip of side x side frames in ``w.root / "tiny"``, with a mask labelling every pixel object 1."""
+    frames = w.root / "tiny" / "frames"
+    frames.mkdir(parents=True)
+    for index in range(4):
+        Image.new("RGB", (side, side), (index * 60, 20, 20)).save(frames / f"{index:05d}.png")
+    write_mask(w.root / "tiny" / "first.png", np.ones((side, side), np.uint8))
+
+
+def keyframe_folder_with_jpeg(w: World) -> None:
+    """A keyframe folder: frame 0's PNG mask, and frame 2's mask saved as JPEG (which used to be skipped)."""
+    shutil.copy(w.mask, w.file("keys/00000.png", b""))
+    Image.fromarray(read_mask(w.mask) * 100).save(w.root / "keys" / "00002.jpg", quality=90)
+
+
+# YAML whose aliases expand to 10^6 values (a "billion laughs" in small): refused before anything expands it.
+ALIAS_BOMB = b"".join([b"features: baseline\nextractor:\n  a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"]
+                      + [f"  {chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n".encode()
+                         for i in range(5)])
+
+
+def davis_split(w: World, text: str, name: str = "mine") -> None:
+    (w.davis / "ImageSets" / "2017" / f"{name}.txt").write_text(text)
+
+
+def user_csv_beside(w: World) -> None:
+    """A split file and a user's CSV outside the DAVIS root and --out: ``--split ../../../outside`` names them."""
+    w.davis  # noqa: B018 - copies the dataset into the world
+    w.file("outside.txt", b"synth-00\n")
+    w.file("global_results-outside.csv", b"J&F-Mean\n0.99\n")
+
+
 CASES: list[Case] = [
     # --- run --mask: inputs
     Case("video-missing", lambda w: run(w)[:1] + [w.root / "nowhere"] + run(w)[2:], "nowhere"),
@@ -394,6 +447,62 @@ CASES: list[Case] = [
     Case("extract-other-settings", lambda w: ["extract", w.frames, "--out", w.root / "cache", "--features", "baseline",
                                               "--set", "resize.short_side=40"], "other feature settings",
          setup=make_cache),
+    # --- issue 22: every numeric option in range, bounded reads, degenerate results, names confined to --out
+    Case("set-bins-0", lambda w: run(w, "--set", "extractor.bins=0"), "extractor.bins=0"),
+    Case("set-scales-0", lambda w: run(w, "--set", "extractor.scales=[0]"), "extractor.scales=[0]"),
+    Case("set-scales-even", lambda w: run(w, "--set", "extractor.scales=[1,2]"), "each odd"),
+    Case("set-scales-empty", lambda w: run(w, "--set", "extractor.scales=[]"), "extractor.scales=[]"),
+    Case("set-colour-sigma-0", lambda w: run(w, "--set", "extractor.colour_sigma=0"), "extractor.colour_sigma=0"),
+    Case("set-fourier-dim-0", lambda w: run(w, "--set", "extractor.fourier_dim=0"), "extractor.fourier_dim=0"),
+    Case("points-open-disk-radius-0", lambda w: points(w, "--set", "propagation.radius=0"),
+         "propagation.radius=0 is not valid with propagation.window=open_disk"),
+    Case("points-sigma-underflow", lambda w: points(w, "--set", "keypoints.sigma=1e-200"), "keypoints.sigma=1e-200"),
+    Case("points-sigma-huge", lambda w: points(w, "--set", "keypoints.sigma=1e6"), "keypoints.sigma=1000000.0"),
+    Case("short-side-huge", lambda w: run(w, "--set", "resize.short_side=100000"), "resize.short_side=100000"),
+    Case("size-huge", lambda w: run(w, "--set", "resize.size=[100000,100000]"), "resize.size"),
+    Case("multiple-huge", lambda w: run(w, "--set", "resize.multiple=100000"), "resize.multiple=100000"),
+    Case("n-last-frames-huge", lambda w: run(w, "--n-last-frames", "100000000000000000000"),
+         "propagation.n_last_frames=100000000000000000000"),
+    Case("temperature-underflow", lambda w: run(w, "--temperature", "1e-300"), "propagation.temperature=1e-300"),
+    Case("config-nested-yaml", lambda w: run(w, "--config", w.root / "deep.yaml"), "nested deeper than",
+         setup=lambda w: w.file("deep.yaml", b"features: " + b"[" * 5000 + b"]" * 5000 + b"\n")),
+    Case("config-alias-bomb", lambda w: run(w, "--config", w.root / "bomb.yaml"), "through its aliases",
+         setup=lambda w: w.file("bomb.yaml", ALIAS_BOMB)),
+    Case("set-nested-yaml", lambda w: run(w, "--set", "features=" + "[" * 5000 + "]" * 5000), "nested deeper than"),
+    Case("set-deep-key", lambda w: run(w, "--set", "a." * 5000 + "b=1"), "dotted parts"),
+    Case("points-nested-json", lambda w: points(w, file=w.root / "p.json"), "nested deeper than",
+         setup=lambda w: w.file("p.json", b'{"points": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")),
+    Case("frame-decompression-bomb", lambda w: run(w), "PROPAGATE_MAX_PIXELS",
+         setup=lambda w: bomb_png(w.frames / "00004.png")),
+    Case("frame-over-the-set-limit", lambda w: run(w), "more than 1000 pixels", env={"PROPAGATE_MAX_PIXELS": "1000"}),
+    Case("max-pixels-not-a-number", lambda w: run(w), "PROPAGATE_MAX_PIXELS='lots'",
+         env={"PROPAGATE_MAX_PIXELS": "lots"}),
+    Case("mask-decompression-bomb", lambda w: ["run", w.frames, "--mask", w.root / "bomb.png", "--out", w.out, *BASE],
+         "12000x12000", setup=lambda w: bomb_png(w.root / "bomb.png")),
+    Case("frames-1x1", lambda w: ["run", w.root / "tiny" / "frames", "--mask", w.root / "tiny" / "first.png",
+                                  "--out", w.out, "--features", "baseline", "--no-video"],
+         "smaller than one baseline feature cell", setup=tiny_clip),
+    Case("frames-4x4", lambda w: ["run", w.root / "tiny" / "frames", "--mask", w.root / "tiny" / "first.png",
+                                  "--out", w.out, "--features", "baseline", "--no-video"],
+         "are 4x4", setup=lambda w: tiny_clip(w, 4)),
+    Case("keyframe-folder-jpeg", lambda w: ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE],
+         "'00002.jpg', which is not a PNG mask", setup=keyframe_folder_with_jpeg),
+    Case("mask-16-bit-ids", lambda w: ["run", w.frames, "--mask", w.root / "wide.png", "--out", w.out, *BASE],
+         "image mode I;16", setup=lambda w: Image.fromarray(np.where(read_mask(w.mask) > 0, 300, 0).astype(np.uint16))
+         .save(w.root / "wide.png")),
+    Case("davis-split-file-escape", lambda w: eval_davis(w, "--split", "mine"), "'../escape'",
+         setup=lambda w: davis_split(w, "synth-00\n../escape\n")),
+    Case("davis-split-file-absolute", lambda w: eval_davis(w, "--split", "mine"), "/tmp",
+         setup=lambda w: davis_split(w, "/tmp\n")),
+    Case("davis-split-name-escape", lambda w: eval_davis(w, "--split", "../../../outside"),
+         "split '../../../outside' is not a split name", setup=user_csv_beside),
+    Case("score-split-name-escape", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out, "--split",
+                                               "../../../outside"], "is not a split name",
+         setup=lambda w: (user_csv_beside(w), gt_results(w))),
+    Case("jhmdb-split-file-escape", lambda w: eval_jhmdb(w, split=w.root / "l.txt"), "'walk/../../escape'",
+         setup=lambda w: w.file("l.txt", b"walk/../../escape\n")),
+    Case("jhmdb-split-crw-escape", lambda w: eval_jhmdb(w, split=w.root / "l.txt"), "'../..'",
+         setup=lambda w: w.file("l.txt", b"/data/../.. /data/x/joint_positions.mat\n")),
 ]
 
 
@@ -568,12 +677,12 @@ def test_a_full_disk_is_one_line_and_the_earlier_results_survive(shared, tmp_pat
 # The CLI with each mask write slowed down, so that a signal reliably lands mid-run.
 SLOW_CLI = """
 import sys, time
-import propagate.runs as runs
-write = runs.write_mask
+import propagate.labels as labels
+write = labels.write_mask
 def slow_write(path, mask):
     write(path, mask)
     time.sleep(0.25)
-runs.write_mask = slow_write
+labels.write_mask = slow_write
 from propagate.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -658,3 +767,104 @@ def test_a_failure_while_moving_new_results_into_place_puts_the_earlier_ones_bac
     assert_one_error(cli(run(world, overwrite=True)), capsys.readouterr().err, 2, "Input/output error")
     assert_nothing_lost(tmp_path, before, marks_before)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ---------------------------------------------------------------------------------------------- issue 22: accepted
+
+
+def test_small_floats_in_any_notation_are_numbers(shared, tmp_path, capsys):
+    """YAML 1.1 reads ``1e-3`` as a string; ``--set`` values and presets read it as the number (YAML 1.2)."""
+    from propagate.config import load_config
+
+    world = World(tmp_path, shared)
+    preset = world.file("mine.yaml", b"features: baseline\npropagation:\n  temperature: 5E-2\n  topk: 1_0\n")
+    assert load_config(preset).propagation.temperature == 0.05 and load_config(preset).propagation.topk == 10
+    assert load_config(None, ["propagation.temperature=1e-3"]).propagation.temperature == 0.001
+    assert load_config(None, ["propagation.temperature=.5e+1"]).propagation.temperature == 5.0
+    assert load_config(None, ["features=1e"]).features == "1e"  # not a number: stays a string
+    assert cli(run(world, "--set", "propagation.temperature=1e-3")) == 0
+    assert error_lines(capsys.readouterr().err) == []
+    assert json.loads((world.out / "run_info.json").read_text())["config"]["propagation"]["temperature"] == 0.001
+
+
+@pytest.mark.parametrize("data", [
+    b"\xef\xbb\xbfname,x,y\nhead,20,20\nneck,40,30\n",  # a byte-order mark (Excel, Notepad)
+    b"name,x,y\r\nhead,20,20\r\nneck,40,30\r\n",  # Windows line ends
+    b"\xef\xbb\xbfhead,20,20\r\nneck,40,30",  # both, no header, no final line end
+])
+def test_points_csv_with_a_bom_or_crlf_is_read(tmp_path, data):
+    from propagate.keypoints import read_points
+
+    (tmp_path / "p.csv").write_bytes(data)
+    points = read_points(tmp_path / "p.csv")
+    assert points.names == ["head", "neck"] and points.xy.tolist() == [[20.0, 20.0], [40.0, 30.0]]
+
+
+def test_points_json_with_a_bom_is_read(tmp_path):
+    from propagate.keypoints import read_points
+
+    text = json.dumps({"points": [{"name": "a", "x": 1, "y": 2}]})
+    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_points(tmp_path / "p.json").xy.tolist() == [[1.0, 2.0]]
+
+
+def test_brackets_inside_json_strings_do_not_count_as_nesting(tmp_path):
+    from propagate.keypoints import read_points
+
+    name = '[{"' * 200 + '\\"]'
+    (tmp_path / "p.json").write_text(json.dumps({"points": [{"name": name, "x": 1, "y": 2}]}))
+    assert read_points(tmp_path / "p.json").names == [name]
+
+
+def test_an_image_over_the_default_limit_is_read_when_the_limit_is_raised(tmp_path, monkeypatch):
+    """The limit is overridable: a 12000x12000 PNG is refused by default and read (header only) at 200 MP."""
+    from propagate.errors import PropagateError
+    from propagate.io import image_size
+
+    bomb = bomb_png(tmp_path / "big.png")
+    with pytest.raises(PropagateError, match="more than 100000000 pixels"):
+        image_size(bomb)
+    monkeypatch.setenv("PROPAGATE_MAX_PIXELS", "200000000")
+    assert image_size(bomb) == (12000, 12000)
+
+
+# ---------------------------------------------------------------------------------------------- issue 22: memory
+
+
+@pytest.mark.parametrize("failure", ["MemoryError", "numpy", "opencv", "torch-cpu"])
+def test_running_out_of_memory_is_one_line(failure, shared, tmp_path, capsys, monkeypatch):
+    """An allocation that fails anywhere in a run (Python, NumPy, OpenCV, torch's CPU allocator) is one line, and
+    nothing is marked complete or left behind."""
+    import cv2
+
+    from propagate.features.baseline import BaselineExtractor
+
+    def fail(*args, **kwargs):
+        if failure == "MemoryError":
+            raise MemoryError()
+        if failure == "numpy":
+            np.zeros((2**40, 2**20), np.uint8)  # 1 EiB: NumPy's _ArrayMemoryError
+        if failure == "opencv":
+            cv2.resize(np.zeros((4, 4, 3), np.uint8), (300_000, 300_000))
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+
+    world = World(tmp_path, shared)
+    monkeypatch.setattr(BaselineExtractor, "extract", fail)
+    capsys.readouterr()
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+    line = assert_one_error(cli(run(world)), capsys.readouterr().err, 2, "out of memory")
+    assert "resize.short_side" in line
+    assert_nothing_lost(tmp_path, before, marks_before)
+
+
+def test_other_errors_are_not_taken_for_memory(shared, tmp_path, monkeypatch):
+    """Only allocation failures become a line: any other bug still shows its traceback (it is ours to fix)."""
+    from propagate.features.baseline import BaselineExtractor
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(BaselineExtractor, "extract", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli(run(World(tmp_path, shared)))

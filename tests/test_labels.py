@@ -86,3 +86,35 @@ def test_mask_labels_round_trip_and_void():
     soft = mask_to_labels(mask, 2, (4, 6), "area")
     assert torch.allclose(soft.sum(0), torch.ones(4, 6))
     assert soft[1, 1, 1] == 1.0  # cell (8..16, 8..16) lies inside object 1
+
+
+def test_mask_arrays_from_python_are_checked_like_mask_files():
+    """A mask array wider than uint8 passes only if its ids fit 0..255: an id of 300 would wrap to 44 in the uint8
+    results (run_masks checks the first mask with require_objects, the Session with check_mask)."""
+    from propagate.labels import check_mask, require_objects
+
+    wide = np.zeros((4, 6), np.uint16)
+    wide[1, 1] = 300
+    with pytest.raises(PropagateError, match=r"^mask first: the mask holds id 300, outside 0\.\.255"):
+        require_objects(wide, "first")
+    assert require_objects(np.where(wide > 0, 2, 0).astype(np.int32), "first") == [2]
+    with pytest.raises(PropagateError, match=r"^frame 3: the mask is float32: give integer ids"):
+        check_mask(wide.astype(np.float32), (6, 4), "frame 3")
+    with pytest.raises(PropagateError, match=r"^frame 3: the mask is uint8 \[4, 5\], the frames are 6x4"):
+        check_mask(np.zeros((4, 5), np.uint8), (6, 4), "frame 3")
+    ok = check_mask((wide > 0).astype(np.int64) * 7, (6, 4), "frame 3")
+    assert ok.dtype == np.uint8 and ok[1, 1] == 7 and int(ok.sum()) == 7
+
+
+def test_a_file_that_is_not_a_png_in_a_keyframe_folder_is_an_error(tmp_path):
+    """It used to be skipped without a word, so a keyframe saved as JPEG silently did not count."""
+    from propagate.labels import read_keyframes
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 1
+    write_mask(tmp_path / "00000.png", mask)
+    (tmp_path / ".DS_Store").write_bytes(b"hidden files are ignored")
+    assert list(read_keyframes(tmp_path, ["00000", "00001"], (8, 8))) == [0]
+    Image.fromarray(mask * 100).save(tmp_path / "00001.jpg")
+    with pytest.raises(PropagateError, match=r"holds '00001\.jpg', which is not a PNG mask"):
+        read_keyframes(tmp_path, ["00000", "00001"], (8, 8))

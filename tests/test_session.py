@@ -224,3 +224,46 @@ def test_a_sweep_stopped_midway_is_not_replayed_from():
     assert sweep.propagated == 5  # nothing replayed from the mixed state
     fresh = dict(Sweep(cfg).run(range(6), lambda t: feats[t], {0: labels}))
     assert all(torch.equal(again[t], fresh[t]) for t in range(6))
+
+
+# ---------------------------------------------------------------------------------------------- input checks (issue 22)
+
+
+def test_session_checks_masks_as_the_cli_does(clip, baseline):
+    """A mask given as an array is checked like a mask file: ids 0..255 (an id of 300 in a uint16 array would wrap
+    to 44 in uint8), integers (a float mask is refused), the frame's size. Integer arrays whose ids fit are taken
+    as uint8, and a refused mask leaves the session as it was (it may still take points)."""
+    frames, _, truth = clip
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    wide = np.where(truth[0] > 0, 300, 0).astype(np.uint16)
+    with pytest.raises(PropagateError, match=r"^keyframe 0: the mask holds id 300, outside 0\.\.255"):
+        session.add_mask(0, wide)
+    with pytest.raises(PropagateError, match=r"^keyframe 0: the mask holds id -1, outside 0\.\.255"):
+        session.add_mask(0, truth[0].astype(np.int16) - 1)
+    with pytest.raises(PropagateError, match=r"^keyframe 0: the mask is float64: give integer ids"):
+        session.add_mask(0, truth[0].astype(np.float64))
+    assert session.keyframes == [] and session.kind is None
+    session.add_mask(0, truth[0].astype(np.int64))  # ids 0..2 fit: taken as uint8
+    session.add_mask(2, truth[2] > 0)  # a bool mask is object 1
+    stored = session._annotations
+    assert stored[0].dtype == np.uint8 and np.array_equal(stored[0], truth[0])
+    assert stored[2].dtype == np.uint8 and np.array_equal(stored[2], (truth[2] > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("xy, words", [
+    ([[np.nan, 10.0]], r"point 'p1' is at \(nan, 10\); give finite pixel coordinates"),
+    ([[10.0, np.inf]], r"point 'p1' is at \(10, inf\); give finite pixel coordinates"),
+    ([[192.0, 10.0]], r"point 'p1' at \(192, 10\) is outside the frame \(192x128; x in 0\.\.191, y in 0\.\.127\)"),
+    ([[-0.5, 10.0]], r"point 'p1' at \(-0.5, 10\) is outside the frame"),
+    ([[10.0, 128.0]], r"point 'p1' at \(10, 128\) is outside the frame"),
+])
+def test_session_checks_points_as_the_cli_does(clip, baseline, xy, words):
+    """Points must be finite and inside the frame (0 <= x <= W - 1, 0 <= y <= H - 1), as a points file's are; a
+    NaN point would come back as NaN tracks, one outside as a point that cannot be propagated."""
+    frames, _, _ = clip
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    with pytest.raises(PropagateError, match=rf"^keyframe 1: {words}"):
+        session.add_points(1, np.array(xy))
+    assert session.keyframes == []
+    session.add_points(1, np.array([[0.0, 0.0], [191.0, 127.0]]), names=["a", "b"])  # the corners are inside
+    assert session.keyframes == [1] and session.point_names == ["a", "b"]

@@ -61,6 +61,10 @@ class DavisDataset:
 
     def __init__(self, root: str | Path, split: str = "val", resolution: str = RESOLUTION):
         self.root = Path(root)
+        if not _plain_name(split):
+            raise PropagateError(f"split {split!r} is not a split name: give the name of a file in ImageSets/2017 "
+                                 "without .txt, e.g. val (a name with / or .. would read and write outside the root "
+                                 "and the results folder)")
         self.split = split
         self.resolution = resolution
         if not self.root.is_dir():
@@ -77,6 +81,11 @@ class DavisDataset:
             raise PropagateError(f"split file {split_file} is not UTF-8 text (byte {exc.start}): give one sequence "
                                  "name per line") from None
         self.sequences = [line.strip() for line in text.splitlines() if line.strip()]
+        for name in self.sequences:
+            if not _plain_name(name):
+                raise PropagateError(f"split file {split_file} lists {name!r}, which is not a sequence name (a folder "
+                                     "of JPEGImages/480p: no / or .., which would write results outside --out): fix "
+                                     "the list")
         if not self.sequences:
             raise PropagateError(f"split file {split_file} lists no sequences")
         self.annotation_root = self.root / "Annotations" / resolution
@@ -124,6 +133,11 @@ class DavisDataset:
                 raise PropagateError(f"annotation {f} is {m.shape[1]}x{m.shape[0]} but {files[0].name} is "
                                      f"{width}x{height}: all annotations of sequence {sequence} must have one size")
         return np.stack(masks), [f.stem for f in files]
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` names one entry of a folder: not empty, not . or .., no path separator."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _without_void(mask: np.ndarray) -> np.ndarray:

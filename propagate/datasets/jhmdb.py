@@ -29,7 +29,6 @@ score and of that frame's box (``drop``, the ``jhmdb_*`` presets).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
-from propagate.io import atomic_write_text
+from propagate.io import atomic_write_text, loads_json
 from propagate.keypoints import PointSet
 from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, result_settings
 from propagate.video import open_video
@@ -126,6 +125,10 @@ def _locate(path: Path, root: Path, top: str, keep: int) -> Path:
 
 
 def _video(root: Path, name: str, frames: Path, mat: Path, where: str) -> JhmdbVideo:
+    parts = name.split("/")
+    if not all(part and part not in (".", "..") and "\\" not in part for part in parts):
+        raise PropagateError(f"{where}: {name!r} is not a video name like <class>/<video> (a . or .. part would "
+                             "read and write outside --root and --out): fix the list")
     if not frames.is_dir():
         raise PropagateError(f"{where}: video {name} has no frames folder {frames}; check the list and --root {root}")
     if not mat.is_file():
@@ -163,7 +166,7 @@ def read_predictions(path: str | Path, names: Sequence[str] = JOINT_NAMES) -> tu
     """``points.json`` -> ``(xy [T, J, 2] with NaN for lost points, tracked [J] bool)``."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_text(encoding="utf-8"))  # nesting bounded: a hostile file is one line too
         xy = np.array([[[np.nan if f["points"][n]["x"] is None else f["points"][n]["x"],
                          np.nan if f["points"][n]["y"] is None else f["points"][n]["y"]] for n in names]
                        for f in data["frames"]], dtype=np.float64)

@@ -10,16 +10,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import math
-import types
-import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping
 
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
+from propagate.options import Checked, check_fields
 
 
 @dataclass(frozen=True)
@@ -58,46 +54,11 @@ def preset_name(task: str, features: str) -> str:
 # Options: a preset's ``extractor:`` section, checked against the fields of the extractor's options dataclass
 
 
-_TYPE_WORDS: dict[object, tuple[str, str]] = {  # type -> how an error message names one value, and a list of them
-    int: ("an integer", "integers"), float: ("a finite number", "finite numbers"), str: ("a string", "strings"),
-    bool: ("true or false", "booleans"), type(None): ("null", "nulls"), Path: ("a path", "paths"),
-}
-
-
-def _describe_type(hint: object) -> str:
-    """Words for a type hint, for error messages: ``int | None`` -> "an integer or null"."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
-    if typing.get_origin(hint) in (Sequence, list, tuple):
-        return f"a list of {_TYPE_WORDS[typing.get_args(hint)[0]][1]}"
-    return _TYPE_WORDS[hint][0]
-
-
-def _value_fits(value: object, hint: object) -> bool:
-    """Whether ``value`` (as YAML or Python gives it) is of type ``hint``. An int is a float, but a bool is neither
-    an int nor a float; floats must be finite; a sequence is a list or a tuple (not a string)."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_value_fits(value, arg) for arg in typing.get_args(hint))
-    if origin in (Sequence, list, tuple):
-        item = typing.get_args(hint)[0]
-        return isinstance(value, (list, tuple)) and all(_value_fits(v, item) for v in value)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, hint)  # type: ignore[arg-type]
-
-
 def build_options(name: str, options: Mapping[str, object] | None = None) -> object:
     """The options dataclass of extractor ``name`` made from ``options`` (the ``extractor:`` section of a preset).
 
-    An option the extractor does not take, or a value of the wrong type, is a one-line PropagateError naming it
-    (``extractor.<key>``), so a typo in a preset never goes unnoticed.
+    An option the extractor does not take, or a value of the wrong type or out of its declared range, is a one-line
+    PropagateError naming it (``extractor.<key>``), so a typo in a preset never goes unnoticed.
     """
     options_type = extractor_class(name).options_type
     fields = {f.name for f in dataclasses.fields(options_type)}
@@ -107,12 +68,10 @@ def build_options(name: str, options: Mapping[str, object] | None = None) -> obj
         raise PropagateError(
             f"features {name!r} take no option(s) {', '.join(unknown)}; known options: {', '.join(sorted(fields))}"
         )
-    hints = typing.get_type_hints(options_type)
-    for key, value in options.items():
-        if not _value_fits(value, hints[key]):
-            raise PropagateError(f"extractor.{key}={value!r} is not valid for features {name!r}: use "
-                                 f"{_describe_type(hints[key])}")
-    return options_type(**options)
+    built = options_type(**options)  # an options dataclass checks its own values (propagate.options.Checked)
+    if not isinstance(built, Checked):  # an extractor registered with a plain dataclass: its types, checked alike
+        check_fields(built, "extractor.", f" for features {name!r}")
+    return built
 
 
 def build_extractor(name: str, options: Mapping[str, object] | None = None) -> FeatureExtractor:

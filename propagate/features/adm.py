@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.errors import PropagateError
 from propagate.features.adm_net import (
     CHECKPOINT_URL,
@@ -30,12 +31,12 @@ from propagate.features.adm_net import (
     sidecar_path,
 )
 from propagate.features.base import FeatureExtractor
-from propagate.device import DTYPES, resolve_device, resolve_dtype
-from propagate.features.common import check_int, frame_normals
+from propagate.features.common import frame_normals
+from propagate.options import Checked, at_least, option
 
 
 @dataclass(frozen=True)
-class DiftADMOptions(ADMArch):
+class DiftADMOptions(ADMArch, Checked):
     """Options of :class:`DiftADMExtractor` (the ``extractor:`` section of the ``*_adm`` presets); the defaults are
     DIFT's DAVIS settings: t 51, output block 7, ensemble 4.
 
@@ -56,16 +57,23 @@ class DiftADMOptions(ADMArch):
         diffusion_steps, noise_schedule: the noise schedule of the checkpoint's training (1000, linear).
     """
 
+    key_prefix = "extractor."
+    key_owner = " for features 'adm'"
+
     model: str | Path | None = None
-    t: int = 51
-    up_ft_index: int = 7
-    ensemble_size: int = 4
+    t: int = option(51, at_least(0))  # the largest: diffusion_steps - 1 (q_sample_coefficients)
+    up_ft_index: int = option(7, at_least(0))  # the largest: the checkpoint's last output block
+    ensemble_size: int = option(4, at_least(1))
     dtype: str = "auto"
     device: str = "auto"
-    seed: int = 0
-    batch_size: int = 8
-    diffusion_steps: int = 1000
+    seed: int = option(0, at_least(0))
+    batch_size: int = option(8, at_least(1))
+    diffusion_steps: int = option(1000, at_least(1))
     noise_schedule: str = "linear"
+
+    def __post_init__(self) -> None:
+        self.check()  # the values as given, before ADMArch turns lists into its "a,b,c" strings
+        ADMArch.__post_init__(self)
 
 
 class DiftADMExtractor(FeatureExtractor):
@@ -93,8 +101,6 @@ class DiftADMExtractor(FeatureExtractor):
                 "use; use the unconditional 256x256_diffusion_uncond.pt"
             )
 
-        for what, low in (("ensemble_size", 1), ("batch_size", 1), ("seed", 0)):
-            check_int(self.name, what, getattr(options, what), low)
         self.t = int(options.t)
         self.up_ft_index = int(options.up_ft_index)
         self.ensemble_size = options.ensemble_size

@@ -31,6 +31,7 @@ from torch import nn
 
 from propagate.errors import PropagateError
 from propagate.io import atomic_path, atomic_write_json
+from propagate.options import Rule, at_least, check_fields, option
 
 CHECKPOINT_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
 SIDECAR_SUFFIX = ".json"  # tiny.pt -> tiny.pt.json holds the architecture options of a saved checkpoint
@@ -52,6 +53,9 @@ _DEFAULT_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
 ArchValue = int | float | str | bool | None  # the value of one ADMArch option, as JSON holds it
 
 
+_HEADS = Rule(lambda v: v == -1 or v >= 1, "-1 (derived from num_heads) or an integer >= 1")
+
+
 @dataclass(frozen=True)
 class ADMArch:
     """The options that determine an ADM UNet's layers; defaults are those of ``256x256_diffusion_uncond.pt``.
@@ -62,15 +66,15 @@ class ADMArch:
     as a list (or one number), as YAML writes them; they are stored as the reference's "a,b,c" strings.
     """
 
-    image_size: int = 256
-    num_channels: int = 256
-    num_res_blocks: int = 2
+    image_size: int = option(256, at_least(1))
+    num_channels: int = option(256, at_least(1))
+    num_res_blocks: int = option(2, at_least(1))
     channel_mult: str | float | Sequence[float] | None = None
-    num_heads: int = 4
-    num_head_channels: int = 64
-    num_heads_upsample: int = -1
+    num_heads: int = option(4, at_least(1))
+    num_head_channels: int = option(64, _HEADS)
+    num_heads_upsample: int = option(-1, _HEADS)
     attention_resolutions: str | int | Sequence[int] = "32,16,8"
-    dropout: float = 0.0
+    dropout: float = option(0.0, at_least(0), Rule(lambda v: v < 1, "{type} < 1"))
     learn_sigma: bool = True
     resblock_updown: bool = True
     use_scale_shift_norm: bool = True
@@ -102,7 +106,10 @@ class ADMArch:
             raise PropagateError(f"{source}: unknown ADM option(s) {', '.join(unknown)}; known: "
                                  f"{', '.join(sorted(names))}")
         arch = ADMArch(**data)
-        arch.validate()
+        try:
+            arch.validate()
+        except PropagateError as exc:
+            raise PropagateError(f"{source}: {exc}") from None
         return arch
 
     def multipliers(self) -> tuple[float, ...]:
@@ -141,11 +148,10 @@ class ADMArch:
         return 2 ** (self.levels - 1)
 
     def validate(self) -> None:
+        """The ranges declared on the fields, then a layout the network can be built with."""
+        check_fields(self, "", " for an ADM network")
         mults = self.multipliers()
         self.attention_downsample_rates()
-        if self.num_channels <= 0 or self.num_res_blocks < 1:
-            raise PropagateError(f"ADM num_channels ({self.num_channels}) and num_res_blocks ({self.num_res_blocks}) "
-                                 "must be positive")
         for m in mults:
             ch = int(m * self.num_channels)
             if ch <= 0 or ch % 32:

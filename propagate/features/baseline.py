@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from propagate.features.base import FeatureExtractor
 from propagate.device import resolve_device
+from propagate.features.base import FeatureExtractor
+from propagate.options import Checked, Rule, above, at_least, at_most, option
 
 
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
@@ -35,8 +36,13 @@ def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([lum, a, b], 1)
 
 
+# A scale s pools s x s cells centred on each cell, so it must be odd (an even one would shift the grid by half a cell).
+_SCALES = Rule(lambda v: len(v) >= 1 and all(s >= 1 and s % 2 == 1 for s in v),
+               "{type}, at least one, each odd and >= 1 (a neighbourhood of s x s cells)")
+
+
 @dataclass(frozen=True)
-class BaselineOptions:
+class BaselineOptions(Checked):
     """Options of :class:`BaselineExtractor` (the ``extractor:`` section of the ``*_baseline`` presets).
 
     Attributes:
@@ -48,11 +54,14 @@ class BaselineOptions:
         device: ``cpu`` (``auto`` means cpu too: the baseline is fast there), ``cuda``, ``cuda:N`` or ``mps``.
     """
 
-    scales: Sequence[int] = (1, 3, 5)
-    bins: int = 8
-    colour_weight: float = 1.0
-    colour_sigma: float = 0.1
-    fourier_dim: int = 64
+    key_prefix = "extractor."
+    key_owner = " for features 'baseline'"
+
+    scales: Sequence[int] = option((1, 3, 5), _SCALES)
+    bins: int = option(8, at_least(1), at_most(360))
+    colour_weight: float = option(1.0, at_least(0))
+    colour_sigma: float = option(0.1, above(0), at_least(0.001, " (narrower than one 8-bit colour step)"))
+    fourier_dim: int = option(64, at_least(1), at_most(4096))
     device: str = "cpu"
 
 

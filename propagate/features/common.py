@@ -1,4 +1,5 @@
-"""What every extractor shares: option checks and its per-frame noise (device and dtype: :mod:`propagate.device`).
+"""What every extractor shares: its per-frame noise (device and dtype: :mod:`propagate.device`; option checks:
+:mod:`propagate.options`).
 
 The noise rule is the one thing that makes features reproducible: a frame's noise depends only on
 ``(seed, frame_id)``, never on which frames were batched with it, and DIFT-SD and DIFT-ADM draw it the same way.
@@ -11,13 +12,6 @@ import numpy as np
 import torch
 
 from propagate.errors import PropagateError
-
-
-def check_int(owner: str, name: str, value: int, low: int, high: int | None = None) -> None:
-    """An integer option in ``low..high`` (``high`` None: no upper bound), else a one-line PropagateError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise PropagateError(f"{owner} option {name}={value!r} is out of range; use an integer {bound}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -40,4 +34,4 @@ def frame_normals(seed: int, frame_id: int, *shapes: Sequence[int]) -> tuple[tor
     return tuple(torch.randn(tuple(shape), generator=gen, dtype=torch.float32) for shape in shapes)
 
 
-__all__ = ["check_int", "frame_generator", "frame_normals"]
+__all__ = ["frame_generator", "frame_normals"]

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from torch import nn
 
+from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.device import DTYPES, resolve_device, resolve_dtype
-from propagate.features.common import check_int, frame_normals
+from propagate.features.common import frame_normals
+from propagate.options import Checked, at_least, at_most, check_value, option
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -55,7 +56,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass(frozen=True)
-class DiftSDOptions:
+class DiftSDOptions(Checked):
     """Options of :class:`DiftSDExtractor` (the ``extractor:`` section of the ``*_sd`` presets); the defaults are
     DIFT's DAVIS settings.
 
@@ -73,15 +74,18 @@ class DiftSDOptions:
         batch_size: most UNet samples (frames x copies) per forward pass; speed only.
     """
 
+    key_prefix = "extractor."
+    key_owner = " for features 'dift_sd'"
+
     model: str | Path = DEFAULT_MODEL
-    t: int = 51
-    up_ft_index: int = 2
-    ensemble_size: int = 8
+    t: int = option(51, at_least(0))  # the largest is the model's: checked once it is loaded (_check_model_bounds)
+    up_ft_index: int = option(2, at_least(0))
+    ensemble_size: int = option(8, at_least(1))
     prompt: str = ""
     dtype: str = "auto"
     device: str = "auto"
-    seed: int = 0
-    batch_size: int = 8
+    seed: int = option(0, at_least(0))
+    batch_size: int = option(8, at_least(1))
 
 
 def frame_noise(seed: int, frame_id: int, ensemble_size: int,
@@ -258,14 +262,12 @@ class SkippedUpBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_options(options: DiftSDOptions, num_train_timesteps: int | None = None,
-                   num_up_blocks: int | None = None) -> None:
-    """Integer options in range (the model-dependent bounds only once the model is known)."""
-    t_max = num_train_timesteps - 1 if num_train_timesteps else None
-    index_max = num_up_blocks - 1 if num_up_blocks else None
-    for what, low, high in (("t", 0, t_max), ("up_ft_index", 0, index_max), ("ensemble_size", 1, None),
-                            ("batch_size", 1, None), ("seed", 0, None)):
-        check_int(DiftSDExtractor.name, what, getattr(options, what), low, high)
+def _check_model_bounds(options: DiftSDOptions, num_train_timesteps: int, num_up_blocks: int) -> None:
+    """``t`` and ``up_ft_index`` within the loaded model's schedule and up blocks (the options checked the rest)."""
+    for name, high, why in (("t", num_train_timesteps - 1, "its noise schedule"),
+                            ("up_ft_index", num_up_blocks - 1, "its up blocks")):
+        rules = (at_least(0), at_most(high, f" (the model: {why})"))
+        check_value(f"extractor.{name}", getattr(options, name), int, rules, DiftSDOptions.key_owner)
 
 
 class DiftSDExtractor(FeatureExtractor):
@@ -276,7 +278,6 @@ class DiftSDExtractor(FeatureExtractor):
     options_type = DiftSDOptions
 
     def __init__(self, options: DiftSDOptions = DiftSDOptions()) -> None:
-        _check_options(options)
         device = resolve_device(options.device)
         dtype = DTYPES[resolve_dtype(options.dtype, device)]
         folder = resolve_model_folder(options.model)  # before importing diffusers: a missing model fails at once
@@ -310,7 +311,7 @@ class DiftSDExtractor(FeatureExtractor):
         device = resolve_device(options.device)
         dtype_name = resolve_dtype(options.dtype, device)
         num_up = len(unet.up_blocks)
-        _check_options(options, num_train_timesteps=int(scheduler.config.num_train_timesteps), num_up_blocks=num_up)
+        _check_model_bounds(options, int(scheduler.config.num_train_timesteps), num_up)
         t, up_ft_index = options.t, options.up_ft_index
         self.model, self.t, self.up_ft_index = str(options.model), t, up_ft_index
         self.ensemble_size, self.prompt, self.dtype_name = options.ensemble_size, options.prompt, dtype_name

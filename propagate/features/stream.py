@@ -33,7 +33,14 @@ class FeatureStore(Protocol):
 
 
 def check_processing_size(source: VideoSource, extractor: FeatureExtractor, resize: ResizeConfig) -> tuple[int, int]:
-    """The processing size (W, H) of ``source``'s frames, checked against what ``extractor`` needs."""
+    """The processing size (W, H) of ``source``'s frames, checked against what ``extractor`` needs: frames at least
+    one feature cell (``stride`` pixels) on each side, so that there is an image to carry labels on (a 1x1 frame,
+    stretched to the processing size, has none), and a processing size that is a multiple of its size multiple."""
+    width, height = source.native_size
+    if min(width, height) < extractor.stride:
+        raise PropagateError(f"frames of {source.path} are {width}x{height}, smaller than one {extractor.name} feature "
+                             f"cell ({extractor.stride}x{extractor.stride} pixels): there is no image to carry labels "
+                             f"on; give frames at least {extractor.stride} pixels on each side")
     size = processing_size(source.native_size, resize)
     multiple = extractor.size_multiple
     if size[0] % multiple or size[1] % multiple:
