@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -214,6 +216,8 @@ def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g.add_argument("--address", help="a running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001 "
                    "(default: start a local one)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (default 0: CPU)")
+    g.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for the cluster at --address to answer (default 30)")
 
 
 def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner | None:
@@ -222,11 +226,12 @@ def _cluster_runner(args: argparse.Namespace, always: bool = False) -> RayRunner
         return None
     from propagate.cluster import RayRunner
 
-    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
+    return RayRunner(workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                     connect_timeout=args.connect_timeout)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from propagate.cluster import run_batch
+    from propagate.batch import run_batch
 
     def configure(preset: str | None, task: str) -> Config:
         return config_from_args(argparse.Namespace(**{**vars(args), "config": preset or args.config}), task)
@@ -252,7 +257,7 @@ def cmd_score_davis(args: argparse.Namespace) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     from propagate.cache import extract_to_cache
     from propagate.datasets.davis import is_davis_root, sequence_folders
-    from propagate.runs import check_not_input
+    from propagate.results import check_not_input
 
     config = config_from_args(args, "davis")
     videos = sequence_folders(args.input) if is_davis_root(args.input) else [Path(args.input)]
@@ -283,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
     run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
-    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), or a folder "
-                     "of keyframe masks named like frames (00000.png, 00040.png, ...)")
+    run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), a folder "
+                     "of keyframe masks named like frames (00000.png, 00040.png, ...), or a CVAT for video 1.1 "
+                     "annotations.xml or export zip")
     run.add_argument("--direction", choices=["auto", "forward", "backward", "both"],
                      help="propagation direction (default auto: forward for one keyframe on frame 0, else both)")
     run.add_argument("--format", default="png", help="outputs, comma-separated: " + format_help() + " (e.g. png,coco)")
@@ -394,6 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill``, ``timeout`` and a container stop send), raised where the program is so that it unwinds
+    exactly as Ctrl-C does: staging folders removed, nothing marked complete."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class _StderrLines(logging.Handler):
     """The package's info lines (e.g. the precision an extractor resolved to) on the current stderr."""
 
@@ -428,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(_StderrLines())
         log.setLevel(logging.INFO)
     debug = args.debug or os.environ.get("PROPAGATE_DEBUG", "") not in ("", "0")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         status = args.func(args)  # None, or an exit status (batch: 1 when some videos failed)
     except PropagateError as exc:
@@ -449,10 +466,14 @@ def main(argv: list[str] | None = None) -> int:
               "(resize.short_side), fewer frames per batch (--batch-frames, --batch-size) or a machine with more "
               "memory", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: what was being written is not marked complete (finished results are); run the same "
-              "command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM); " if isinstance(exc, Terminated) else ""
+        print(f"interrupted: {how}what was being written is not marked complete (finished results are); run the "
+              "same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return status if isinstance(status, int) else 0
 
 

@@ -1,4 +1,5 @@
-"""Many videos across workers and machines, on Ray: ``propagate batch`` and ``propagate eval --workers``.
+"""Many videos across workers and machines, on Ray: the runner of ``propagate batch`` (:mod:`propagate.batch`) and
+``propagate eval --workers``.
 
 The unit of work is a whole video (:class:`propagate.runs.Unit`), run by :func:`propagate.runs.run_unit` exactly as
 ``propagate run`` runs it, so the results are the same bytes. What this module adds is the scheduling:
@@ -10,7 +11,7 @@ The unit of work is a whole video (:class:`propagate.runs.Unit`), run by :func:`
   on. A worker that dies (process killed, out of memory, node lost) has its video run again from scratch on another
   worker, after its partial output (a staging folder marked with the dead worker's pid and host) is removed; a
   video whose workers die ``retries + 1`` times is reported as failed.
-- **Resume.** Results are written by :class:`propagate.runs.ResultsFolder` (staging folder, moved into place when
+- **Resume.** Results are written by :class:`propagate.results.ResultsFolder` (staging folder, moved into place when
   whole), so a finished video is never half-written; ``propagate batch`` skips videos whose results are complete.
   Ctrl-C stops the workers, removes the staging folders of the videos they were running, and leaves the finished
   ones: the same command resumes.
@@ -23,33 +24,28 @@ must go to a folder that every worker sees (a shared file system on a multi-node
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from propagate.batch import OneExtractor, Outcome, attempt
 from propagate.config import Config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
+from propagate.features import FeatureExtractor
 from propagate.features.stream import FeatureStore
-from propagate.io import atomic_write_text
-from propagate.runs import Owner, ResultsFolder, Unit, check_not_input, check_output, run_unit, staging_folders
-
-JSON = dict[str, object]
-
-FAILURES_CSV = "failures.csv"
-FAILURES_HEADER = ["name", "video", "error"]
+from propagate.records import JSON
+from propagate.results import Owner, delete, staging_folders
+from propagate.runs import Unit, run_unit
 
 
 def import_ray() -> ModuleType:
@@ -73,7 +69,7 @@ def discard_staging(target: Path, owners: Sequence[Owner]) -> list[Path]:
     wanted = {(int(pid), str(host)) for pid, host in owners}
     removed = [staging for staging, owner in staging_folders(target) if owner in wanted]
     for staging in removed:
-        shutil.rmtree(staging, ignore_errors=True)  # a staging folder is ours from top to bottom
+        delete(staging, staging, tree=True)  # a staging folder is ours from top to bottom
     return removed
 
 
@@ -101,21 +97,11 @@ class Worker:
     def __init__(self, setup: Callable[[], None] | None = None):
         if setup is not None:
             setup()
-        self._key: str | None = None
-        self._extractor: FeatureExtractor | None = None
+        self._extractor = OneExtractor()
 
     def owner(self) -> Owner:
         """This worker's process id and host name (what its staging folders are marked with)."""
         return os.getpid(), socket.gethostname()
-
-    def _extractor_for(self, config: Config) -> FeatureExtractor:
-        key = json.dumps([config.features, config.extractor], sort_keys=True, default=str)
-        if key != self._key:  # one extractor at a time: a second model would double the memory
-            self._key, self._extractor = None, None
-            self._extractor = build_extractor(config.features, config.extractor)
-            self._key = key
-        assert self._extractor is not None
-        return self._extractor
 
     def run(self, unit: Unit, config: Config, cache: FeatureStore | None, overwrite: bool,
             dead: Sequence[Owner], expected: JSON | None = None) -> tuple[str, JSON | str]:
@@ -129,28 +115,16 @@ class Worker:
         retrying elsewhere).
         """
         discard_staging(unit.out, dead)
-        try:
-            extractor = self._extractor_for(config)
+
+        def run() -> JSON:
+            extractor = self._extractor(config)
             check_same_settings(extractor.settings(), expected, self.owner()[1])
-            return "done", run_unit(unit, config, extractor, cache, progress=False, overwrite=overwrite)
-        except PropagateError as exc:
-            return "failed", str(exc)
-        except OSError as exc:
-            return "failed", f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+            return run_unit(unit, config, extractor, cache, progress=False, overwrite=overwrite)
+
+        return attempt(run)
 
 
 # ---------------------------------------------------------------------------------------------- the scheduler
-
-
-@dataclass
-class Outcome:
-    """What became of one unit: ``status`` is ``done`` or ``failed``; ``summary`` is run_unit's (when done)."""
-
-    name: str
-    status: str
-    summary: JSON | None = None
-    error: str | None = None
-    attempts: int = 0  # workers that started it (more than one after a worker died)
 
 
 @dataclass
@@ -162,7 +136,7 @@ class _Slot:
 
 class RayRunner:
     """Runs units on Ray workers; a :data:`propagate.runs.Runner` (``runner(units, config, extractor, cache,
-    progress)``), and :meth:`run` for units with their own configs.
+    progress)``), and a :class:`propagate.batch.BatchRunner` (:meth:`run`, for units with their own configs).
 
     Args:
         workers: number of worker actors (default: the cluster's CPUs, or its GPUs / ``gpus_per_worker``).
@@ -172,6 +146,8 @@ class RayRunner:
         retries: how many times a video is started again after its worker died.
         setup: run once in each worker before it builds an extractor (must be picklable).
         overwrite: replace earlier results (as ``propagate run --overwrite``).
+        connect_timeout: seconds to wait for the cluster at ``address`` to answer before giving up (Ray itself
+            retries a dead address without end).
 
     The extractor given to ``__call__`` is not used: each worker builds its own from ``config``. Used as a context
     manager (``with RayRunner(...) as runner:``), the workers and their extractors stay up between runs (a
@@ -179,9 +155,12 @@ class RayRunner:
     """
 
     def __init__(self, workers: int | None = None, address: str | None = None, gpus_per_worker: float = 0.0,
-                 retries: int = 2, setup: Callable[[], None] | None = None, overwrite: bool = False):
+                 retries: int = 2, setup: Callable[[], None] | None = None, overwrite: bool = False,
+                 connect_timeout: float = 30.0):
         if workers is not None and workers < 1:
             raise PropagateError(f"--workers {workers}: give at least 1")
+        if not connect_timeout > 0:
+            raise PropagateError(f"--connect-timeout {connect_timeout}: give a number of seconds > 0")
         if gpus_per_worker < 0:
             raise PropagateError(f"--gpus-per-worker {gpus_per_worker}: give 0 (CPU workers) or more")
         self.workers = workers
@@ -190,6 +169,7 @@ class RayRunner:
         self.retries = retries
         self.setup = setup
         self.overwrite = overwrite
+        self.connect_timeout = connect_timeout
         self._ray: ModuleType | None = None
         self._started = False  # this runner started a local cluster (and stops it in close)
         self._slots: list[_Slot] = []
@@ -234,8 +214,11 @@ class RayRunner:
         self._ray = ray
         if ray.is_initialized():
             return ray
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             if self.address:
+                self._reachable(self.address)
                 ray.init(address=self.address, log_to_driver=False)
             else:
                 ray.init(include_dashboard=False, log_to_driver=False)
@@ -244,8 +227,24 @@ class RayRunner:
             self._ray = None
             raise PropagateError(f"cannot start Ray workers on {where}: {str(exc).splitlines()[0]}; for a running "
                                  "cluster give --address auto (on one of its nodes) or ray://HEAD:10001") from None
+        finally:
+            if sigterm is not None:  # ray.init makes SIGTERM exit at once; the caller's handling (the CLI's) stays
+                signal.signal(signal.SIGTERM, sigterm)
         self._started = True
         return ray
+
+    def _reachable(self, address: str) -> None:
+        """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) that does not accept a connection within
+        :attr:`connect_timeout` (``auto`` is looked up by Ray itself)."""
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            return  # auto, or a form Ray reads on its own
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout).close()
+        except TimeoutError:
+            raise ConnectionError(f"{address} does not answer within {self.connect_timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionError(f"{address} does not answer ({exc.strerror or exc})") from None
 
     def _num_workers(self, ray: ModuleType) -> int:
         if self.workers is not None:
@@ -375,172 +374,3 @@ class RayRunner:
             owner = owners.get(slot)
             if owner is not None:
                 self._cleanup(jobs[job][0], [owner])
-
-
-# ---------------------------------------------------------------------------------------------- the manifest
-
-
-@dataclass(frozen=True)
-class Row:
-    """One row of a batch manifest (paths resolved against the manifest's folder)."""
-
-    line: int  # line number in the manifest (the header is line 1)
-    name: str
-    video: Path
-    annotation: Path
-    kind: str  # masks or points
-    config: str | None  # preset name or YAML file for this row, or None for the command line's
-
-
-MANIFEST_COLUMNS = {"video", "mask", "points", "name", "config"}
-
-
-def _default_name(video: Path) -> str:
-    return video.name if video.suffix == "" or video.is_dir() else video.stem
-
-
-def read_manifest(path: str | Path) -> list[Row]:
-    """The rows of a batch manifest: a CSV with a header ``video,mask`` or ``video,points``, optional ``name`` (the
-    results folder under ``--out``; default the video's folder name or file stem) and ``config`` (a preset name or
-    YAML file; the command-line flags apply on top). Relative paths are relative to the manifest's folder.
-
-    A missing column, an unknown one, an empty video or annotation cell, or two rows with one name is a
-    PropagateError naming the line(s); missing files are checked per row later (:func:`check_row`).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise PropagateError(f"manifest {path} does not exist: give a CSV with columns video,mask or video,points") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PropagateError(f"manifest {path} cannot be read ({exc}): give a UTF-8 CSV file") from None
-    reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in reader.fieldnames or []]
-    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
-    if unknown or "video" not in columns or ("mask" in columns) == ("points" in columns):
-        what = f"unknown column {unknown[0]!r}" if unknown else "its header"
-        raise PropagateError(f"manifest {path}: {what}; the header must be video,mask or video,points, with optional "
-                             "name and config columns")
-    kind_column = "mask" if "mask" in columns else "points"
-    base = path.resolve().parent
-    rows: list[Row] = []
-    seen: dict[str, int] = {}
-    for number, record in enumerate(reader, start=2):
-        record = {(k or "").strip(): (v or "").strip() for k, v in record.items() if k is not None}
-        if not any(record.values()):
-            continue  # a blank line
-        if not record.get("video") or not record.get(kind_column):
-            raise PropagateError(f"manifest {path} line {number}: give both a video and a {kind_column}")
-        video = base / Path(record["video"]).expanduser()
-        name = record.get("name") or _default_name(video)
-        if name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or name == FAILURES_CSV:
-            raise PropagateError(f"manifest {path} line {number}: name {name!r} is not a plain folder name: give "
-                                 "another in the name column")
-        if name in seen:
-            raise PropagateError(f"manifest {path}: lines {seen[name]} and {number} both write {name!r}: give them "
-                                 "different names in a name column")
-        seen[name] = number
-        rows.append(Row(number, name, video, base / Path(record[kind_column]).expanduser(),
-                        "masks" if kind_column == "mask" else "points", record.get("config") or None))
-    if not rows:
-        raise PropagateError(f"manifest {path} has no rows: add one line per video")
-    return rows
-
-
-def check_row(row: Row, out: Path) -> None:
-    """What can be checked of a row before anything runs: its files exist and its results folder can be written."""
-    if not row.video.exists():
-        raise PropagateError(f"video {row.video} does not exist")
-    if not row.annotation.is_file():
-        raise PropagateError(f"{'mask' if row.kind == 'masks' else 'points'} file {row.annotation} does not exist")
-    check_output(out / row.name, [row.video, row.annotation])
-
-
-# ---------------------------------------------------------------------------------------------- propagate batch
-
-
-@dataclass
-class BatchReport:
-    """What ``propagate batch`` did: names of done and skipped videos, and ``(row, error)`` of failed ones."""
-
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[Row, str]] = field(default_factory=list)
-    retried: int = 0  # videos started again after their worker died
-
-    def table(self) -> str:
-        lines = [f"done     {len(self.done)}", f"skipped  {len(self.skipped)} (results already complete)",
-                 f"failed   {len(self.failed)}"]
-        width = max((len(row.name) for row, _ in self.failed), default=0)
-        lines += [f"  {row.name:<{width}}  line {row.line}: {error}" for row, error in self.failed]
-        if self.retried:
-            lines.append(f"retried  {self.retried} (their worker died; run again from scratch)")
-        return "\n".join(lines)
-
-
-def _write_failures(out: Path, failed: Sequence[tuple[Row, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FAILURES_HEADER)
-    writer.writerows([row.name, str(row.video), error] for row, error in failed)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / FAILURES_CSV, buffer.getvalue())
-
-
-def run_batch(manifest: str | Path, out: str | Path, configure: Callable[[str | None, str], Config],
-              runner: RayRunner, render: bool = True, cache: FeatureStore | None = None,
-              progress: bool = True) -> BatchReport:
-    """Label every video of ``manifest`` (see :func:`read_manifest`) into ``out/<name>/``, as ``propagate run``.
-
-    ``configure(preset, task)`` gives a row's config (``preset``: its config cell or None; ``task``: ``davis`` for
-    masks, ``jhmdb`` for points). Every row is checked first; a video whose results are complete is skipped; a bad
-    row is reported (in the returned report and ``out/failures.csv``: name, video, error) and the others run.
-    """
-    out = Path(out).expanduser().resolve()
-    rows = read_manifest(manifest)
-    check_not_input(out, [manifest])
-    for row in rows:
-        for given in (row.video, row.annotation):
-            if out == given.resolve() or out.is_relative_to(given.resolve()):
-                raise PropagateError(f"--out {out} lies inside {given} (manifest line {row.line}): choose an --out "
-                                     "outside the inputs")
-    failures = out / FAILURES_CSV
-    if failures.exists() and (not failures.is_file() or
-                              failures.read_text(encoding="utf-8").split("\n", 1)[0] != ",".join(FAILURES_HEADER)):
-        raise PropagateError(f"{failures} exists and was not written by propagate batch: move it or choose another --out")
-    for task in sorted({"davis" if row.kind == "masks" else "jhmdb" for row in rows}):
-        configure(None, task)  # the command line's own settings: an error there is everyone's, so it stops here
-    report = BatchReport()
-    jobs: list[tuple[Unit, Config]] = []
-    job_rows: list[Row] = []
-    configs: dict[tuple[str | None, str], Config] = {}
-    for row in rows:
-        if ResultsFolder.is_complete(out / row.name):
-            report.skipped.append(row.name)
-            continue
-        task = "davis" if row.kind == "masks" else "jhmdb"
-        try:
-            check_row(row, out)
-            if (row.config, task) not in configs:
-                configs[row.config, task] = configure(row.config, task)
-        except PropagateError as exc:
-            report.failed.append((row, str(exc)))
-            continue
-        jobs.append((Unit(row.name, row.video, row.annotation, out / row.name, kind=row.kind, render=render),
-                     configs[row.config, task]))
-        job_rows.append(row)
-    with tqdm(total=len(rows), initial=len(report.skipped) + len(report.failed), desc="videos", unit="video",
-              disable=not progress, file=sys.stderr) as bar:
-        try:
-            outcomes = runner.run(jobs, cache, progress, bar=bar)
-        finally:
-            _write_failures(out, report.failed)  # the rows refused up front, even after Ctrl-C
-    for row, outcome in zip(job_rows, outcomes):
-        if outcome.status == "done":
-            report.done.append(row.name)
-        else:
-            report.failed.append((row, outcome.error or "failed"))
-        report.retried += outcome.attempts > 1
-    report.failed.sort(key=lambda item: item[0].line)
-    _write_failures(out, report.failed)
-    return report

@@ -28,7 +28,8 @@ from propagate.io import atomic_write_json
 from propagate.labels import VOID, read_mask
 from propagate.matching import features_label, read_image, target_images
 from propagate.render import OverlayWriter, caption
-from propagate.runs import RUN_INFO, ResultsFolder, run_record
+from propagate.records import RUN_INFO, run_record
+from propagate.results import ResultsFolder
 from propagate.video import IMAGE_SUFFIXES, natural_key, open_video
 
 MIN_INLIERS = 0.2  # video: a frame's fit must keep this fraction of the samples as inliers to count

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from propagate.cvat import is_cvat_file, read_cvat_keyframes
 from propagate.errors import PropagateError
 from propagate.io import atomic_path, image_size
 
@@ -115,8 +116,9 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
 
     In a folder, ``00040.png`` is the mask of the frame named ``00040`` (the frame folder's file stems, or ``00000``,
     ``00001``, ... for a video file); any frames, sparse. Any other file (a JPEG, a note; hidden files aside) is an
-    error: silently skipping a keyframe the user meant to give would change the results without a word. Every
-    mask must have the frames' size; together they must label at least one object.
+    error: silently skipping a keyframe the user meant to give would change the results without a word. A ``.xml``
+    or ``.zip`` file is a CVAT for video 1.1 export (:func:`propagate.cvat.read_cvat_keyframes`). Every mask must
+    have the frames' size; together they must label at least one object.
     """
     path = Path(path)
     if path.is_dir():
@@ -137,6 +139,8 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
                 raise PropagateError(f"mask {file} is named like no frame of the video (frames are {names[0]} .. "
                                      f"{names[-1]}): name each keyframe's PNG after its frame")
             masks[index[file.stem]] = read_mask(file, size_wh)
+    elif path.is_file() and is_cvat_file(path):
+        masks = read_cvat_keyframes(path, names, size_wh)
     else:
         masks = {0: read_mask(path, size_wh)}
     require_objects(np.concatenate([m.ravel() for m in masks.values()]), path)

@@ -8,6 +8,8 @@ writer             label kinds     file(s)                 written
 ``points``         points          ``points.json``         always
 ``coco``           masks           ``coco.json``           with ``--format coco``
 ``coco_keypoints`` points          ``coco_keypoints.json`` with ``--format coco``
+``cvat``           masks           ``annotations.xml``     with ``--format cvat``
+``cvat_points``    points          ``annotations.xml``     with ``--format cvat``
 ``overlay``        masks, points   ``overlay.mp4``         unless the run renders no video (``--no-video``)
 =================  ==============  ======================  =========================================
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 CONFIDENCE_CSV = "confidence.csv"
 COCO_JSON = "coco.json"
 COCO_KEYPOINTS_JSON = "coco_keypoints.json"
+CVAT_XML = "annotations.xml"
 POINTS_JSON = "points.json"
 OVERLAY_MP4 = "overlay.mp4"
 
@@ -191,6 +194,55 @@ def _xy_of(record: Mapping[str, Mapping[str, float | None]], names: Sequence[str
                     dtype=np.float64)
 
 
+def _video_name(run: Run) -> str:
+    path = Path(run.source.path)
+    return path.stem if path.suffix else path.name
+
+
+@contextlib.contextmanager
+def write_cvat(run: Run) -> Iterator[FrameWriter]:
+    """``annotations.xml``: CVAT for video 1.1, one mask track per object, keyframes flagged (:mod:`propagate.cvat`)."""
+    from propagate.cvat import CvatVideoWriter
+    from propagate.io import atomic_write_bytes
+
+    cvat = CvatVideoWriter(_video_name(run), run.source.native_size, [int(t) for t in run.tracks])
+
+    def write(frame: Frame, result: FrameResult) -> None:
+        assert result.mask is not None
+        cvat.add(result.mask, result.keyframe, {int(k): v for k, v in result.confidence.items()})
+
+    yield write
+    atomic_write_bytes(run.out / CVAT_XML, cvat.to_xml())
+
+
+@contextlib.contextmanager
+def write_cvat_points(run: Run) -> Iterator[FrameWriter]:
+    """``annotations.xml``: CVAT for video 1.1, one ``points`` track per point name, lost points outside, with the
+    coordinates as ``points.json`` rounds them (:mod:`propagate.cvat`)."""
+    from propagate.cvat import points_xml
+    from propagate.io import atomic_write_bytes
+    from propagate.keypoints import points_record
+    from propagate.kinds import PointKind
+
+    kind = run.kind
+    assert isinstance(kind, PointKind)
+    names = [str(t) for t in run.tracks]
+    frames: list[np.ndarray] = []
+    confidences: list[np.ndarray] = []
+    keyframes: set[int] = set()
+
+    def write(frame: Frame, result: FrameResult) -> None:
+        assert result.xy is not None
+        frames.append(_xy_of(points_record(names, result.xy, kind.confidences(result)), names))
+        confidences.append(kind.confidences(result))
+        if result.keyframe:
+            keyframes.add(len(frames) - 1)
+
+    yield write
+    atomic_write_bytes(run.out / CVAT_XML, points_xml(_video_name(run), run.source.native_size, names, frames,
+                                                      keyframes, confidences))
+
+
 @contextlib.contextmanager
 def write_overlay(run: Run) -> Iterator[FrameWriter]:
     """``overlay.mp4``: every frame with its result drawn by the label kind, captioned with the features used."""
@@ -206,6 +258,8 @@ WRITERS: dict[str, Writer] = {
     "points": Writer(write_points, ("points",), POINTS_JSON, always=True),
     "coco": Writer(write_coco, ("masks",), COCO_JSON, format="coco"),
     "coco_keypoints": Writer(write_coco_keypoints, ("points",), COCO_KEYPOINTS_JSON, format="coco"),
+    "cvat": Writer(write_cvat, ("masks",), CVAT_XML, format="cvat"),
+    "cvat_points": Writer(write_cvat_points, ("points",), CVAT_XML, format="cvat"),
     "overlay": Writer(write_overlay, ("masks", "points"), OVERLAY_MP4, always=True, video=True),
 }
 

@@ -19,12 +19,13 @@ import pytest
 
 from conftest import write_clip
 from propagate.cli import _cluster_runner, build_parser, main
-from propagate.cluster import RayRunner, read_manifest, run_batch
+from propagate.batch import read_manifest, run_batch
+from propagate.cluster import RayRunner
 from propagate.config import load_config
 from propagate.datasets.davis import evaluate_davis
 from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
-from propagate.runs import STAGING_MARK, STAGING_TAG, ResultsFolder, check_output
+from propagate.results import STAGING_MARK, STAGING_TAG, ResultsFolder, check_output
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[cluster]"')
 
@@ -69,7 +70,7 @@ def files(folder: Path) -> dict[str, bytes]:
             if p.name == "run_info.json":  # the date and command line differ between any two runs
                 record = json.loads(data)
                 record.pop("date"), record.pop("command")
-                record["config"].pop("batch_frames")  # speed only (runs.SPEED_ONLY): the slow tests use 1
+                record["config"].pop("batch_frames")  # speed only (records.SPEED_ONLY): the slow tests use 1
                 data = json.dumps(record, sort_keys=True).encode()
             found[str(p.relative_to(folder))] = data
     return found
@@ -150,7 +151,7 @@ def test_batch_gives_serial_bytes_reports_bad_rows_and_a_rerun_skips_finished_vi
     assert failures[0] == "name,video,error" and [f.split(",")[0] for f in failures[1:]] == \
         ["missing", "unreadable_mask", "typo_preset"]
     assert_same_as_serial(out, clips)
-    assert sorted(p.name for p in out.iterdir()) == ["failures.csv", *sorted(NAMES)]  # nothing of the bad rows
+    assert sorted(p.name for p in out.iterdir()) == [".batch.json", "failures.csv", *sorted(NAMES)]  # no bad rows
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "failures.csv"}
     rows.write_text("\n".join(rows.read_text().splitlines()[:4]) + "\n")  # the bad rows fixed (dropped)

@@ -17,7 +17,7 @@ from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table,
 from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.runs import STAGING_MARK, ResultsFolder
+from propagate.results import STAGING_MARK, ResultsFolder
 from propagate.labels import VOID, read_mask, write_mask
 
 NUM_FRAMES = 12  # 10 scored frames per sequence: decay bins (0, 2), (2, 5), (5, 7), (7, 9)

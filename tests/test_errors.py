@@ -31,7 +31,7 @@ from PIL import Image
 
 from propagate.cli import main
 from propagate.labels import read_mask, write_mask
-from propagate.runs import COMPLETE, STAGING_TAG
+from propagate.results import COMPLETE, STAGING_TAG
 
 from conftest import write_clip
 
@@ -127,12 +127,13 @@ def assert_one_error(code: int, err: str, expected_code: int = 2, needle: str | 
     return lines[0]
 
 
-def assert_nothing_lost(root: Path, before: dict[str, str], marks_before: set[str]) -> None:
+def assert_nothing_lost(root: Path, before: dict[str, str], marks_before: set[str],
+                        staging_before: set[str] = frozenset()) -> None:
     after = checksums(root)
     changed = [name for name, digest in before.items() if after.get(name) != digest]
     assert not changed, f"files changed or removed: {changed}"
     assert marks(root) <= marks_before, f"new completion marks: {marks(root) - marks_before}"
-    assert not staging_left(root), staging_left(root)
+    assert set(staging_left(root)) <= set(staging_before), staging_left(root)  # a case's own hidden folders stay
 
 
 def cli(args: list) -> int:
@@ -279,6 +280,24 @@ def user_csv_beside(w: World) -> None:
     w.davis  # noqa: B018 - copies the dataset into the world
     w.file("outside.txt", b"synth-00\n")
     w.file("global_results-outside.csv", b"J&F-Mean\n0.99\n")
+def hostile_manifest(w: World, *names: str, folder: Path | None = None) -> None:
+    """Earlier results in ``w.out`` (or a bare ``folder``) whose manifest also lists ``names``; a user's
+    ``victim.txt`` beside them."""
+    w.file("victim.txt", b"mine")
+    if folder is None:
+        folder = w.results()
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = json.loads((folder / COMPLETE).read_text())["files"] if (folder / COMPLETE).exists() else []
+    (folder / COMPLETE).write_text(json.dumps({"files": [*listed, *names]}))
+
+
+def batch_rows(w: World) -> Path:
+    """A batch manifest of the world's clip."""
+    return w.file("videos.csv", f"video,mask,name\n{w.frames},{w.mask},clip\n".encode())
+
+
+def batch(w: World, *extra: object) -> list:
+    return ["batch", w.root / "videos.csv", "--out", w.out, "--features", "baseline", *SMALL, "--no-video", *extra]
 
 
 CASES: list[Case] = [
@@ -503,6 +522,35 @@ CASES: list[Case] = [
          setup=lambda w: w.file("l.txt", b"walk/../../escape\n")),
     Case("jhmdb-split-crw-escape", lambda w: eval_jhmdb(w, split=w.root / "l.txt"), "'../..'",
          setup=lambda w: w.file("l.txt", b"/data/../.. /data/x/joint_positions.mat\n")),
+    # --- issue 22: results folders trust nothing read from disk (this block is the results owner's; other blocks
+    # --- of issue 22 sit beside it)
+    Case("manifest-escape-dotdot", lambda w: run(w, overwrite=True), "'../victim.txt', which lies outside",
+         setup=lambda w: hostile_manifest(w, "../victim.txt")),
+    Case("manifest-escape-absolute", lambda w: run(w, overwrite=True), "victim.txt', which lies outside",
+         setup=lambda w: hostile_manifest(w, str(w.root / "victim.txt"))),
+    Case("manifest-escape-symlink", lambda w: run(w, overwrite=True), "'up/victim.txt', which lies outside",
+         setup=lambda w: (hostile_manifest(w, "up/victim.txt"), (w.out / "up").symlink_to(w.root))),
+    Case("staging-manifest-escape", lambda w: run(w, out=w.root / "new"), "'../victim.txt', which lies outside",
+         setup=lambda w: hostile_manifest(w, "../victim.txt", folder=w.root / ".new.propagate-1234abcd-old")),
+    Case("journal-escape", lambda w: run(w), "install journal",  # names ../victim.txt
+         setup=lambda w: (w.file("victim.txt", b"mine"), w.file("out/.installing", json.dumps(
+             {"staging": ".out.propagate-1234abcd", "replaces": ["../victim.txt"], "manifest": {"files": []}}
+         ).encode()))),
+    Case("overwrite-foreign-empty-folder", lambda w: run(w, overwrite=True), "empty (an empty folder)",
+         setup=lambda w: (w.results(), (w.out / "empty").mkdir())),
+    Case("overwrite-foreign-symlink", lambda w: run(w, overwrite=True), "data (a symlink)",
+         setup=lambda w: (w.results(), w.file("userdata/x.png", b"mine"),
+                          (w.out / "data").symlink_to(w.root / "userdata"))),
+    Case("overwrite-foreign-dotfile", lambda w: run(w, overwrite=True), ".notes, which propagate did not write",
+         setup=lambda w: (w.results(), (w.out / ".notes").write_text("mine"))),
+    Case("overwrite-listed-foreign-name", lambda w: run(w, overwrite=True), "notes.txt, which propagate did not write",
+         setup=lambda w: (hostile_manifest(w, "notes.txt"), (w.out / "notes.txt").write_text("mine"))),
+    Case("batch-failures-csv-by-header", lambda w: batch(w), "was not written by propagate batch",
+         setup=lambda w: (batch_rows(w), w.file("out/failures.csv", b"name,video,error\nmy,own,notes\n"))),
+    Case("batch-connect-timeout-0", lambda w: batch(w, "--connect-timeout", "0"), "connect-timeout",
+         setup=batch_rows),
+    Case("batch-dead-address", lambda w: batch(w, "--address", "127.0.0.1:1", "--connect-timeout", "5"),
+         "127.0.0.1:1 does not answer", setup=batch_rows),
 ]
 
 
@@ -524,11 +572,11 @@ def test_every_failure_is_one_line_and_loses_nothing(case: Case, shared, tmp_pat
     if case.cwd:
         monkeypatch.chdir(world.cwd)
     capsys.readouterr()
-    before, marks_before = checksums(tmp_path), marks(tmp_path)
+    before, marks_before, staging_before = checksums(tmp_path), marks(tmp_path), set(staging_left(tmp_path))
     code = cli(case.args(world))
     err = capsys.readouterr().err
     assert_one_error(code, err, case.code, case.needle)
-    assert_nothing_lost(tmp_path, before, marks_before)
+    assert_nothing_lost(tmp_path, before, marks_before, staging_before)
 
 
 def test_the_table_is_large_enough():
@@ -712,7 +760,8 @@ def _wait_for_partial_results(parent: Path, frames: int = 2, timeout: float = 60
     raise AssertionError("the slowed-down run wrote no partial results in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_killed_run_leaves_earlier_results_and_a_rerun_equals_an_uninterrupted_one(sig, shared, tmp_path, capsys):
     world = World(tmp_path, shared)
     for index in range(4, 10):  # 10 frames
@@ -728,8 +777,8 @@ def test_a_killed_run_leaves_earlier_results_and_a_rerun_equals_an_uninterrupted
     _wait_for_partial_results(tmp_path)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    if sig == signal.SIGINT:
-        assert process.returncode == 130 and "Traceback" not in err, err
+    if sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM (kill, timeout, a container stop) is handled as Ctrl-C
+        assert process.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig] and "Traceback" not in err, err
         lines = error_lines(err)
         assert len(lines) == 1 and lines[0].startswith("interrupted: "), err
         ERRORS.append(lines[0])
@@ -868,3 +917,16 @@ def test_other_errors_are_not_taken_for_memory(shared, tmp_path, monkeypatch):
     monkeypatch.setattr(BaselineExtractor, "extract", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         cli(run(World(tmp_path, shared)))
+def test_two_runs_started_at_once_on_one_new_folder_one_wins_the_other_says_so(shared, tmp_path):
+    """Two real ``propagate run`` processes on the same new ``--out``, no ``--overwrite``: one writes the results,
+    the other stops with one line (another run is writing, or wrote, that folder), and nothing else changes."""
+    world = World(tmp_path, shared)
+    before, marks_before = checksums(tmp_path), marks(tmp_path)
+    args = ["run", world.frames, "--mask", world.mask, "--out", world.out, "--features", "baseline", *SMALL]
+    processes = [_console(args, script=SLOW_CLI) for _ in range(2)]
+    ended = [(p.wait(timeout=180), p.communicate()[1]) for p in processes]
+    assert sorted(code for code, _ in ended) == [0, 2], ended
+    line = assert_one_error(2, next(err for code, err in ended if code == 2))
+    assert re.search(r"another propagate run .* is writing|another run wrote results|already holds results", line)
+    assert_nothing_lost(tmp_path, before, marks_before | {f"out/{COMPLETE}"})  # the winner's results: complete
+    assert len(list(world.out.glob("*.png"))) == 4

@@ -16,15 +16,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
     ["errors", "options", "config", "metrics", "pck", "io", "device"],
+    ["records", "results"],  # run records; results folders (checks, staging, the journal, recovery); no torch
     ["video"],
     ["features"],  # every module of the features package: extractors, shared noise, the stream, the fallback
     ["propagation", "correspond"],
-    ["labels", "keypoints", "coco"],
+    ["labels", "keypoints", "coco", "cvat"],
     ["render"],
     ["kinds", "writers"],  # a codec per label kind (masks, points); the table of result writers
     ["pipeline", "session"],
     ["runs"],
-    ["datasets", "cache", "demo", "cluster", "app", "matching", "edit"],
+    ["batch"],  # the batch manifest over any runner: the cluster's Ray runner builds on it
+    ["datasets", "cache", "demo", "cluster", "app", "matching", "edit", "fiftyone_io"],
     ["cli"],
     ["__init__"],  # the package facade re-exports the API; nothing imports it
 ]
@@ -158,9 +160,9 @@ def type_checking_names(module: types.ModuleType) -> dict[str, object]:
     return names
 
 
-@pytest.mark.parametrize("module", ["pipeline", "runs", "cache", "datasets.davis", "datasets.jhmdb",
-                                    "features.stream", "features", "propagation", "demo", "session", "cluster",
-                                    "correspond", "matching", "edit", "datasets.spair", "datasets.hpatches"])
+@pytest.mark.parametrize("module", ["pipeline", "records", "results", "runs", "batch", "cache", "datasets.davis",
+                                    "datasets.jhmdb", "features.stream", "features", "propagation", "demo", "session",
+                                    "cluster", "correspond", "matching", "edit", "datasets.spair", "datasets.hpatches"])
 def test_public_functions_type_their_cache_extractor_and_config(module):
     import importlib
 

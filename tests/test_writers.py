@@ -21,14 +21,15 @@ CONFIG = {"resize.short_side": 128}
 
 
 def test_the_format_values_and_the_writers_of_each_kind_come_from_the_table():
-    assert format_names() == ("png", "coco")
-    assert names_for("masks") == ("png", "coco") and names_for("points") == ("coco",)
+    assert format_names() == ("png", "coco", "cvat")
+    assert names_for("masks") == ("png", "coco", "cvat") and names_for("points") == ("coco", "cvat")
     names = {id(w): name for name, w in WRITERS.items()}
     assert [names[id(w)] for w in chosen("masks", ("png",), render=True)] == ["png", "confidence", "overlay"]
     assert [names[id(w)] for w in chosen("masks", ("coco",), render=False)] == ["png", "confidence", "coco"]
     assert [names[id(w)] for w in chosen("points", ("png", "coco"), render=False)] == ["points", "coco_keypoints"]
+    assert [names[id(w)] for w in chosen("points", ("cvat",), render=False)] == ["points", "cvat_points"]
     assert check_formats(["coco", "png", "coco"]) == ("coco", "png")
-    with pytest.raises(PropagateError, match="format xml: choose from png, coco"):
+    with pytest.raises(PropagateError, match="format xml: choose from png, coco, cvat"):
         check_formats(["png", "xml"])
     assert "coco: coco.json (masks), coco_keypoints.json (points)" in format_help()
 
@@ -44,7 +45,7 @@ def write_names(run):
 def test_a_new_format_is_one_function_and_one_entry(clip, tmp_path, monkeypatch):
     frames, mask, _ = clip
     monkeypatch.setitem(WRITERS, "names", Writer(write_names, ("masks", "points"), "names.txt", format="names"))
-    assert format_names() == ("png", "coco", "names") and "names: names.txt (masks, points)" in format_help()
+    assert format_names() == ("png", "coco", "cvat", "names") and "names: names.txt (masks, points)" in format_help()
     config = load_config("davis_baseline", CONFIG)
     run_video(frames, mask, tmp_path / "masks", config, formats=["names"], render=False, progress=False)
     expected = "".join(f"{i:05d} {int(i == 0)}\n" for i in range(6))

@@ -32,9 +32,11 @@ from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
+from propagate.records import RUN_INFO, result_settings
+from propagate.results import ResumableRun, check_not_input
 from propagate.video import IMAGE_SUFFIXES, natural_key
 
-if TYPE_CHECKING:  # scoring imports no torch: the protocol's run modules are imported by evaluate_davis
+if TYPE_CHECKING:  # scoring imports no torch: the extractors and the run jobs are imported by evaluate_davis
     from propagate.features import FeatureExtractor
     from propagate.features.stream import FeatureStore
     from propagate.runs import Runner
@@ -204,8 +206,6 @@ def score_davis(root: str | Path, results: str | Path, split: str = "val",
         F-Decay}, "per_object": [{"Sequence": "<seq>_<k>", "J-Mean", ..., "F-Decay"}], "files": {"global",
         "per_sequence"}}``.
     """
-    from propagate.runs import check_not_input
-
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
     results = Path(results)
@@ -312,7 +312,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
-    from propagate.runs import RUN_INFO, ResumableRun, Unit, result_settings
+    from propagate.features import build_extractor
+    from propagate.runs import Unit, run_units
 
     dataset = DavisDataset(root, split)
     names = dataset.select(sequences)
@@ -343,7 +344,8 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
         units.append(Unit(seq, frames, given, out / seq, render=False, inputs=tuple(inputs),
                           config=sequence_config(config, seq) if seq in config.overrides else None))
     model = config.extractor.get("model")
-    run.run(units, config, extractor, cache, progress, runner, task="DAVIS-2017 semi-supervised", preset=preset,
+    run.run(units, config, extractor, cache, progress, runner or run_units, build_extractor,
+            task="DAVIS-2017 semi-supervised", preset=preset,
             **({"model": model} if model is not None else {}),
             dataset={"root": str(dataset.root.resolve()), "split": split, "sequences": names},
             sequence_configs={seq: result_settings(sequence_config(config, seq))

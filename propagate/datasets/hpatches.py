@@ -35,7 +35,9 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_json, atomic_write_text
 from propagate.matching import label_of, read_image
-from propagate.runs import RUN_INFO, ResultsFolder, ResumableRun, Unit, read_json, result_settings
+from propagate.records import RUN_INFO, read_json, result_settings
+from propagate.results import ResultsFolder, ResumableRun
+from propagate.runs import Unit
 
 THRESHOLDS = (1, 3, 5)
 RESULT = "homographies.json"
@@ -163,7 +165,8 @@ def evaluate_hpatches(root: str | Path, out: str | Path, config: Config, sequenc
     units = [Unit(s, root / s, root / s, out / s, kind="hpatches", render=False, inputs=(root,))
              for s in chosen if not run.done(s)]
     model = config.extractor.get("model")
-    run.run(units, config, extractor, None, progress, _sequence_runner(root), task="HPatches homography accuracy",
+    run.run(units, config, extractor, None, progress, _sequence_runner(root), build_extractor,
+            task="HPatches homography accuracy",
             preset=preset, detector="OpenCV SIFT (DIFT: SuperPoint)", **({"model": model} if model is not None else {}),
             dataset={"root": str(root.resolve()), "sequences": chosen},
             **({"command": command} if command is not None else {}))

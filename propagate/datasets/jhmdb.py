@@ -40,11 +40,13 @@ import scipy.io
 from propagate import pck as pck_lib
 from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor
+from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text, loads_json
 from propagate.keypoints import PointSet
-from propagate.runs import RUN_INFO, ResumableRun, Runner, Unit, result_settings
+from propagate.records import RUN_INFO, result_settings
+from propagate.results import ResumableRun
+from propagate.runs import Runner, Unit, run_units
 from propagate.video import open_video
 
 IMAGES = "Rename_Images"
@@ -281,7 +283,8 @@ def evaluate_jhmdb(
     settings = result_settings(config)
     run = ResumableRun(out, inputs=inputs, info={"settings": settings}, keys=["settings"])  # before a model load
     units = [_unit(video, pred_root, inputs, config) for video in videos if not run.done(f"videos/{video.name}")]
-    run.run(units, config, extractor, cache, progress, runner, task="JHMDB keypoint propagation (CRW protocol)",
+    run.run(units, config, extractor, cache, progress, runner or run_units, build_extractor,
+            task="JHMDB keypoint propagation (CRW protocol)",
             preset=preset, dataset={"root": str(Path(root).resolve()), "split_file": str(Path(split_file).resolve()),
                                     "videos": [v.name for v in videos]},
             sequence_configs={v.name: result_settings(sequence_config(config, v.name))

@@ -38,7 +38,9 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_json, atomic_write_text
 from propagate.matching import label_of, read_image
-from propagate.runs import RUN_INFO, ResultsFolder, ResumableRun, Unit, read_json, result_settings
+from propagate.records import RUN_INFO, read_json, result_settings
+from propagate.results import ResultsFolder, ResumableRun
+from propagate.runs import Unit
 
 ALPHA = 0.1
 PREDICTIONS = "predictions.json"
@@ -231,7 +233,8 @@ def evaluate_spair(root: str | Path, out: str | Path, config: Config, split: str
     units = [Unit(c, dataset.root / "JPEGImages" / c, dataset.root / "PairAnnotation" / split, out / c,
                   kind="spair", render=False, inputs=tuple(inputs)) for c in chosen if not run.done(c)]
     model = config.extractor.get("model")
-    run.run(units, config, extractor, None, progress, _category_runner(dataset), task="SPair-71k PCK@0.1",
+    run.run(units, config, extractor, None, progress, _category_runner(dataset), build_extractor,
+            task="SPair-71k PCK@0.1",
             preset=preset, **({"model": model} if model is not None else {}),
             dataset={"root": str(dataset.root.resolve()), "split": split, "categories": chosen},
             **({"command": command} if command is not None else {}))
