@@ -179,7 +179,8 @@ def test_workspace_masks_then_a_correction_reuses_features(tmp_path):
     assert ws.session.stats["extractor_frames"] == 5  # the correction extracted nothing
     assert np.array_equal(ws.mask(3), masks[3]) and ws.overlay(2).shape == (128, 192, 3)
     files = ws.export()
-    assert [f.name for f in files] == ["masks-1.zip", "coco.json", "overlay.mp4", "confidence.csv"]
+    assert [f.name for f in files] == ["masks-1.zip", "annotations.xml", "coco.json", "confidence.csv", "overlay.mp4",
+                                      "run_info.json"]
     with zipfile.ZipFile(files[0]) as zf:
         assert sorted(zf.namelist()) == [f"{i:05d}.png" for i in range(5)]
     assert np.array_equal(read_mask(tmp_path / "ws" / "export-1" / "00003.png"), masks[3])

@@ -18,6 +18,7 @@ from propagate.features.base import FeatureExtractor
 from propagate.labels import object_ids
 from propagate.render import draw_points, overlay_mask
 from propagate.runs import export_session
+from propagate.writers import names_for
 from propagate.session import FrameResult, Session
 from propagate.video import VideoSource
 
@@ -149,21 +150,21 @@ class Workspace:
             yield result
 
     def export(self) -> list[Path]:
-        """Write the results (PNGs, COCO JSON, overlay mp4) and zip the PNGs; return the files to download."""
+        """Write the results in every format of the writer table for masks (PNGs, COCO JSON, CVAT XML, ...) with the
+        overlay mp4 and confidences, and zip the PNGs; return the files to download."""
         if self.session.kind != "masks":
             raise PropagateError("export writes masks: points are not exported by the app yet")
         if len(self.results) < self.num_frames:
             raise PropagateError("some frames have no result yet: propagate (to the end) before exporting")
         self.exports += 1
         out = self.folder / f"export-{self.exports}"
-        export_session(self.session, out, formats=("png", "coco"), render=True)
+        export_session(self.session, out, formats=names_for("masks"), render=True)
         pngs = sorted(out.glob("*.png"))
         archive = self.folder / f"masks-{self.exports}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
             for png in pngs:
                 zf.write(png, png.name)
-        files = [archive] + [p for p in (out / "coco.json", out / "overlay.mp4", out / "confidence.csv") if p.exists()]
-        return files
+        return [archive] + sorted(p for p in out.iterdir() if p.suffix != ".png" and not p.name.startswith("."))
 
     def close(self) -> None:
         """Remove this workspace's folder (what it wrote: unpacked uploads and exports)."""
