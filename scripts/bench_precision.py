@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extract import _quiet_diffusers, build_random_sd, parse_size  # noqa: E402
+
 from propagate.demo import demo_frames  # noqa: E402
-from propagate.features.adm_net import ADMArch, ADMUNet, q_sample_coefficients, set_compute_dtype  # noqa: E402
 from propagate.device import DTYPES, cpu_has_bf16_units  # noqa: E402
+from propagate.features.adm_net import ADMArch, ADMUNet, q_sample_coefficients, set_compute_dtype  # noqa: E402
 from propagate.features.common import frame_normals  # noqa: E402
 from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions  # noqa: E402
 

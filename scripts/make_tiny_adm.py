@@ -15,7 +15,7 @@ import sys
 import yaml
 
 from propagate.errors import PropagateError
-from propagate.features.adm_net import ADMArch, TINY_ARCH, save_tiny_checkpoint, sidecar_path
+from propagate.features.adm_net import TINY_ARCH, ADMArch, save_tiny_checkpoint, sidecar_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,11 +7,18 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import damaged_zip, write_clip
+
 from propagate.app.core import (
-    MAX_OBJECTS, Correspondence, best_match, confidence_strip, frames_to_check, layer_to_mask, mask_to_layer,
-    open_upload, resolve_under_root,
+    MAX_OBJECTS,
+    Correspondence,
+    best_match,
+    confidence_strip,
+    frames_to_check,
+    layer_to_mask,
+    mask_to_layer,
+    open_upload,
+    resolve_under_root,
 )
 from propagate.config import load_config
 from propagate.demo import _texture

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import damaged_zip, write_clip
 from PIL import Image
 
-from conftest import damaged_zip, write_clip
 from propagate.demo import _texture
 from propagate.labels import DAVIS_PALETTE, read_mask, write_mask
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_clip
+
 from propagate.batch import BATCH_RECORD, FAILURES_CSV, SerialRunner, run_batch
 from propagate.config import load_config
 from propagate.errors import PropagateError

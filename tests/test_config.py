@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +12,14 @@ import pytest
 
 import propagate
 from propagate.config import (
-    CHECKS, CONFIG_DIR, Config, config_from_dict, load_config, parse_overrides, resolve_preset, sequence_config,
+    CHECKS,
+    CONFIG_DIR,
+    Config,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    resolve_preset,
+    sequence_config,
 )
 from propagate.errors import PropagateError
 

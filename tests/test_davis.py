@@ -17,8 +17,8 @@ from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table,
 from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.results import STAGING_MARK, ResultsFolder
 from propagate.labels import VOID, read_mask, write_mask
+from propagate.results import STAGING_MARK, ResultsFolder
 
 NUM_FRAMES = 12  # 10 scored frames per sequence: decay bins (0, 2), (2, 5), (5, 7), (7, 9)
 

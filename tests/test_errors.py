@@ -27,13 +27,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from conftest import write_clip
 from PIL import Image
 
 from propagate.cli import main
 from propagate.labels import read_mask, write_mask
 from propagate.results import COMPLETE, STAGING_TAG
-
-from conftest import write_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
+from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.errors import PropagateError
 from propagate.features import EXTRACTORS, build_extractor, build_options, extractor_class, preset_name
 from propagate.features.base import FeatureExtractor
 from propagate.features.baseline import BaselineOptions
-from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.features.common import frame_generator, frame_normals
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

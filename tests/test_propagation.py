@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from propagate.config import PropagationConfig
 import propagate.propagation as propagation
+from propagate.config import PropagationConfig
 from propagate.propagation import LabelPropagator
 
 

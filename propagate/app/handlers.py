@@ -17,8 +17,17 @@ import gradio as gr
 import numpy as np
 
 from propagate.app.core import (
-    MAX_OBJECTS, Correspondence, Server, best_match, confidence_strip, draw_marker, heatmap_overlay, layer_to_mask,
-    mask_to_layer, open_upload, resolve_under_root,
+    MAX_OBJECTS,
+    Correspondence,
+    Server,
+    best_match,
+    confidence_strip,
+    draw_marker,
+    heatmap_overlay,
+    layer_to_mask,
+    mask_to_layer,
+    open_upload,
+    resolve_under_root,
 )
 from propagate.app.layout import Page, brush
 from propagate.app.workspace import Workspace

@@ -18,9 +18,9 @@ from propagate.features.base import FeatureExtractor
 from propagate.labels import object_ids
 from propagate.render import draw_points, overlay_mask
 from propagate.runs import export_session
-from propagate.writers import names_for
 from propagate.session import FrameResult, Session
 from propagate.video import VideoSource
+from propagate.writers import names_for
 
 
 class Workspace:

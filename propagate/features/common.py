@@ -13,7 +13,6 @@ import torch
 
 from propagate.errors import PropagateError
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Noise: a pure function of (seed, frame_id)
 
