@@ -62,7 +62,8 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
         with Image.open(path) as img:
             if img.format in LOSSY_FORMATS:
                 raise PropagateError(f"mask {path} is a {img.format} file, whose lossy compression turns edges into "
-                                     "stray labels: save it as PNG (indexed or greyscale, 0 = background, 1..N = objects)")
+                                     "stray labels: save it as PNG (indexed or greyscale, 0 = background, "
+                                     "1..N = objects)")
             img.load()
             mode = img.mode
             if mode in ("P", "L"):
@@ -76,7 +77,8 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
                 mask = _rgb_to_indices(np.array(img.convert("RGB")), path)
             else:
                 raise PropagateError(
-                    f"mask {path} has image mode {mode}: save it as an indexed (P), greyscale (L) or DAVIS-palette RGB PNG"
+                    f"mask {path} has image mode {mode}: save it as an indexed (P), greyscale (L) "
+                    "or DAVIS-palette RGB PNG"
                 )
     except (UnidentifiedImageError, OSError) as exc:
         raise PropagateError(f"mask {path} is not a readable image ({exc.__class__.__name__}): give a PNG") from None
@@ -99,7 +101,8 @@ def _rgb_to_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
     if unknown:
         v = unknown[0]
         raise PropagateError(
-            f"mask {path} is RGB with colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) that is not in the DAVIS palette: "
+            f"mask {path} is RGB with colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) "
+            "that is not in the DAVIS palette: "
             "save the mask as an indexed PNG (0 = background, 1..N = objects)"
         )
     table = np.array([lookup[int(v)] for v in values], dtype=np.uint8)
@@ -177,7 +180,9 @@ def require_objects(mask: np.ndarray, path: str | Path) -> list[int]:
     _check_ids(np.asarray(mask), f"mask {path}")
     ids = object_ids(mask)
     if not ids:
-        raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N")
+        raise PropagateError(
+            f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N"
+        )
     return ids
 
 

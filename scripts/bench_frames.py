@@ -80,10 +80,10 @@ def main() -> None:
                 last = session.num_frames - 1
                 assert np.array_equal(session.image(last), old_image(session.source, last))
                 first_cpu, first_wall = timed(lambda: session.image(0), args.repeats)
-                last_cpu, last_wall = timed(lambda: session.image(last), args.repeats)
+                last_cpu, last_wall = timed(lambda last=last: session.image(last), args.repeats)
                 key = last // KEYFRAME_INTERVAL * KEYFRAME_INTERVAL  # the keyframe the last frame is decoded from
-                key_cpu, key_wall = timed(lambda: session.image(key), args.repeats)
-                old_cpu, old_wall = timed(lambda: old_image(session.source, last), max(1, args.repeats // 2))
+                key_cpu, key_wall = timed(lambda key=key: session.image(key), args.repeats)
+                old_cpu, old_wall = timed(lambda last=last: old_image(session.source, last), max(1, args.repeats // 2))
             print(f"{reader:>6}: image(0) {first_cpu:.3f} s ({first_wall:.3f}); image({last}) {last_cpu:.3f} s "
                   f"({last_wall:.3f}): ratio {last_cpu / first_cpu:.1f}x CPU ({last_wall / first_wall:.1f}x wall); "
                   f"image({key}), a keyframe, {key_cpu:.3f} s ({key_wall:.3f}): {key_cpu / first_cpu:.1f}x; "

@@ -5,7 +5,8 @@ It keeps the 256x256 model's layout (so output block 7 is again at 1/8) with 32 
 `--features adm --model PATH` alone: the extractor reads the side-car JSON.
 
 Example: python scripts/make_tiny_adm.py /tmp/tiny_adm.pt --seed 0
-         python scripts/make_tiny_adm.py /tmp/small.pt --set image_size=32 --set channel_mult=1,2,2 --set num_res_blocks=1
+         python scripts/make_tiny_adm.py /tmp/small.pt --set image_size=32 --set channel_mult=1,2,2 \\
+             --set num_res_blocks=1
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
 
 
-def write_clip(folder: Path, num_frames: int = 6, size: tuple[int, int] = (192, 128)) -> tuple[Path, Path, list[np.ndarray]]:
+def write_clip(folder: Path, num_frames: int = 6,
+               size: tuple[int, int] = (192, 128)) -> tuple[Path, Path, list[np.ndarray]]:
     """A folder of jpg frames of the demo scene, its first-frame mask, and every frame's true mask."""
     frames_dir = folder / "frames"
     frames_dir.mkdir(parents=True)

@@ -142,7 +142,8 @@ def test_resolve_device_here() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
 def test_resolve_device_without_cuda_is_one_line() -> None:
     for name in ("cuda", "cuda:1"):
-        message = _one_line(lambda: resolve_device(name), f"device {name!r} was asked for but torch sees no CUDA GPU")
+        message = _one_line(lambda name=name: resolve_device(name),
+                            f"device {name!r} was asked for but torch sees no CUDA GPU")
         assert "use device cpu or auto" in message
 
 
@@ -160,7 +161,7 @@ def test_resolve_device_mps_and_unknown_names(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("mps") == torch.device("mps")
     for name in ("tpu", "", "CUDA", "cuda:x", "meta"):
-        message = _one_line(lambda: resolve_device(name), f"unknown device {name!r}")
+        message = _one_line(lambda name=name: resolve_device(name), f"unknown device {name!r}")
         assert "use auto, cpu, cuda, cuda:N or mps" in message
 
 

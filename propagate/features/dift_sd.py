@@ -67,8 +67,8 @@ class DiftSDOptions(Checked):
             2: 640 at 1/8, 3: 320 at 1/8).
         ensemble_size: noised copies averaged per frame.
         prompt: text prompt (DIFT uses the empty prompt).
-        dtype: ``auto`` (fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16, else fp32), ``fp32``, ``fp16`` or ``bf16``: the VAE and UNet weights;
-            latents, noise and the ensemble mean stay in fp32.
+        dtype: ``auto`` (fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16, else fp32), ``fp32``, ``fp16`` or ``bf16``:
+            the VAE and UNet weights; latents, noise and the ensemble mean stay in fp32.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         seed: noise seed; each frame's noise depends only on ``(seed, frame_id)``.
         batch_size: most UNet samples (frames x copies) per forward pass; speed only.
