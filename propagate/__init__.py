@@ -6,20 +6,14 @@ The Python API in five lines::
     config = load_config("davis_sd")              # or "davis_baseline"; overrides={"propagation.topk": 10}
     for frame, mask in run_masks("frames/", read_mask("first.png"), config):
         write_mask(f"out/{frame.name}.png", mask)
+
+Each name is imported from its module on first use, so that ``import propagate`` (and every command that needs no
+model, such as ``propagate --help`` or ``propagate score``) does not pay for torch.
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
-
-# name -> module: imported on first use, so that ``import propagate.results`` (or the CLI's help) loads no torch
-_API = {
-    "Config": "propagate.config", "load_config": "propagate.config", "PropagateError": "propagate.errors",
-    "build_extractor": "propagate.features", "iter_features": "propagate.features.stream",
-    "read_mask": "propagate.labels", "write_mask": "propagate.labels", "run_masks": "propagate.pipeline",
-    "track_points": "propagate.pipeline", "LabelPropagator": "propagate.propagation", "run_points": "propagate.runs",
-    "run_video": "propagate.runs", "Session": "propagate.session",
-}
 
 if TYPE_CHECKING:
     from propagate.config import Config, load_config
@@ -32,18 +26,29 @@ if TYPE_CHECKING:
     from propagate.runs import run_points, run_video
     from propagate.session import Session
 
-
-def __getattr__(name: str) -> object:
-    if name not in _API:
-        raise AttributeError(f"module 'propagate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value
-    return value
-
-
 __version__ = "0.1.0"
+
+_HOMES = {  # public name -> the module that defines it
+    "Config": "config", "load_config": "config", "PropagateError": "errors", "build_extractor": "features",
+    "iter_features": "features.stream", "read_mask": "labels", "write_mask": "labels", "run_masks": "pipeline",
+    "track_points": "pipeline", "LabelPropagator": "propagation", "run_points": "runs", "run_video": "runs",
+    "Session": "session",
+}
 
 __all__ = [
     "Config", "LabelPropagator", "PropagateError", "build_extractor", "iter_features", "load_config", "read_mask",
     "Session", "run_masks", "run_points", "run_video", "track_points", "write_mask",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """A public name, imported from its module the first time it is asked for (then kept here)."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'propagate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"propagate.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

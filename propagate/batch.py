@@ -94,8 +94,8 @@ class SerialRunner:
             bar: tqdm | None = None) -> list[Outcome]:
         outcomes = []
         for unit, config in jobs:
-            status, value = attempt(lambda: run_unit(unit, config, self._extractor(config), cache, progress=False,
-                                                     overwrite=self.overwrite))
+            status, value = attempt(lambda unit=unit, config=config: run_unit(
+                unit, config, self._extractor(config), cache, progress=False, overwrite=self.overwrite))
             outcomes.append(Outcome(unit.name, status, value if isinstance(value, dict) else None,
                                     value if isinstance(value, str) else None, attempts=1))
             if bar is not None:

@@ -93,7 +93,9 @@ class FeatureCache:
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            raise PropagateError(f"cache {path} is unreadable: delete the cache folder and run `propagate extract` again") from None
+            raise PropagateError(
+                f"cache {path} is unreadable: delete the cache folder and run `propagate extract` again"
+            ) from None
 
     def check(self, extractor: FeatureExtractor, resize: ResizeConfig) -> None:
         """Bind the cache to ``extractor`` and ``resize``; refuse it if it was made with other settings."""
@@ -102,7 +104,8 @@ class FeatureCache:
         if stored is None:
             if self.folder.is_dir() and any(p.name != SETTINGS_FILE for p in self.folder.iterdir()):
                 raise PropagateError(
-                    f"cache {self.folder} holds files but no {SETTINGS_FILE}: it is not a feature cache; choose an empty or new folder"
+                    f"cache {self.folder} holds files but no {SETTINGS_FILE}: it is not a feature cache; "
+                    "choose an empty or new folder"
                 )
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.folder / SETTINGS_FILE, wanted)

@@ -28,11 +28,15 @@ from pathlib import Path
 
 import torch
 
-import propagate.propagation as propagation
 from propagate.config import PropagationConfig
 from propagate.propagation import (
-    BF16_UNIT, ContextQueue, LabelPropagator, _bf16_residual, _screen_threshold,
-    _topk_weights, _window_bias,
+    BF16_UNIT,
+    ContextQueue,
+    LabelPropagator,
+    _bf16_residual,
+    _screen_threshold,
+    _topk_weights,
+    _window_bias,
 )
 
 PAIR_TILE = (12, 16)  # query tile (rows, cols) of the pair scoring: smaller than TILE, less of each matmul wasted

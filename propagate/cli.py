@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
-from propagate.features import preset_name
 from propagate.writers import format_help
 
 if TYPE_CHECKING:
@@ -45,8 +44,10 @@ FLAG_KEYS = {
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (a preset, then flags on top)")
-    g.add_argument("--config", help="preset name in configs/ (davis_sd, davis_adm, davis_baseline, jhmdb_sd, ...) or a YAML file")
-    g.add_argument("--features", help="extractor: dift_sd, adm, baseline (weight-free, not DIFT), or another registered one")
+    g.add_argument("--config", help="preset name in configs/ (davis_sd, davis_adm, davis_baseline, jhmdb_sd, ...) "
+                   "or a YAML file")
+    g.add_argument("--features", help="extractor: dift_sd, adm, baseline (weight-free, not DIFT), "
+                   "or another registered one")
     g.add_argument("--model", help="DIFT-SD: hub id or local diffusers folder; ADM: checkpoint file")
     g.add_argument("--t", type=int, help="noise timestep")
     g.add_argument("--up-ft-index", type=int, help="up block (SD) / output block (ADM) whose output is the feature")
@@ -68,6 +69,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, task: str) -> Config:
     """Preset (``--config``, else ``<task>_<features>``), then ``--features``, the flags, and ``--set``."""
+    from propagate.features import preset_name  # imported here: the registry loads torch; --help and score need none
+
     overrides: dict[str, object] = {}
     preset = args.config
     features = args.features
@@ -211,7 +214,8 @@ def cmd_eval_hpatches(args: argparse.Namespace) -> None:
 def add_cluster_flags(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g = p.add_argument_group("workers (Ray; pip install -e \".[cluster]\")")
     g.add_argument("--workers", type=int, help="worker processes, each with its own extractor (default: one per CPU, "
-                   "or per --gpus-per-worker GPUs)" if batch else "run the videos on this many Ray workers (default: in this process)")
+                   "or per --gpus-per-worker GPUs)" if batch
+                   else "run the videos on this many Ray workers (default: in this process)")
     g.add_argument("--address", help="a running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001 "
                    "(default: start a local one)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (default 0: CPU)")
@@ -370,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("video", nargs="?", help="a video (file or folder of frames) under --root, opened on page load")
     sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--root", default=".", help="the only folder whose files the app opens (default: the working directory)")
+    sv.add_argument("--root", default=".",
+                    help="the only folder whose files the app opens (default: the working directory)")
     sv.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted (default 500)")
     add_config_flags(sv)
     sv.set_defaults(func=cmd_serve)

@@ -50,7 +50,8 @@ class CocoVideoWriter:
             rle = mask_utils.encode(binary)
             track["areas"].append(int(mask_utils.area(rle)))
             track["bboxes"].append([float(v) for v in mask_utils.toBbox(rle)])
-            track["segmentations"].append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+            track["segmentations"].append({"size": [int(v) for v in rle["size"]],
+                                           "counts": rle["counts"].decode("ascii")})
 
     def to_json(self) -> JSON:
         width, height = self.size_wh

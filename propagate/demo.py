@@ -16,9 +16,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from propagate.config import Config, load_config
+from propagate.config import load_config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.fallback import dift_or_baseline
 from propagate.labels import write_mask
 from propagate.render import OverlayWriter
 from propagate.runs import run_video
@@ -119,19 +119,6 @@ def make_walk_clip(folder: str | Path, num_frames: int = 60) -> tuple[Path, Path
         (keyframes / f"{name}.png").unlink(missing_ok=True)  # only the demo's own renders of an earlier run
     write_keyframes(WALK_SHAPES, keyframes, num_frames)
     return video, keyframes
-
-
-def dift_or_baseline(config: Config, doing: str = "running") -> tuple[Config, FeatureExtractor, str | None]:
-    """``config``'s extractor; where DIFT weights cannot be had, one line says so and the weight-free baseline preset
-    (with the same resize) is used instead. Returns the config in use, the extractor and, for the baseline, the label
-    that says so on videos and pages (None for DIFT)."""
-    try:
-        return config, build_extractor(config.features, config.extractor), None
-    except PropagateError as exc:
-        print(f"DIFT weights unavailable ({exc}); {doing} the weight-free BASELINE features instead (not DIFT)",
-              flush=True)
-        config = load_config("davis_baseline", {"resize": config.to_dict()["resize"]})
-        return config, build_extractor(config.features, config.extractor), "BASELINE features (DIFT weights unavailable)"
 
 
 def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | None = None,

@@ -27,8 +27,8 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.io import atomic_write_json
 from propagate.labels import VOID, read_mask
 from propagate.matching import features_label, read_image, target_images
-from propagate.render import OverlayWriter, caption
 from propagate.records import RUN_INFO, run_record
+from propagate.render import OverlayWriter, caption
 from propagate.results import ResultsFolder
 from propagate.video import IMAGE_SUFFIXES, natural_key, open_video
 

@@ -113,11 +113,14 @@ def read_points_from(names: Sequence[str], xy: Sequence[tuple[float, float]], ed
     pairs = []
     for edge in edges:
         if not (isinstance(edge, (list, tuple)) and len(edge) == 2):
-            raise PropagateError(f"points file {path}: edge {edge!r} is not a pair of point names like [\"head\", \"neck\"]")
+            raise PropagateError(
+                f"points file {path}: edge {edge!r} is not a pair of point names like [\"head\", \"neck\"]"
+            )
         for end in edge:
             if not isinstance(end, str) or end not in index:
                 raise PropagateError(
-                    f"points file {path}: edge {list(edge)!r} names {end!r}, which is not a point; known: {', '.join(names)}"
+                    f"points file {path}: edge {list(edge)!r} names {end!r}, which is not a point; "
+                    f"known: {', '.join(names)}"
                 )
         pairs.append((index[edge[0]], index[edge[1]]))
     return PointSet(list(names), np.asarray(xy, dtype=np.float64).reshape(-1, 2), pairs)
@@ -139,7 +142,9 @@ def _load_json(path: Path) -> dict[str, object]:
     try:
         data = loads_json(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is allowed
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or nested too deeply
-        raise PropagateError(f"points file {path} is not valid JSON ({exc}); see the points format in the README") from None
+        raise PropagateError(
+            f"points file {path} is not valid JSON ({exc}); see the points format in the README"
+        ) from None
     if isinstance(data, list):
         data = {"points": data}
     if not isinstance(data, dict) or ("points" not in data and "keyframes" not in data):
@@ -172,10 +177,13 @@ def _parse_points(points: object, path: Path, where: str) -> tuple[list[str], li
     elif isinstance(points, list):
         for i, item in enumerate(points):
             if not isinstance(item, dict) or "x" not in item or "y" not in item:
-                raise PropagateError(f"points file {path}{where}: point {i + 1} is {item!r}; give {{\"name\": ..., \"x\": ..., \"y\": ...}}")
+                raise PropagateError(f"points file {path}{where}: point {i + 1} is {item!r}; "
+                                     f"give {{\"name\": ..., \"x\": ..., \"y\": ...}}")
             name = item.get("name", f"p{i + 1}")
             if not isinstance(name, str) or not name:
-                raise PropagateError(f"points file {path}{where}: point {i + 1} has name {name!r}; give a non-empty string")
+                raise PropagateError(
+                    f"points file {path}{where}: point {i + 1} has name {name!r}; give a non-empty string"
+                )
             names.append(name)
             xy.append((_number(item["x"], f"x of {name!r}", path), _number(item["y"], f"y of {name!r}", path)))
     else:
@@ -214,8 +222,10 @@ def read_point_keyframes(path: str | Path, frame_names: Sequence[str]) -> tuple[
     xy = {}
     for frame, (frame_points, coords) in sorted(given.items()):
         if sorted(frame_points) != sorted(names):
-            raise PropagateError(f"points file {path}: keyframe {frame_names[frame]} gives points {', '.join(frame_points)} "
-                                 f"but the first keyframe gives {', '.join(names)}: every keyframe gives the same points")
+            raise PropagateError(
+                f"points file {path}: keyframe {frame_names[frame]} gives points {', '.join(frame_points)} "
+                f"but the first keyframe gives {', '.join(names)}: every keyframe gives the same points"
+            )
         order = {n: c for n, c in zip(frame_points, coords)}
         xy[frame] = np.array([order[n] for n in names], dtype=np.float64)
     return template, xy

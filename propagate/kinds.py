@@ -35,7 +35,13 @@ import torch
 from propagate.config import Config, KeypointConfig, PropagationConfig
 from propagate.errors import PropagateError
 from propagate.keypoints import (
-    CONVENTIONS, PointSet, check_points, check_points_inside, decode_keypoints, keypoint_heatmaps, pixels_to_grid,
+    CONVENTIONS,
+    PointSet,
+    check_points,
+    check_points_inside,
+    decode_keypoints,
+    keypoint_heatmaps,
+    pixels_to_grid,
     read_point_keyframes,
 )
 from propagate.labels import check_mask, decode_mask, mask_to_labels, object_ids, read_keyframes, require_objects

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from propagate.cvat import is_cvat_file, read_cvat_keyframes
 from propagate.errors import PropagateError
 from propagate.io import atomic_path, image_size
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: reading and writing mask files needs none
+    import torch
 
 VOID = 255
 LOSSY_FORMATS = {"JPEG", "MPO", "WEBP", "JPEG2000"}  # PIL format names of masks refused as lossy
@@ -61,7 +62,8 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
         with Image.open(path) as img:
             if img.format in LOSSY_FORMATS:
                 raise PropagateError(f"mask {path} is a {img.format} file, whose lossy compression turns edges into "
-                                     "stray labels: save it as PNG (indexed or greyscale, 0 = background, 1..N = objects)")
+                                     "stray labels: save it as PNG (indexed or greyscale, 0 = background, "
+                                     "1..N = objects)")
             img.load()
             mode = img.mode
             if mode in ("P", "L"):
@@ -75,7 +77,8 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
                 mask = _rgb_to_indices(np.array(img.convert("RGB")), path)
             else:
                 raise PropagateError(
-                    f"mask {path} has image mode {mode}: save it as an indexed (P), greyscale (L) or DAVIS-palette RGB PNG"
+                    f"mask {path} has image mode {mode}: save it as an indexed (P), greyscale (L) "
+                    "or DAVIS-palette RGB PNG"
                 )
     except (UnidentifiedImageError, OSError) as exc:
         raise PropagateError(f"mask {path} is not a readable image ({exc.__class__.__name__}): give a PNG") from None
@@ -98,7 +101,8 @@ def _rgb_to_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
     if unknown:
         v = unknown[0]
         raise PropagateError(
-            f"mask {path} is RGB with colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) that is not in the DAVIS palette: "
+            f"mask {path} is RGB with colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) "
+            "that is not in the DAVIS palette: "
             "save the mask as an indexed PNG (0 = background, 1..N = objects)"
         )
     table = np.array([lookup[int(v)] for v in values], dtype=np.uint8)
@@ -176,7 +180,9 @@ def require_objects(mask: np.ndarray, path: str | Path) -> list[int]:
     _check_ids(np.asarray(mask), f"mask {path}")
     ids = object_ids(mask)
     if not ids:
-        raise PropagateError(f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N")
+        raise PropagateError(
+            f"mask {path} holds no object (only background 0 / void 255): label at least one object 1..N"
+        )
     return ids
 
 
@@ -216,6 +222,9 @@ def mask_to_labels(mask: np.ndarray, num_objects: int, grid_hw: tuple[int, int],
     ``nearest``: the mask is resized to the grid with nearest sampling, then one-hot (DINO/DIFT). ``area``: the
     one-hot mask is area-averaged into each cell (soft fractions).
     """
+    import torch
+    import torch.nn.functional as F
+
     mask = np.where(mask == 255, 0, mask).astype(np.int64)
     if mask.max() > num_objects:
         raise ValueError(f"mask holds index {mask.max()} > num_objects {num_objects}")
@@ -248,6 +257,9 @@ def decode_mask(
     upsampled soft label's margin over the best other label, clipped to [0, 1]; 0 where the object is lost (no
     pixel). Soft labels sum to 1 per cell, so a confident object is near 1 and a contested one near 0.
     """
+    import torch
+    import torch.nn.functional as F
+
     up = F.interpolate(soft[None].float(), size=tuple(proc_hw), mode="bilinear", align_corners=False)[0]
     probs = up
     if minmax:
@@ -269,6 +281,8 @@ def decode_mask(
 
 def _object_confidence(probs: torch.Tensor, winner: torch.Tensor) -> dict[int, float]:
     """``{object: mean margin}`` of soft labels ``probs [K, H, W]`` over the pixels ``winner [H, W]`` gives it."""
+    import torch
+
     if probs.shape[0] < 2:
         return {}
     top2 = torch.topk(probs, 2, dim=0)

@@ -20,8 +20,8 @@ from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.io import atomic_write_json
 from propagate.keypoints import PointSet, check_points_inside, read_points
-from propagate.render import caption, draw_points
 from propagate.records import RUN_INFO, run_record
+from propagate.render import caption, draw_points
 from propagate.results import ResultsFolder
 from propagate.video import IMAGE_SUFFIXES, natural_key
 

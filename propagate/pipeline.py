@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from propagate.candidates import CachedPropagator, CandidateStore
 from propagate.config import Config, KeypointConfig, PropagationConfig
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
-from propagate.candidates import CachedPropagator, CandidateStore
 from propagate.kinds import FrameResult, LabelKind, MaskKind, PointKind
 from propagate.labels import require_objects
 from propagate.propagation import LabelPropagator

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from propagate.config import PropagationConfig
 from propagate.errors import PropagateError
-from propagate.features.common import resolve_device
+from propagate.device import resolve_device
 
 BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 CANDIDATES = 64  # keys per query kept from the bf16 screen (at least 4 * topk); more only where a query needs them

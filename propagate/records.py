@@ -74,3 +74,19 @@ def read_json(path: Path, what: str) -> JSON:
     if not isinstance(data, dict):
         raise PropagateError(f"{what} {path} is not a propagate record: choose another --out")
     return data
+
+
+def default_settings() -> JSON:
+    """The settings (:func:`propagate.records.result_settings`) of a config left at every default."""
+    return result_settings(Config())
+
+
+def settings_agree(old: object, new: object, default: object = None) -> bool:
+    """Whether recorded settings ``old`` agree with ``new``. A key that ``old`` lacks (recorded by an earlier
+    version, before the option existed) agrees when ``new`` holds the option's default there, so adding an option
+    does not orphan results made before it."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        defaults = default if isinstance(default, dict) else {}
+        return all(settings_agree(old[k], new.get(k), defaults.get(k)) if k in old else
+                   (k in defaults and new[k] == defaults[k]) for k in new) and set(old) <= set(new)
+    return old == new

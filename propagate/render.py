@@ -108,7 +108,9 @@ class OverlayWriter:
 
     def write(self, frame: np.ndarray) -> None:
         if (frame.shape[1], frame.shape[0]) != self.size_wh:
-            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video {self.size_wh[0]}x{self.size_wh[1]}")
+            raise ValueError(
+                f"frame is {frame.shape[1]}x{frame.shape[0]}, the video {self.size_wh[0]}x{self.size_wh[1]}"
+            )
         # yuv420p needs even sides: pad by one pixel where needed
         pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
         if pad_h or pad_w:

@@ -49,7 +49,7 @@ from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.io import atomic_write_json
-from propagate.records import JSON, RUN_INFO, E, read_json, result_settings, run_record
+from propagate.records import JSON, RUN_INFO, E, default_settings, read_json, run_record, settings_agree
 
 COMPLETE = ".complete"  # the manifest of a finished results folder, written last
 STAGING_MARK = ".in-progress"  # in a staging folder while a run writes it
@@ -507,22 +507,6 @@ class ResultsFolder:
 # ---------------------------------------------------------------------------------------------- a dataset run
 
 
-def _default_settings() -> JSON:
-    """The settings (:func:`propagate.records.result_settings`) of a config left at every default."""
-    return result_settings(Config())
-
-
-def _agrees(old: object, new: object, default: object = None) -> bool:
-    """Whether recorded settings ``old`` agree with ``new``. A key that ``old`` lacks (recorded by an earlier
-    version, before the option existed) agrees when ``new`` holds the option's default there, so adding an option
-    does not orphan results made before it."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        defaults = default if isinstance(default, dict) else {}
-        return all(_agrees(old[k], new.get(k), defaults.get(k)) if k in old else
-                   (k in defaults and new[k] == defaults[k]) for k in new) and set(old) <= set(new)
-    return old == new
-
-
 class ResumableRun:
     """The top folder of a dataset protocol: ``run_info.json`` plus one unit folder per video.
 
@@ -549,7 +533,7 @@ class ResumableRun:
         if record.is_file():
             old = read_json(record, "run record")
             for key in keys:
-                if not _agrees(old.get(key), info.get(key), _default_settings() if key == "settings" else None):
+                if not settings_agree(old.get(key), info.get(key), default_settings() if key == "settings" else None):
                     what = {"extractor": "extractor settings", "settings": "settings"}.get(key, key)
                     raise PropagateError(f"{self.out} holds results made with other {what} (see {record}): "
                                          "choose another --out, or delete that folder to start over")

@@ -155,12 +155,17 @@ class Session:
         return self._features.get(index)
 
     def image(self, index: int) -> np.ndarray:
-        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size."""
+        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size (read by seeking, not from frame 0 on)."""
         self._check_index(index)
-        for frame in self.source:
-            if frame.index == index:
-                return frame.image
-        raise PropagateError(f"frame {index} of {self.source.path} could not be read")
+        return self.source.frame(index)
+
+    def annotation(self, index: int) -> np.ndarray:
+        """Keyframe ``index``'s annotation as given: a mask ``[H, W]`` uint8 or points ``[J, 2]`` (read-only)."""
+        if index not in self._annotations:
+            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+        view = self._annotations[index].view()
+        view.flags.writeable = False
+        return view
 
     # ------------------------------------------------------------------------------------------ keyframes
 

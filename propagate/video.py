@@ -1,7 +1,9 @@
-"""Frame sources: a folder of images or a video file, streamed one frame at a time.
+"""Frame sources: a folder of images or a video file, streamed one frame at a time or read at any position.
 
 A :class:`VideoSource` knows its frame count, names and native size up front (from file names or the container),
-and decodes a frame only when iteration reaches it, so memory never grows with the video's length. Video files
+and decodes a frame only when iteration reaches it, so memory never grows with the video's length.
+:meth:`VideoSource.frame` reads one frame anywhere: a video file seeks to the keyframe before it and decodes from
+there (cost: one group of pictures, not the frames before it), giving the very pixels iteration gives. Video files
 are read with decord where it is installed and with PyAV elsewhere (:func:`choose_reader`); both give the same
 frames.
 """
@@ -12,16 +14,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from propagate.config import ResizeConfig
 from propagate.errors import PropagateError
 from propagate.io import image_size
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -43,7 +47,8 @@ def natural_key(name: str) -> list:
 
 
 class VideoSource:
-    """Base class: ``len()``, ``names``, ``native_size`` (W, H), ``fps`` and iteration over :class:`Frame`."""
+    """Base class: ``len()``, ``names``, ``native_size`` (W, H), ``fps``, iteration over :class:`Frame` and
+    :meth:`frame` (one frame by position, identical to the one iteration yields)."""
 
     path: Path
     names: list[str]
@@ -56,6 +61,20 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size. Folders and video files read it without
+        decoding the frames before it; this default (for other sources) iterates up to it."""
+        index = self._check_position(index)
+        for frame in self:
+            if frame.index == index:
+                return frame.image
+        raise PropagateError(f"frame {index} of {self.path} could not be read: the source ended before it")
+
+    def _check_position(self, index: int) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.names):
+            raise PropagateError(f"frame {index!r} is not a frame of {self.path} (0..{len(self.names) - 1})")
+        return int(index)
+
 
 class FolderSource(VideoSource):
     """A folder of jpg/png frames in natural order; output names are the files' stems."""
@@ -64,7 +83,8 @@ class FolderSource(VideoSource):
         self.path = path
         files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            raise PropagateError(f"{path} holds no frames (.jpg/.jpeg/.png/.bmp): point at a folder of frames or a video file")
+            raise PropagateError(f"{path} holds no frames (.jpg/.jpeg/.png/.bmp): point at a folder of frames or a "
+                                 "video file")
         self.files = sorted(files, key=lambda p: natural_key(p.name))
         self.names = [p.stem for p in self.files]
         if len(set(self.names)) != len(self.names):
@@ -88,18 +108,25 @@ class FolderSource(VideoSource):
             raise PropagateError(f"frame {file} is not a readable image: replace or remove it") from None
 
     def __iter__(self) -> Iterator[Frame]:
-        for index, file in enumerate(self.files):
-            try:
-                with Image.open(file) as img:
-                    image = np.array(img.convert("RGB"))
-            except (UnidentifiedImageError, OSError):
-                raise PropagateError(f"frame {file} is not a readable image: replace or remove it") from None
-            if (image.shape[1], image.shape[0]) != self.native_size:
-                raise PropagateError(
-                    f"frame {file} is {image.shape[1]}x{image.shape[0]} but the first frame is "
-                    f"{self.native_size[0]}x{self.native_size[1]}: all frames must have one size"
-                )
-            yield Frame(index, self.names[index], image)
+        for index in range(len(self.files)):
+            yield Frame(index, self.names[index], self._read(index))
+
+    def frame(self, index: int) -> np.ndarray:
+        return self._read(self._check_position(index))
+
+    def _read(self, index: int) -> np.ndarray:
+        file = self.files[index]
+        try:
+            with Image.open(file) as img:
+                image = np.array(img.convert("RGB"))
+        except (UnidentifiedImageError, OSError):
+            raise PropagateError(f"frame {file} is not a readable image: replace or remove it") from None
+        if (image.shape[1], image.shape[0]) != self.native_size:
+            raise PropagateError(
+                f"frame {file} is {image.shape[1]}x{image.shape[0]} but the first frame is "
+                f"{self.native_size[0]}x{self.native_size[1]}: all frames must have one size"
+            )
+        return image
 
 
 # Video file readers. decord has wheels only for x86-64 Linux and Windows; PyAV (``av``) has them everywhere. Both
@@ -126,9 +153,11 @@ def choose_reader(reader: str = "auto") -> str:
     if reader == "auto":
         return "decord" if reader_installed("decord") else "pyav"
     if reader not in VIDEO_READERS:
-        raise PropagateError(f"video reader {reader!r} is unknown: give auto, {' or '.join(VIDEO_READERS)} (reader= or ${READER_ENV})")
+        raise PropagateError(f"video reader {reader!r} is unknown: give auto, {' or '.join(VIDEO_READERS)} "
+                             f"(reader= or ${READER_ENV})")
     if not reader_installed(reader):
-        raise PropagateError(f"video reader {reader} is not installed: pip install {_READER_MODULES[reader]}, or choose another")
+        raise PropagateError(f"video reader {reader} is not installed: pip install {_READER_MODULES[reader]}, or "
+                             "choose another")
     return reader
 
 
@@ -164,9 +193,18 @@ class _DecordFile:
         for _ in range(self.count):
             yield reader.next().asnumpy()
 
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index``: decord seeks to the keyframe before it (from the container's index) and decodes on."""
+        import decord
+
+        reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+        return reader[index].asnumpy()
+
 
 class _PyAVFile:
-    """PyAV's reader: the count is the video stream's packets (one per frame; exact, found without decoding)."""
+    """PyAV's reader: the count is the video stream's packets (one per frame; exact, found without decoding), and
+    their presentation times, sorted, are the frames' (``pts[i]`` is frame i's), which is how :meth:`frame` finds a
+    frame after a seek."""
 
     def __init__(self, path: Path):
         import av  # imported here: only video files need it
@@ -179,7 +217,10 @@ class _PyAVFile:
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else 0.0
-                self.count = sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
+                times = [packet.pts for packet in container.demux(stream) if packet.size and not packet.is_discard]
+                self.count = len(times)
+                # None where a packet has no time or two share one: then frame() decodes from the start instead
+                self.pts = sorted(times) if None not in times and len(set(times)) == len(times) else None
             frames = self.frames()
             first = next(frames, None)  # decoded now, so a file that cannot be decoded fails here
             frames.close()
@@ -188,7 +229,8 @@ class _PyAVFile:
         except Exception as exc:  # av.FFmpegError (InvalidDataError, ...) and OSError
             raise PropagateError(f"video {path} cannot be decoded ({_first_line(exc)}): check the file") from None
         if first is None and self.count:
-            raise PropagateError(f"video {path} cannot be decoded (no frame in its {self.count} packets): check the file")
+            raise PropagateError(f"video {path} cannot be decoded (no frame in its {self.count} packets): check the "
+                                 "file")
         self.size = (first.shape[1], first.shape[0]) if first is not None else (0, 0)
 
     def frames(self) -> Iterator[np.ndarray]:
@@ -199,6 +241,31 @@ class _PyAVFile:
             stream.thread_type = "AUTO"  # frame threads: faster, same pixels; one frame in flight per thread
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
+
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index``: seek to the keyframe at or before its time, decode on to the frame with that time. A
+        stream whose times cannot place the frame (no times, a seek that lands after it) is decoded from the start."""
+        import av
+
+        if self.pts is not None:
+            target = self.pts[index]
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    if frame.pts is None or frame.pts > target:
+                        break  # no time to match on, or the seek landed past the frame: decode from the start
+                    if frame.pts == target:
+                        return frame.to_ndarray(format="rgb24")
+        frames = self.frames()
+        try:
+            for position, image in enumerate(frames):
+                if position == index:
+                    return image
+        finally:
+            frames.close()
+        raise StopIteration(f"the stream ended before frame {index}")
 
 
 _READER_CLASSES = {"decord": _DecordFile, "pyav": _PyAVFile}
@@ -229,9 +296,20 @@ class VideoFileSource(VideoSource):
                     f"{len(self.names)} frames): check the file"
                 ) from None
             except Exception as exc:
-                raise PropagateError(f"video {self.path}: frame {index} cannot be decoded ({exc.__class__.__name__})") from None
+                raise PropagateError(f"video {self.path}: frame {index} cannot be decoded "
+                                     f"({exc.__class__.__name__})") from None
             yield Frame(index, self.names[index], image)
         frames.close()
+
+    def frame(self, index: int) -> np.ndarray:
+        index = self._check_position(index)
+        try:
+            return self._file.frame(index)
+        except PropagateError:
+            raise
+        except Exception as exc:  # FFmpeg/decord errors, or a stream that ends before the frame
+            raise PropagateError(f"video {self.path}: frame {index} cannot be decoded ({_first_line(exc)}): "
+                                 "check the file") from None
 
 
 def open_video(path: str | Path, reader: str = "auto") -> VideoSource:
@@ -280,6 +358,8 @@ def processing_size(native_wh: tuple[int, int], resize: ResizeConfig) -> tuple[i
 
 def to_tensor(image: np.ndarray, size_wh: tuple[int, int]) -> torch.Tensor:
     """``[H, W, 3]`` uint8 RGB -> ``[3, h, w]`` float32 in [0, 1] at ``size_wh`` (bilinear, as DINO's reader)."""
+    import torch  # imported here: reading and scoring frames needs no torch
+
     if (image.shape[1], image.shape[0]) != tuple(size_wh):
         image = cv2.resize(image, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)

@@ -105,7 +105,7 @@ def main() -> None:
             for count in counts:
                 out = root / f"out_{round_}_{count}"
 
-                def units(first: int, last: int) -> list[tuple[Unit, object]]:
+                def units(first: int, last: int, out: Path = out) -> list[tuple[Unit, object]]:
                     return [(Unit(f"v{i}", clips[i][0], clips[i][1], out / f"v{i}", render=False), config)
                             for i in range(first, last)]
 

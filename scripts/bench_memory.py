@@ -97,7 +97,8 @@ def main() -> None:
             peak, seconds = run_child(cmd)
             written = len(list((work / f"out{frames}").glob("*.png")))
             results[frames] = peak
-            print(f"{frames:5d} frames: peak RSS {peak:8.1f} MiB, {seconds:6.1f} s, {written} masks written", flush=True)
+            print(f"{frames:5d} frames: peak RSS {peak:8.1f} MiB, {seconds:6.1f} s, {written} masks written",
+                  flush=True)
     ratio = results[args.long] / results[args.short]
     print(f"peak RSS ratio {args.long}/{args.short} frames: {ratio:.3f} (target <= 1.15); features {args.features}, "
           f"overlay {'off' if args.no_video else 'on'}, load average {os.getloadavg()[0]:.1f}")

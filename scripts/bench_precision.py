@@ -5,8 +5,8 @@ For SD-2.1's real architecture (UNet and VAE built from SD-2.1's configs, random
 and ADM's full 256x256-uncond architecture (random weights), at one frame size (default 480x832, DAVIS), it
 prints per model and dtype:
 
-- wall and process-CPU time per frame (``--ensemble`` noised copies, default 1; DIFT's DAVIS settings use 8 for SD and 4 for ADM, and
-  time grows about linearly with it), measured in one run after a warm-up;
+- wall and process-CPU time per frame (``--ensemble`` noised copies, default 1; DIFT's DAVIS settings use 8 for SD
+  and 4 for ADM, and time grows about linearly with it), measured in one run after a warm-up;
 - the relative feature error ``||f - f_fp32|| / ||f_fp32||`` over two frames;
 - the share of top-15 neighbours that change: per query position of frame A, the 15 positions of frame B whose
   (l2-normalised) features are most similar, compared with the fp32 set (``1 - |S & S_fp32| / 15``, averaged).
@@ -36,9 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extract import _quiet_diffusers, build_random_sd, parse_size  # noqa: E402
+
 from propagate.demo import demo_frames  # noqa: E402
+from propagate.device import DTYPES, cpu_has_bf16_units  # noqa: E402
 from propagate.features.adm_net import ADMArch, ADMUNet, q_sample_coefficients, set_compute_dtype  # noqa: E402
-from propagate.features.common import DTYPES, cpu_has_bf16_units, frame_normals  # noqa: E402
+from propagate.features.common import frame_normals  # noqa: E402
 from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions  # noqa: E402
 
 TOPK = 15
@@ -102,26 +104,32 @@ def bench_sd(args, device: torch.device, images: torch.Tensor, dtypes: list[str]
     return rows
 
 
-def bench_adm(args, device: torch.device, images: torch.Tensor, dtypes: list[str]) -> list[tuple]:
+def adm_run(unet: ADMUNet, dtype: torch.dtype, args, device: torch.device):
+    """``run(batch, ids)``: ADM's output block 7 features of ``batch`` (DiftADMExtractor.extract, written out)."""
     coef_x0, coef_eps = q_sample_coefficients("linear", 1000, 51)
+
+    @torch.no_grad()
+    def run(batch: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        b, _, h, w = batch.shape
+        eps = torch.stack([frame_normals(args.seed, i, (args.ensemble, 3, h, w))[0] for i in ids]).to(device)
+        x_t = (coef_x0 * (batch.to(device) * 2 - 1)[:, None] + coef_eps * eps).reshape(-1, 3, h, w)
+        steps = torch.full((x_t.shape[0],), 51.0, device=device)
+        out = unet(x_t.to(dtype), steps, 7).float()
+        return out.reshape(b, args.ensemble, *out.shape[1:]).mean(dim=1)
+
+    return run
+
+
+def bench_adm(args, device: torch.device, images: torch.Tensor, dtypes: list[str]) -> list[tuple]:
     rows, ref = [], None
     for name in dtypes:  # the 256x256-uncond architecture, the same random weights rebuilt per dtype
         torch.manual_seed(args.seed)
         unet = set_compute_dtype(ADMUNet(ADMArch()).eval().requires_grad_(False).to(device), DTYPES[name])
-
-        @torch.no_grad()
-        def run(batch: torch.Tensor, ids: list[int]) -> torch.Tensor:  # DiftADMExtractor.extract, written out
-            b, _, h, w = batch.shape
-            eps = torch.stack([frame_normals(args.seed, i, (args.ensemble, 3, h, w))[0] for i in ids]).to(device)
-            x_t = (coef_x0 * (batch.to(device) * 2 - 1)[:, None] + coef_eps * eps).reshape(-1, 3, h, w)
-            steps = torch.full((x_t.shape[0],), 51.0, device=device)
-            out = unet(x_t.to(DTYPES[name]), steps, 7).float()
-            return out.reshape(b, args.ensemble, *out.shape[1:]).mean(dim=1)
-
+        run = adm_run(unet, DTYPES[name], args, device)
         feats, seconds = time_per_frame(run, images, device)
         ref = feats if ref is None else ref
         rows.append(("ADM output_blocks[7]", name, seconds, feats, ref))
-        del unet
+        del run, unet  # one model in memory at a time
         gc.collect()
     return rows
 

@@ -11,7 +11,8 @@ labels already in the queue, then ``--frames`` query frames propagated one after
 
 Each side runs in its own child process. Memory is read from Linux's ``VmHWM`` (peak resident set size of the
 child): the peak is reset (``/proc/self/clear_refs``, after ``malloc_trim``) once the inputs are built, so "step
-peak" is the memory the propagation steps add over their inputs; "process peak" is the whole child's peak (Python, torch, inputs included).
+peak" is the memory the propagation steps add over their inputs; "process peak" is the whole child's peak (Python,
+torch, inputs included).
 The script then checks that both sides give the same argmax everywhere and reports the largest soft-label gap.
 
     python scripts/bench_propagation.py                          # DIFT DAVIS: 60x104, 640 ch, 1+28 ctx, r 15, k 15
@@ -126,7 +127,8 @@ def child(args: argparse.Namespace) -> None:
         from propagate.propagation import LabelPropagator
 
         cfg = PropagationConfig(temperature=args.temperature, topk=args.topk, n_last_frames=args.context,
-                                radius=args.radius, window="square", window_first=True, screen=args.screen, device="cpu")
+                                radius=args.radius, window="square", window_first=True, screen=args.screen,
+                                device="cpu")
         prop = LabelPropagator(cfg, device="cpu")
         prop.start(frame0, labels0)
         for f, l in context:
@@ -148,8 +150,8 @@ def child(args: argparse.Namespace) -> None:
         cpu_times.append(time.process_time() - c0)
     step_peak = rss_kib("VmHWM")
     torch.save(torch.stack(outs), args.result + ".pt")
-    info = {"times": times, "cpu_times": cpu_times, "base_kib": base, "step_peak_kib": step_peak, "peak_reset": peak_reset,
-            "threads": torch.get_num_threads()}
+    info = {"times": times, "cpu_times": cpu_times, "base_kib": base, "step_peak_kib": step_peak,
+            "peak_reset": peak_reset, "threads": torch.get_num_threads()}
     if args.child == "windowed":
         info["screen"] = bool(prop.screen)
     Path(args.result).write_text(json.dumps(info))
@@ -202,7 +204,8 @@ def main() -> None:
         info["work"] = (info["step_peak_kib"] - info["base_kib"]) / 1024
         info["peak"] = info["step_peak_kib"] / 1024
         print(f"{name:10s} {info['t']:13.2f} {info['cpu']:12.2f} {info['work']:14.1f} {info['peak']:17.1f}")
-    print(f"speed-up (dense / windowed): wall time {dense['t'] / win['t']:.1f}x, CPU time {dense['cpu'] / win['cpu']:.1f}x "
+    print(f"speed-up (dense / windowed): wall time {dense['t'] / win['t']:.1f}x, "
+          f"CPU time {dense['cpu'] / win['cpu']:.1f}x "
           "(CPU time: both threads' seconds, less sensitive to other jobs on the machine)")
     print(f"memory: step peak ratio {dense['work'] / max(win['work'], 1.0):.1f}x, "
           f"process peak ratio {dense['peak'] / win['peak']:.1f}x")
@@ -227,10 +230,12 @@ def main() -> None:
         err_w = (w_out.reshape(w_out.shape[0], -1)[:, check] - ref).abs().amax(0)
         err_d = (d_out.reshape(d_out.shape[0], -1)[:, check] - ref).abs().amax(0)
         decided_w = err_w[~tied].max().item() if bool((~tied).any()) else 0.0
-        worst_w, worst_d = max(worst_w, decided_w), max(worst_d, err_d[~tied].max().item() if bool((~tied).any()) else 0.0)
+        decided_d = err_d[~tied].max().item() if bool((~tied).any()) else 0.0
+        worst_w, worst_d = max(worst_w, decided_w), max(worst_d, decided_d)
         n_tied = int(tied[torch.isin(check, flagged)].sum())
         undecided += n_tied
-        print(f"query frame {t + 1}: {len(flagged)} of {diff.numel()} positions differ by > 1e-5, {n_tied} of them with "
+        print(f"query frame {t + 1}: {len(flagged)} of {diff.numel()} positions differ by > 1e-5, "
+              f"{n_tied} of them with "
               f"k-th and (k+1)-th scores within {FP32_TIE:g} in float64 (fp32 cannot decide which is kept); against "
               f"float64 elsewhere (and at 200 random positions): windowed max error {decided_w:.2e}, dense "
               f"{err_d[~tied].max().item() if bool((~tied).any()) else 0.0:.2e}")

@@ -101,11 +101,12 @@ def main() -> None:
         rows.append(measure("baseline", build_extractor("baseline"), "baseline", args.frames, size))
     print(f"{args.frames} frames of {size[0]}x{size[1]}, correction = a second keyframe on frame {args.frames // 2}; "
           f"CPU seconds (wall in brackets)")
-    print(f"{'features':<36} {'1st: extract':>14} {'1st: propagate':>15} {'correction':>14} {'ratio (cpu)':>12} {'ratio (wall)':>13}")
+    print(f"{'features':<36} {'1st: extract':>14} {'1st: propagate':>15} {'correction':>14} {'ratio (cpu)':>12} "
+          f"{'ratio (wall)':>13}")
     for r in rows:
         e, p, c = r["extract"], r["propagate"], r["correction"]
-        print(f"{r['name']:<36} {e.cpu:>6.2f} [{e.wall:>5.2f}] {p.cpu:>7.2f} [{p.wall:>5.2f}] {c.cpu:>6.2f} [{c.wall:>5.2f}]"
-              f" {r['ratio_cpu']:>12.3f} {r['ratio_wall']:>13.3f}")
+        print(f"{r['name']:<36} {e.cpu:>6.2f} [{e.wall:>5.2f}] {p.cpu:>7.2f} [{p.wall:>5.2f}] "
+              f"{c.cpu:>6.2f} [{c.wall:>5.2f}] {r['ratio_cpu']:>12.3f} {r['ratio_wall']:>13.3f}")
 
 
 if __name__ == "__main__":

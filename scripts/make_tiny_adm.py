@@ -5,7 +5,8 @@ It keeps the 256x256 model's layout (so output block 7 is again at 1/8) with 32 
 `--features adm --model PATH` alone: the extractor reads the side-car JSON.
 
 Example: python scripts/make_tiny_adm.py /tmp/tiny_adm.pt --seed 0
-         python scripts/make_tiny_adm.py /tmp/small.pt --set image_size=32 --set channel_mult=1,2,2 --set num_res_blocks=1
+         python scripts/make_tiny_adm.py /tmp/small.pt --set image_size=32 --set channel_mult=1,2,2 \\
+             --set num_res_blocks=1
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import yaml
 
 from propagate.errors import PropagateError
-from propagate.features.adm_net import ADMArch, TINY_ARCH, save_tiny_checkpoint, sidecar_path
+from propagate.features.adm_net import TINY_ARCH, ADMArch, save_tiny_checkpoint, sidecar_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,11 @@ from propagate.labels import write_mask
 def plain_cpu_dtype():
     """``dtype: auto`` resolves as on a CPU without bf16 units (fp32), so results do not depend on the test machine's
     CPU (session-wide, before any module fixture builds an extractor); tests of the bf16 rule patch
-    :func:`propagate.features.common.cpu_has_bf16_units` themselves."""
-    import propagate.features.common as common
+    :func:`propagate.device.cpu_has_bf16_units` themselves."""
+    import propagate.device as device
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common, "cpu_has_bf16_units", lambda: False)
+        patch.setattr(device, "cpu_has_bf16_units", lambda: False)
         yield
 
 
@@ -43,7 +43,8 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
 
 
-def write_clip(folder: Path, num_frames: int = 6, size: tuple[int, int] = (192, 128)) -> tuple[Path, Path, list[np.ndarray]]:
+def write_clip(folder: Path, num_frames: int = 6,
+               size: tuple[int, int] = (192, 128)) -> tuple[Path, Path, list[np.ndarray]]:
     """A folder of jpg frames of the demo scene, its first-frame mask, and every frame's true mask."""
     frames_dir = folder / "frames"
     frames_dir.mkdir(parents=True)
@@ -59,3 +60,22 @@ def write_clip(folder: Path, num_frames: int = 6, size: tuple[int, int] = (192, 
 @pytest.fixture
 def clip(tmp_path: Path) -> tuple[Path, Path, list[np.ndarray]]:
     return write_clip(tmp_path)
+
+
+def damaged_zip(path: Path, files: list[Path], compression: int = 0) -> Path:
+    """A zip of ``files`` (``compression``: a zipfile constant, default stored) whose second member has one byte of
+    its data flipped, so its CRC fails (stored) or its compressed data is broken (deflated) when unpacked."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for file in files:
+            zf.write(file, file.name)
+    with zipfile.ZipFile(path) as zf:
+        member = zf.infolist()[1]
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    start = member.header_offset + 30 + name_len + extra_len  # the member's data, after its local header
+    data[start + member.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path

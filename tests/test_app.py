@@ -7,11 +7,18 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import damaged_zip, write_clip
 
-from conftest import write_clip
 from propagate.app.core import (
-    MAX_OBJECTS, Correspondence, best_match, confidence_strip, frames_to_check, layer_to_mask, mask_to_layer,
-    open_upload, resolve_under_root,
+    MAX_OBJECTS,
+    Correspondence,
+    best_match,
+    confidence_strip,
+    frames_to_check,
+    layer_to_mask,
+    mask_to_layer,
+    open_upload,
+    resolve_under_root,
 )
 from propagate.config import load_config
 from propagate.demo import _texture
@@ -70,6 +77,19 @@ def test_uploads_open_or_say_what_is_wrong(tmp_path):
         with pytest.raises(PropagateError, match=says) as caught:
             open_upload(upload, tmp_path / f"work-{upload.stem}", 1 * MB)
         assert str(tmp_path) not in str(caught.value)  # named as the user knows it
+
+
+def test_a_damaged_zip_upload_is_one_line(tmp_path):
+    """A zip whose member fails its CRC (stored) or whose compressed data is broken (deflated): one line naming the
+    upload, not the exception the unpacking raised."""
+    frames, _, _ = write_clip(tmp_path / "clip", 3)
+    files = sorted(frames.iterdir())
+    for compression, says in [(zipfile.ZIP_STORED, r"Bad CRC-32"), (zipfile.ZIP_DEFLATED, r"")]:
+        upload = damaged_zip(tmp_path / f"frames-{compression}.zip", files, compression)
+        with pytest.raises(PropagateError, match=rf"upload {upload.name} is a damaged zip: {files[1].name} cannot be "
+                                                 rf"unpacked \(.*{says}.*\); zip the frames again") as caught:
+            open_upload(upload, tmp_path / f"work-{compression}", 10 * MB)
+        assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
 
 
 def test_layer_codec_round_trips_every_object():
@@ -166,7 +186,8 @@ def test_workspace_masks_then_a_correction_reuses_features(tmp_path):
     assert ws.session.stats["extractor_frames"] == 5  # the correction extracted nothing
     assert np.array_equal(ws.mask(3), masks[3]) and ws.overlay(2).shape == (128, 192, 3)
     files = ws.export()
-    assert [f.name for f in files] == ["masks-1.zip", "coco.json", "overlay.mp4", "confidence.csv"]
+    assert [f.name for f in files] == ["masks-1.zip", "annotations.xml", "coco.json", "confidence.csv", "overlay.mp4",
+                                      "run_info.json"]
     with zipfile.ZipFile(files[0]) as zf:
         assert sorted(zf.namelist()) == [f"{i:05d}.png" for i in range(5)]
     assert np.array_equal(read_mask(tmp_path / "ws" / "export-1" / "00003.png"), masks[3])

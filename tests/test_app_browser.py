@@ -25,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import damaged_zip, write_clip
 from PIL import Image
 
-from conftest import write_clip
 from propagate.demo import _texture
 from propagate.labels import DAVIS_PALETTE, read_mask, write_mask
 
 pytest.importorskip("gradio", reason="the app extra is not installed: pip install -e '.[app]'")
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[app]'")
+playwright_api = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright is not installed: pip install -e '.[app]'")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run does it)", allow_module_level=True)
@@ -64,6 +65,7 @@ def site(tmp_path_factory):
     (root / "bad.mp4").write_bytes(b"this is not a video" * 100)
     with zipfile.ZipFile(root / "empty.zip", "w") as zf:
         zf.writestr("readme.txt", "no frames here")
+    damaged_zip(root / "crc.zip", sorted(frames.iterdir()))  # its second frame fails its CRC
     outside = write_clip(base / "outside", 2, SIZE)[0]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -185,7 +187,8 @@ def stroke(page, to_screen, cx: float, cy: float, half: float) -> None:
 def settle(page) -> None:
     """Let the editor catch up with the last input (a brush change, a cursor move, a stroke) before the next one: two
     animation frames and 0.3 s. CI once lost a whole stroke under load (the save saw object 1 only)."""
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 300))))")
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => "
+                  "setTimeout(r, 300))))")
 
 
 def choose_object(page, obj: int) -> None:
@@ -310,7 +313,8 @@ def test_correspond_click_lands_within_one_cell(page, site):
         assert abs(cx - x) <= 1 and abs(cy - y) <= 1, text  # the page got the click where it was made
         mx, my = (float(v) for v in page.inner_text("#match-xy").split(","))
         tx, ty = cx + SHIFT[0], cy + SHIFT[1]
-        print(f"correspond click ({x}, {y}) -> ({mx:.0f}, {my:.0f}), truth ({tx}, {ty}), {latency:.2f} s in the browser")
+        print(f"correspond click ({x}, {y}) -> ({mx:.0f}, {my:.0f}), truth ({tx}, {ty}), {latency:.2f} s in the "
+              "browser")
         assert abs(mx - tx) <= cell and abs(my - ty) <= cell, (mx, my, tx, ty)
         # the latency is printed, not asserted: scripts/bench_correspond.py measures it on a quiet machine
     shoot(page, site, "correspond")
@@ -330,10 +334,15 @@ def test_paths_outside_root_are_refused(page, site):
 
 
 def test_bad_upload_is_a_visible_error_and_the_server_keeps_serving(page, site):
-    for bad, says in [("bad.mp4", "upload bad.mp4"), ("empty.zip", "upload empty.zip holds no frames")]:
+    log = site["base"] / "server.log"
+    logged = len(log.read_text())
+    for bad, says in [("bad.mp4", "upload bad.mp4"), ("empty.zip", "upload empty.zip holds no frames"),
+                      ("crc.zip", "upload crc.zip is a damaged zip: 00001.jpg cannot be unpacked (Bad CRC-32")]:
         page.set_input_files("#upload input[type=file]", str(site["root"] / bad))
         shown = wait_status(page, says)
-        assert says in shown and "/tmp" not in shown, shown  # named as the user knows it, no server path
+        assert shown.startswith("error:") and "/tmp" not in shown, shown  # named as the user knows it
+    assert page.locator(".toast-body").count() == 0  # no Gradio exception box
+    assert "Traceback" not in log.read_text()[logged:]
     open_path(page, "clip/frames")
     wait_status(page, f"opened clip/frames: {FRAMES} frames")
 

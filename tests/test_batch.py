@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_clip
+
 from propagate.batch import BATCH_RECORD, FAILURES_CSV, SerialRunner, run_batch
 from propagate.config import load_config
 from propagate.errors import PropagateError
@@ -29,6 +29,15 @@ def clip(tmp_path: Path) -> tuple[Path, Path, list[np.ndarray]]:
     return write_clip(tmp_path / "clip", num_frames=4, size=(96, 64))
 
 
+def manifest_and_out(tmp_path: Path, *rows: tuple[object, object, str]) -> tuple[Path, Path]:
+    """``videos.csv`` in ``tmp_path`` with one ``video,mask,name`` row per ``rows`` item, and an empty ``out``."""
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text("video,mask,name\n" + "".join(f"{video},{mask},{name}\n" for video, mask, name in rows))
+    out = tmp_path / "out"
+    out.mkdir()
+    return manifest, out
+
+
 def test_a_keyframe_folder_row_runs_and_its_keyframes_come_back(clip, tmp_path):
     frames, _, truth = clip
     keys = tmp_path / "keys"
@@ -45,10 +54,7 @@ def test_a_keyframe_folder_row_runs_and_its_keyframes_come_back(clip, tmp_path):
 
 def test_failures_csv_is_ours_only_when_our_record_lists_it_whatever_it_holds(clip, tmp_path):
     frames, mask, _ = clip
-    manifest = tmp_path / "videos.csv"
-    manifest.write_text(f"video,mask,name\n{frames},{mask},walk\n{tmp_path / 'nowhere'},{mask},gone\n")
-    out = tmp_path / "out"
-    out.mkdir()
+    manifest, out = manifest_and_out(tmp_path, (frames, mask, "walk"), (tmp_path / "nowhere", mask, "gone"))
     (out / FAILURES_CSV).write_text("name,video,error\nmy,own,notes\n")  # a user's file with our header
     with pytest.raises(PropagateError, match="failures.csv exists and was not written by propagate batch"):
         run_batch(manifest, out, configure, SerialRunner(), render=False, progress=False)
@@ -69,10 +75,7 @@ def test_failures_csv_is_ours_only_when_our_record_lists_it_whatever_it_holds(cl
 
 def test_a_row_whose_results_folder_is_a_symlink_out_of_out_fails_and_touches_nothing(clip, tmp_path):
     frames, mask, _ = clip
-    manifest = tmp_path / "videos.csv"
-    manifest.write_text(f"video,mask,name\n{frames},{mask},walk\n")
-    out = tmp_path / "out"
-    out.mkdir()
+    manifest, out = manifest_and_out(tmp_path, (frames, mask, "walk"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (out / "walk").symlink_to(elsewhere)

@@ -85,7 +85,8 @@ def test_round_trip_and_no_extraction_on_reuse(tmp_path):
 
 def test_extract_to_cache_is_resumable_and_serves_each_sequence(tmp_path):
     root = tmp_path / "davis"
-    videos = [make_video(root / "JPEGImages" / "480p" / "seqA", n=3), make_video(root / "JPEGImages" / "480p" / "seqB", n=4)]
+    videos = [make_video(root / "JPEGImages" / "480p" / "seqA", n=3),
+              make_video(root / "JPEGImages" / "480p" / "seqB", n=4)]
     cfg, ext = config(), CountingExtractor()
     summary = extract_to_cache(videos, tmp_path / "cache", cfg, extractor=ext, progress=False)
     assert summary["frames"] == 7 and summary["extracted"] == 7 and ext.calls == 7

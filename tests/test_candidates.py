@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_propagation import dense_reference, smooth_frames
 
 import propagate.candidates as candidates
 import propagate.propagation as propagation
 from propagate.candidates import CachedPropagator, CandidateStore
 from propagate.config import PropagationConfig
-from test_propagation import dense_reference, smooth_frames
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -190,8 +189,8 @@ def test_segment_scope_draws_only_on_the_two_keyframes_around_a_frame(monkeypatc
 @pytest.mark.parametrize("scope", ["global", "segment"])
 def test_a_session_correction_reuses_candidates_and_equals_a_session_from_scratch(tmp_path, scope):
     import numpy as np
-
     from conftest import write_clip
+
     from propagate.config import load_config
     from propagate.features import build_extractor
     from propagate.session import Session

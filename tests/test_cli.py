@@ -64,10 +64,10 @@ def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):
 
 
 def test_the_resolved_precision_is_said_when_the_extractor_is_built(monkeypatch, caplog, tiny_sd_dir):
-    import propagate.features.common as common
+    import propagate.device as device
     from propagate.features import build_extractor
 
-    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # a CPU with AMX or AVX512-BF16
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: True)  # a CPU with AMX or AVX512-BF16
     with caplog.at_level("INFO", logger="propagate"):
         ext = build_extractor("dift_sd", {"model": str(tiny_sd_dir), "device": "cpu"})
         build_extractor("baseline")  # no precision: nothing said

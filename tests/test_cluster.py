@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_clip
-from propagate.cli import _cluster_runner, build_parser, main
+
 from propagate.batch import read_manifest, run_batch
+from propagate.cli import _cluster_runner, build_parser, main
 from propagate.cluster import RayRunner
 from propagate.config import load_config
 from propagate.datasets.davis import evaluate_davis

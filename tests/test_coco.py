@@ -44,10 +44,12 @@ def test_run_with_coco_format_decodes_back_to_the_pngs(clip, tmp_path):
 
 def test_keypoints_json_lists_visible_and_lost_points():
     data = keypoints_json("clip", (64, 48), ["head", "tail"], [(0, 1)],
-                          [("00000", np.array([[1.0, 2.0], [3.5, 4.0]])), ("00001", np.array([[5.0, 6.0], [np.nan, np.nan]]))])
+                          [("00000", np.array([[1.0, 2.0], [3.5, 4.0]])),
+                           ("00001", np.array([[5.0, 6.0], [np.nan, np.nan]]))])
     assert data["categories"][0]["keypoints"] == ["head", "tail"] and data["categories"][0]["skeleton"] == [[1, 2]]
     assert data["annotations"][0]["keypoints"] == [1.0, 2.0, 2, 3.5, 4.0, 2]
-    assert data["annotations"][1]["keypoints"] == [5.0, 6.0, 2, 0, 0, 0] and data["annotations"][1]["num_keypoints"] == 1
+    assert data["annotations"][1]["keypoints"] == [5.0, 6.0, 2, 0, 0, 0]
+    assert data["annotations"][1]["num_keypoints"] == 1
     assert [i["file_name"] for i in data["images"]] == ["00000.png", "00001.png"]
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +12,14 @@ import pytest
 
 import propagate
 from propagate.config import (
-    CHECKS, CONFIG_DIR, Config, config_from_dict, load_config, parse_overrides, resolve_preset, sequence_config,
+    CHECKS,
+    CONFIG_DIR,
+    Config,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    resolve_preset,
+    sequence_config,
 )
 from propagate.errors import PropagateError
 
@@ -46,13 +53,15 @@ def test_preset_values_are_read_as_written():
     sd, jhmdb = load_config("davis_sd"), load_config("jhmdb_baseline")
     assert (sd.features, sd.extractor["t"], sd.propagation.temperature, sd.propagation.topk, sd.batch_frames) == (
         "dift_sd", 51, 0.2, 15, 2)
-    assert jhmdb.resize.size == [320, 320] and jhmdb.propagation.window == "open_disk" and jhmdb.propagation.screen == "off"
+    assert jhmdb.resize.size == [320, 320] and jhmdb.propagation.window == "open_disk"
+    assert jhmdb.propagation.screen == "off"
 
 
 def test_every_field_has_a_check():
     from propagate.config import _SECTIONS
 
-    fields = {f.name for f in dataclasses.fields(Config)} - set(_SECTIONS) - {"extractor", "overrides"}  # overrides: checked by key
+    # overrides: checked by key
+    fields = {f.name for f in dataclasses.fields(Config)} - set(_SECTIONS) - {"extractor", "overrides"}
     for section, cls in _SECTIONS.items():
         fields |= {f"{section}.{f.name}" for f in dataclasses.fields(cls)}
     assert set(CHECKS) == fields
@@ -120,7 +129,8 @@ def test_bad_value_is_one_line_naming_key_value_and_what_to_give(override, key, 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_non_finite_temperature_from_python(value):
-    with pytest.raises(PropagateError, match=r"propagation.temperature=-?(nan|inf) is not valid: give a finite number > 0"):
+    with pytest.raises(PropagateError,
+                       match=r"propagation.temperature=-?(nan|inf) is not valid: give a finite number > 0"):
         load_config(None, {"propagation.temperature": value})
 
 
@@ -150,7 +160,8 @@ def test_bad_value_in_a_preset_file_names_the_file(tmp_path):
 def test_preset_not_utf8(tmp_path):
     preset = tmp_path / "latin1.yaml"
     preset.write_bytes("# caf\u00e9 settings\nfeatures: baseline\n".encode("latin-1"))
-    with pytest.raises(PropagateError, match=r"latin1.yaml: not UTF-8 text \(byte 5\): save the preset as UTF-8") as err:
+    with pytest.raises(PropagateError,
+                       match=r"latin1.yaml: not UTF-8 text \(byte 5\): save the preset as UTF-8") as err:
         load_config(preset)
     assert "\n" not in str(err.value)
 
@@ -188,7 +199,7 @@ def test_override_syntax_errors():
     assert "\n" not in str(err.value)
 
 
-# ------------------------------------------------------------------------------------------------ per-sequence overrides
+# --------------------------------------------------------------------------------------------- per-sequence overrides
 
 
 def test_paper_presets_pin_fp32_and_fast_presets_do_not():
@@ -204,7 +215,8 @@ def test_jhmdb_presets_are_crw_mode():
     for name in ("jhmdb_sd", "jhmdb_adm", "jhmdb_baseline"):
         c = load_config(name)
         assert (c.propagation.queue_init, c.propagation.topk_rule, c.propagation.window, c.propagation.window_first,
-                c.keypoints.cell_convention, c.pck.lost_joints) == ("copies", "exact", "open_disk", False, "crw", "drop")
+                c.keypoints.cell_convention, c.pck.lost_joints) == (
+            "copies", "exact", "open_disk", False, "crw", "drop")
 
 
 def test_shooting_override_caps_the_context_as_dift_does():

@@ -15,7 +15,14 @@ from PIL import Image
 from propagate.cli import main
 from propagate.config import load_config
 from propagate.correspond import (
-    corner_error, detect_keypoints, fit_homography, match_points, mutual_nearest, project, sample_features, upsample,
+    corner_error,
+    detect_keypoints,
+    fit_homography,
+    match_points,
+    mutual_nearest,
+    project,
+    sample_features,
+    upsample,
 )
 from propagate.demo import WALK_CLIP
 from propagate.edit import smooth_corners

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_session import entering_clip
 
 from propagate.cli import main
 from propagate.config import load_config
 from propagate.cvat import decode_rle, encode_rle
 from propagate.errors import PropagateError
 from propagate.labels import read_keyframes, read_mask, write_mask
-from propagate.runs import run_points, run_video
-
-from test_session import entering_clip
+from propagate.runs import run_points
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,8 +17,8 @@ from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table,
 from propagate.datasets.synthetic_davis import make_synthetic_davis
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.results import STAGING_MARK, ResultsFolder
 from propagate.labels import VOID, read_mask, write_mask
+from propagate.results import STAGING_MARK, ResultsFolder
 
 NUM_FRAMES = 12  # 10 scored frames per sequence: decay bins (0, 2), (2, 5), (5, 7), (7, 9)
 
@@ -335,7 +335,8 @@ def test_evaluate_with_two_keyframes_writes_them_and_records_them(tmp_path):
     config = load_config("davis_baseline", {"resize.short_side": 96})
     scores = evaluate_davis(root, tmp_path / "eval", config, progress=False, keyframes=(0, 3))
     truth = read_mask(root / "Annotations" / "480p" / "synth-00" / "00003.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "eval" / "synth-00" / "00003.png"), np.where(truth == VOID, 0, truth))
+    np.testing.assert_array_equal(read_mask(tmp_path / "eval" / "synth-00" / "00003.png"),
+                                  np.where(truth == VOID, 0, truth))
     info = json.loads((tmp_path / "eval" / "run_info.json").read_text())
     assert info["keyframes"] == [0, 3] and info["settings"]["keyframes"] == [0, 3]
     assert 0 <= scores["global"]["J&F-Mean"] <= 1
@@ -355,7 +356,8 @@ def test_per_sequence_override_is_applied_recorded_and_checked_on_resume(tmp_pat
         (root / top / "480p" / "synth-01").rename(root / top / "480p" / "shooting")
     (root / "ImageSets" / "2017" / "val.txt").write_text("synth-00\nshooting\n")
     base = {"resize.short_side": 96, "propagation.n_last_frames": 3}
-    config = load_config("davis_baseline", {**base, "overrides": {"shooting": {"propagation.n_last_frames": {"at_most": 1}}}})
+    config = load_config("davis_baseline",
+                         {**base, "overrides": {"shooting": {"propagation.n_last_frames": {"at_most": 1}}}})
     out = tmp_path / "eval"
     evaluate_davis(root, out, config, progress=False)
     info = json.loads((out / "run_info.json").read_text())

@@ -18,6 +18,7 @@ def test_demo_offline_falls_back_to_labelled_baseline(tmp_path, capsys, monkeypa
     assert code == 0, err
     assert "DIFT weights unavailable" in stdout and "BASELINE" in stdout
     result = tmp_path / "demo" / "result"
-    assert len(list(result.glob("*.png"))) == 8 and (result / "overlay.mp4").is_file() and (result / ".complete").is_file()
+    assert len(list(result.glob("*.png"))) == 8
+    assert (result / "overlay.mp4").is_file() and (result / ".complete").is_file()
     info = json.loads((result / "run_info.json").read_text())
     assert info["config"]["features"] == "baseline"

@@ -13,7 +13,6 @@ from propagate.features.common import frame_generator
 from propagate.features.dift_sd import DiftSDExtractor, DiftSDOptions, SkippedUpBlock, frame_noise
 from propagate.features.tiny_sd import TINY_UNET_CONFIG, make_tiny_sd
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -27,13 +27,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from conftest import write_clip
 from PIL import Image
 
 from propagate.cli import main
 from propagate.labels import read_mask, write_mask
 from propagate.results import COMPLETE, STAGING_TAG
-
-from conftest import write_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -447,7 +446,8 @@ CASES: list[Case] = [
          setup=lambda w: w.file("l.txt", b"walk/walk_synth\xe9\n")),
     Case("jhmdb-temperature-nan", lambda w: eval_jhmdb(w, "--temperature", "nan"), "temperature"),
     # --- score davis
-    Case("score-results-missing", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out], "does not exist"),
+    Case("score-results-missing", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out],
+         "does not exist"),
     Case("score-frame-missing", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out], "00001",
          setup=lambda w: (gt_results(w) / "synth-00" / "00001.png").unlink()),
     Case("score-rgb-result", lambda w: ["score", "davis", "--root", w.davis, "--results", w.out], "RGB",

@@ -1,5 +1,5 @@
 """The features package itself: the registry and option checking (``__init__``), the extractor interface (``base``)
-and what every extractor shares (``common``: device, dtype, per-frame noise)."""
+and what every extractor shares (``device``: device and dtype; ``common``: per-frame noise)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,17 +11,12 @@ import pytest
 import torch
 import yaml
 
+from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.errors import PropagateError
 from propagate.features import EXTRACTORS, build_extractor, build_options, extractor_class, preset_name
 from propagate.features.base import FeatureExtractor
 from propagate.features.baseline import BaselineOptions
-from propagate.features.common import (
-    DTYPES,
-    frame_generator,
-    frame_normals,
-    resolve_device,
-    resolve_dtype,
-)
+from propagate.features.common import frame_generator, frame_normals
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -147,7 +142,8 @@ def test_resolve_device_here() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
 def test_resolve_device_without_cuda_is_one_line() -> None:
     for name in ("cuda", "cuda:1"):
-        message = _one_line(lambda: resolve_device(name), f"device {name!r} was asked for but torch sees no CUDA GPU")
+        message = _one_line(lambda name=name: resolve_device(name),
+                            f"device {name!r} was asked for but torch sees no CUDA GPU")
         assert "use device cpu or auto" in message
 
 
@@ -165,17 +161,17 @@ def test_resolve_device_mps_and_unknown_names(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("mps") == torch.device("mps")
     for name in ("tpu", "", "CUDA", "cuda:x", "meta"):
-        message = _one_line(lambda: resolve_device(name), f"unknown device {name!r}")
+        message = _one_line(lambda name=name: resolve_device(name), f"unknown device {name!r}")
         assert "use auto, cpu, cuda, cuda:N or mps" in message
 
 
 def test_resolve_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    import propagate.features.common as common
+    import propagate.device as device
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: False)
     assert resolve_dtype("auto", cpu) == "fp32" and resolve_dtype("auto", cuda) == "fp16"
-    monkeypatch.setattr(common, "cpu_has_bf16_units", lambda: True)  # AMX or AVX512-BF16
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: True)  # AMX or AVX512-BF16
     assert resolve_dtype("auto", cpu) == "bf16" and resolve_dtype("auto", cuda) == "fp16"
     for alias, name in (("float32", "fp32"), ("float16", "fp16"), ("half", "fp16"), ("bfloat16", "bf16")):
         assert resolve_dtype(alias, cpu) == name

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_session import entering_clip
 
 from propagate.config import load_config
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
 from propagate.labels import read_mask, write_mask
 from propagate.runs import run_points, run_video
-
-from test_session import entering_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -164,7 +164,8 @@ def test_split_lists_in_three_forms(synthetic):
     # CRW lists written on another machine: absolute paths that do not exist here resolve by their tail
     moved = root / "moved.txt"
     cls, video = names[0].split("/")
-    moved.write_text(f"/elsewhere/Rename_Images/{cls}/{video} /elsewhere/joint_positions/{cls}/{video}/joint_positions.mat\n")
+    moved.write_text(f"/elsewhere/Rename_Images/{cls}/{video} "
+                     f"/elsewhere/joint_positions/{cls}/{video}/joint_positions.mat\n")
     assert read_split(moved, root)[0].mat_path == plain[0].mat_path
 
 
@@ -189,7 +190,8 @@ def test_oracle_round_trip_at_320x240(synthetic):
     for video in read_split(root / "test_list.txt", root):
         gt = read_joints(video.mat_path)
         pred = np.stack([
-            decode_keypoints(keypoint_heatmaps(pixels_to_grid(g, (320, 240), (40, 40)), (40, 40), 0.5), (320, 240), 3)[0]
+            decode_keypoints(keypoint_heatmaps(pixels_to_grid(g, (320, 240), (40, 40)), (40, 40), 0.5),
+                             (320, 240), 3)[0]
             for g in gt
         ])
         entries.append((pred, gt, None))

@@ -74,10 +74,19 @@ def test_boundary_tolerance():
 
 
 def test_disk_is_euclidean():
-    d = metrics.disk(2)  # scikit-image's, as the official tool's
+    d = metrics.disk(2)
     assert d.shape == (5, 5) and d.dtype == np.uint8
     assert d.sum() == 13  # offsets with dx^2 + dy^2 <= 4
     assert d[0, 2] == 1 and d[0, 1] == 0 and d[1, 1] == 1
+
+
+def test_disk_is_scikit_images():
+    """The official tool dilates with ``skimage.morphology.disk``: ours is the same array at every radius used."""
+    from skimage.morphology import disk
+
+    for radius in range(0, 40):
+        ours, theirs = metrics.disk(radius), disk(radius)
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), radius
 
 
 def test_f_shift_within_tolerance_is_perfect():

@@ -57,9 +57,11 @@ def installed(tmp_path_factory) -> Path:
     wheels = list((work / "dist").glob("propagate-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as archive:
-        shipped = sorted(Path(n).stem for n in archive.namelist() if n.startswith("propagate/configs/") and n.endswith(".yaml"))
+        shipped = sorted(Path(n).stem for n in archive.namelist()
+                         if n.startswith("propagate/configs/") and n.endswith(".yaml"))
         assert shipped == sorted(p.stem for p in (REPO / "propagate" / "configs").glob("*.yaml"))
-        assert archive.read("propagate/configs/davis_sd.yaml") == (REPO / "propagate" / "configs" / "davis_sd.yaml").read_bytes()
+        shipped_sd = archive.read("propagate/configs/davis_sd.yaml")
+        assert shipped_sd == (REPO / "propagate" / "configs" / "davis_sd.yaml").read_bytes()
     target = work / "site"
     _pip("install", "--no-deps", "--target", str(target), str(wheels[0]), cwd=work)
     return target

@@ -45,7 +45,8 @@ def test_run_masks_is_independent_of_batching(clip):
     first = read_mask(mask_path)
     a = load_config("davis_baseline", {"resize.short_side": 128, "batch_frames": 1})
     b = load_config("davis_baseline", {"resize.short_side": 128, "batch_frames": 5})
-    for (_, ma), (_, mb) in zip(run_masks(frames, first, a, progress=False), run_masks(frames, first, b, progress=False)):
+    for (_, ma), (_, mb) in zip(run_masks(frames, first, a, progress=False),
+                                run_masks(frames, first, b, progress=False)):
         assert np.array_equal(ma, mb)
 
 
@@ -64,7 +65,8 @@ def test_readme_python_example_runs_as_written(clip, tmp_path, monkeypatch):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"### Python API\n\n```python\n(.*?)```", readme, re.S)
     assert block, "README has no Python API block"
-    code = block.group(1).replace('load_config("davis_baseline")', 'load_config("davis_baseline", {"resize.short_side": 128})')
+    code = block.group(1).replace('load_config("davis_baseline")',
+                                  'load_config("davis_baseline", {"resize.short_side": 128})')
     assert 'load_config("davis_baseline"' in code
     assert (frames, mask_path) == (tmp_path / "frames", tmp_path / "first.png")  # the README's names
     monkeypatch.chdir(tmp_path)

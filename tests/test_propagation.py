@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from propagate.config import PropagationConfig
 import propagate.propagation as propagation
+from propagate.config import PropagationConfig
 from propagate.propagation import LabelPropagator
 
 
@@ -90,7 +90,8 @@ def test_windowed_equals_dense(window, window_first, screen, monkeypatch):
     monkeypatch.setattr(propagation, "TILE", (4, 5))  # several tiles and stripes, with partial ones at the edges
     h, w, c = 13, 19, 24
     frames = smooth_frames(6, c, h, w, seed=("square", "disk", "none").index(window) * 2 + window_first)
-    labels0 = F.one_hot(torch.randint(0, 3, (h, w), generator=torch.Generator().manual_seed(1)), 3).permute(2, 0, 1).float()
+    ids0 = torch.randint(0, 3, (h, w), generator=torch.Generator().manual_seed(1))
+    labels0 = F.one_hot(ids0, 3).permute(2, 0, 1).float()
     cfg = PropagationConfig(temperature=0.1, topk=7, n_last_frames=3, radius=4, window=window,
                             window_first=window_first, screen=screen)
     ours = run_windowed(frames, labels0, cfg)

@@ -15,8 +15,16 @@ import pytest
 from propagate import results
 from propagate.errors import PropagateError
 from propagate.results import (
-    COMPLETE, INSTALLING, STAGING_MARK, ResultsFolder, ResumableRun, check_output, delete, finish_install,
-    remove_stale_staging, written_files,
+    COMPLETE,
+    INSTALLING,
+    STAGING_MARK,
+    ResultsFolder,
+    ResumableRun,
+    check_output,
+    delete,
+    finish_install,
+    remove_stale_staging,
+    written_files,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ def test_run_video_writes_masks_overlay_record_and_manifest(clip, tmp_path):
     out = tmp_path / "out"
     assert summary["frames"] == len(truth)
     files = written_files(out)
-    assert files == sorted([f"{i:05d}.png" for i in range(len(truth))] + ["confidence.csv", "overlay.mp4", "run_info.json"])
+    assert files == sorted([f"{i:05d}.png" for i in range(len(truth))]
+                           + ["confidence.csv", "overlay.mp4", "run_info.json"])
     assert json.loads((out / "run_info.json").read_text())["config"]["features"] == "baseline"
 
 
@@ -43,7 +44,8 @@ def test_run_video_checks_inputs_before_writing(clip, tmp_path):
 def _moving_clip(folder, frames=6, size=(96, 64), step=(2, 1)):
     """A textured square translating by ``step`` pixels per frame over a static textured background."""
     rng = np.random.default_rng(0)
-    background = np.full((size[1], size[0], 3), 90, np.uint8) + rng.integers(0, 20, (size[1], size[0], 3), dtype=np.uint8)
+    background = (np.full((size[1], size[0], 3), 90, np.uint8)
+                  + rng.integers(0, 20, (size[1], size[0], 3), dtype=np.uint8))
     blocks = rng.integers(0, 255, (3, 3, 3), dtype=np.uint8)  # 3x3 blocks of 8 px, each its own colour
     patch = np.kron(blocks, np.ones((8, 8, 1), np.uint8))
     folder.mkdir()
@@ -88,7 +90,8 @@ def test_run_points_on_a_video_file_without_render(tmp_path):
 
     clip = _moving_clip(tmp_path / "clip", frames=4)
     video = tmp_path / "clip.mp4"
-    with imageio.get_writer(str(video), fps=10, codec="libx264", macro_block_size=1, ffmpeg_log_level="error") as writer:
+    with imageio.get_writer(str(video), fps=10, codec="libx264", macro_block_size=1,
+                            ffmpeg_log_level="error") as writer:
         for file in sorted(clip.iterdir()):
             writer.append_data(np.array(Image.open(file)))
     points = tmp_path / "points.csv"
@@ -119,7 +122,8 @@ def test_run_video_with_a_folder_of_keyframes_and_confidence_csv(tmp_path):
     rows = (out / "confidence.csv").read_text().splitlines()
     assert rows[0] == "frame,name,keyframe,object_1,object_2" and len(rows) == 9
     assert rows[5].startswith("4,00004,1,1.0000,1.0000")
-    assert len(summary["check_first"]) == 3 and all(name not in ("00000", "00004") for name, _ in summary["check_first"])
+    assert len(summary["check_first"]) == 3
+    assert all(name not in ("00000", "00004") for name, _ in summary["check_first"])
     bad = tmp_path / "badkeys"
     bad.mkdir()
     write_mask(bad / "frame_x.png", truth[0])

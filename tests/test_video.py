@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -185,3 +186,98 @@ def test_two_passes_over_one_video_file_are_independent(tmp_path):
         a, b = iter(source), iter(source)
         order = [(next(a).index, next(b).index) for _ in range(6)]
         assert order == [(i, i) for i in range(6)], reader
+
+
+# ------------------------------------------------------------------------------------------ random access
+
+SHARED_CLIPS = [folder / "shared" / "data" / "clips" for folder in Path(__file__).resolve().parents[1:4]]
+
+
+def _gop_clip(path, n=23, gop=4):
+    """An H.264 clip with B-frames and a keyframe every ``gop`` frames, so a seek lands mid-stream; each frame's
+    red channel holds its index (noise elsewhere), so a wrong frame cannot pass for the right one."""
+    rng = np.random.default_rng(2)
+    writer = imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=12, codec="libx264", pixelformat="yuv420p",
+                                macro_block_size=1, ffmpeg_log_level="error",
+                                output_params=["-g", str(gop), "-bf", "2", "-sc_threshold", "0"])
+    for i in range(n):
+        frame = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        frame[:, :, 0] = 10 * i
+        writer.append_data(frame)
+    writer.close()
+    return path
+
+
+def _clips_to_seek(tmp_path):
+    shipped = Path(__file__).resolve().parents[1] / "propagate" / "demo_data" / "walk.mp4"
+    written = [_gop_clip(tmp_path / "gop.mp4"), _noise_clip(tmp_path / "noise.mp4", n=9), _mkv_clip(tmp_path / "v.mkv")]
+    return [shipped, *written]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_frame_seeks_to_the_same_pixels_as_iteration(tmp_path, reader):
+    for clip in _clips_to_seek(tmp_path):
+        source = open_video(clip, reader=reader)
+        sequential = [f.image for f in source]
+        for index in [len(source) - 1, 0, *range(1, len(source) - 1), 5, 0]:  # backward and forward jumps
+            assert np.array_equal(source.frame(index), sequential[index]), f"{clip.name} frame {index} ({reader})"
+    gop = open_video(tmp_path / "gop.mp4", reader=reader)
+    assert [int(round(gop.frame(i)[:, :, 0].mean() / 10)) for i in (22, 3, 4, 17)] == [22, 3, 4, 17]
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("clip", ["bottle-detection.mp4", "car-detection.mp4", "one-by-one-person-detection.mp4"])
+def test_frame_on_shared_clips(reader, clip):
+    """Real footage (B-frames, keyframes 10 to 250 frames apart): frames around and across keyframes."""
+    path = next((folder / clip for folder in SHARED_CLIPS if (folder / clip).is_file()), None)
+    if path is None:
+        pytest.skip(f"{clip} is not here (the shared data folder beside the repository)")
+    source = open_video(path, reader=reader)
+    n = len(source)
+    wanted = {0, 1, 9, 10, 11, 59, 60, 61, 249, 250, 251, n // 2, n - 2, n - 1} & set(range(n))
+    sequential = {}
+    for frame in source:
+        if frame.index in wanted:
+            sequential[frame.index] = frame.image
+        if frame.index >= max(wanted):
+            break
+    for index in sorted(wanted, reverse=True):
+        assert np.array_equal(source.frame(index), sequential[index]), f"{clip} frame {index} ({reader})"
+
+
+def test_frame_of_a_folder_and_out_of_range(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((8, 12, 3), 10 * i, np.uint8)).save(tmp_path / f"f{i}.png")
+    source = open_video(tmp_path)
+    assert [int(source.frame(i)[0, 0, 0]) for i in (2, 0, 1)] == [20, 0, 10]
+    for bad in (3, -1, 1.0, True):
+        with pytest.raises(PropagateError, match=r"is not a frame of .* \(0\.\.2\)"):
+            source.frame(bad)
+
+
+def test_pyav_frame_without_times_decodes_from_the_start(tmp_path):
+    """A stream whose packets carry no usable times: frame() falls back to decoding from frame 0, same pixels."""
+    if not reader_installed("pyav"):
+        pytest.skip("PyAV is not installed")
+    source = open_video(_gop_clip(tmp_path / "gop.mp4", n=9), reader="pyav")
+    sequential = [f.image for f in source]
+    source._file.pts = None
+    assert all(np.array_equal(source.frame(i), sequential[i]) for i in (8, 0, 4))
+    with pytest.raises(PropagateError, match=r"is not a frame of .*gop.mp4 \(0\.\.8\)"):
+        source.frame(9)
+
+
+def test_frame_of_another_source_iterates_up_to_it():
+    """A source of one's own that only iterates (as the API allows) still answers frame(i), by iterating."""
+    from propagate.video import Frame, VideoSource
+
+    class Counting(VideoSource):
+        path, names, native_size, fps = Path("counting"), ["a", "b", "c"], (2, 1), 10.0
+
+        def __iter__(self):
+            for i in range(3):
+                yield Frame(i, self.names[i], np.full((1, 2, 3), i, np.uint8))
+
+    assert [int(Counting().frame(i)[0, 0, 0]) for i in (2, 0, 1)] == [2, 0, 1]
+    with pytest.raises(PropagateError, match=r"frame 3 is not a frame of counting \(0\.\.2\)"):
+        Counting().frame(3)

@@ -2,22 +2,28 @@
 paper's click-to-correspond demo.
 
 The web libraries are an optional extra (``pip install -e ".[app]"``): importing this package needs none of them;
-:func:`serve` imports the page (:mod:`propagate.app.ui`, Gradio) when it starts.
+:func:`serve` imports the page (:mod:`propagate.app.ui`, Gradio) when it starts: its layout
+(:mod:`propagate.app.layout`) and handlers (:mod:`propagate.app.handlers`) over one browser session's work
+(:mod:`propagate.app.workspace`) and what needs no web (:mod:`propagate.app.core`).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from propagate.app.core import resolve_under_root
+from propagate.app.core import Server, resolve_under_root
 from propagate.config import Config
-from propagate.demo import dift_or_baseline
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
 from propagate.features.base import FeatureExtractor
+from propagate.features.fallback import dift_or_baseline
 
 DEFAULT_UPLOAD_MB = 500
+
+# A local tool: no calls home. Set when this package loads, before any of its modules imports gradio.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def features_label(extractor: FeatureExtractor, reason: str | None = None) -> str:
@@ -61,9 +67,10 @@ def serve(config: Config, *, video: str | Path | None = None, root: str | Path =
             raise PropagateError(f"video {video} is outside --root {root_path}: give --root a folder that holds it")
         resolve_under_root(root_path, str(video_path))  # exists
     try:
-        from propagate.app.ui import Server, build_app
+        from propagate.app.ui import build_app
     except ImportError as exc:
-        raise PropagateError(f"the web app needs the app extra ({exc.name} is missing): pip install -e \".[app]\"") from None
+        raise PropagateError(f"the web app needs the app extra ({exc.name} is missing): "
+                             "pip install -e \".[app]\"") from None
     config, extractor, label = choose_extractor(config, fallback)
     work = Path(tempfile.mkdtemp(prefix="propagate-serve-"))
     server = Server(config=config, extractor=extractor, root=root_path, work=work, features_label=label,

@@ -1,8 +1,9 @@
-"""What the web app does, without the web: guards on paths and uploads, masks to and from the brush layer, the
-confidence strip, and click-to-correspond.
+"""What the web app does, without the web: what the server shares, guards on paths and uploads, masks to and from
+the brush layer, the confidence strip, and click-to-correspond.
 
-Nothing here imports gradio, so all of it is tested without a browser; :mod:`propagate.app.ui` is the page that
-calls it. Propagation itself is the session's (:mod:`propagate.session`); the app never re-implements it.
+Nothing here imports gradio, so all of it is tested without a browser; the page (:mod:`propagate.app.ui`: its
+layout and its handlers) calls it. Propagation itself is the session's (:mod:`propagate.session`); the app never
+re-implements it.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import html
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from propagate.config import ResizeConfig
+from propagate.config import Config, ResizeConfig
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
 from propagate.labels import DAVIS_PALETTE
@@ -27,6 +29,19 @@ from propagate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoSource, open_vi
 MAX_OBJECTS = 20  # brush colours offered (DAVIS palette indices 1..MAX_OBJECTS)
 LAYER_ALPHA = 0.6  # opacity of the mask layer in the editor, so the frame shows through
 STRIP_MARKED = 3  # how many of the least confident frames the strip marks
+
+
+@dataclass
+class Server:
+    """What every browser session shares: settings, the extractor (built once), the root and a temp folder."""
+
+    config: Config
+    extractor: FeatureExtractor
+    root: Path
+    work: Path  # the server's temporary folder; each workspace gets a subfolder
+    features_label: str
+    max_upload_bytes: int
+    video: Path | None = None  # opened in every new browser session
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -98,8 +113,13 @@ def _unzip_frames(upload: Path, work: Path, max_bytes: int) -> Path:
         folder = work / "frames"
         folder.mkdir(parents=True)
         for member, base in zip(members, names):
-            with archive.open(member) as src, open(folder / base, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with archive.open(member) as src, open(folder / base, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+                # a failed CRC, damaged or cut-off compressed data, an unknown compression, an encrypted member
+                raise PropagateError(f"upload {upload.name} is a damaged zip: {member.filename} cannot be unpacked "
+                                     f"({str(exc) or exc.__class__.__name__}); zip the frames again") from None
     return folder
 
 

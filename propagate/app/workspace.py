@@ -1,6 +1,7 @@
-"""One browser session's work: the open video's :class:`~propagate.session.Session`, the results streamed so far,
-the points being placed, and the files it exports. No gradio here; the page (:mod:`propagate.app.ui`) holds one
-workspace per browser session, so one user's video is never visible to another.
+"""One browser session's work: the open video's :class:`~propagate.session.Session`, the points being placed, and
+the files it exports. Keyframes, results and confidences are the session's own (read from it, never copied). No
+gradio here; the page (:mod:`propagate.app.ui`) holds one workspace per browser session, so one user's video is
+never visible to another.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from propagate.render import draw_points, overlay_mask
 from propagate.runs import export_session
 from propagate.session import FrameResult, Session
 from propagate.video import VideoSource
+from propagate.writers import names_for
 
 
 class Workspace:
-    """A video opened in the app: the session over it, keyframes, streamed results and an export folder.
+    """A video opened in the app: the session over it (keyframes, streamed results), the points being placed, the
+    object ids offered for painting, and an export folder.
 
     Args:
         source: the video (a path under the server's root, or an unpacked upload).
@@ -34,9 +37,8 @@ class Workspace:
         self.source = source
         self.session = Session(source, config, extractor=extractor)
         self.folder = folder
-        self.results: dict[int, FrameResult] = {}  # streamed by the last propagation
-        self.masks: dict[int, np.ndarray] = {}  # keyframe masks as saved
-        self.points: dict[int, dict[str, tuple[float, float]]] = {}  # points mode: frame -> name -> (x, y)
+        # points placed with the mouse (saved as a keyframe by set_points): frame -> name -> (x, y)
+        self.points: dict[int, dict[str, tuple[float, float]]] = {}
         self.exports = 0
         self._images: dict[int, np.ndarray] = {}
         self.objects = 1  # object ids offered for painting: 1..objects
@@ -48,6 +50,17 @@ class Workspace:
     @property
     def keyframes(self) -> list[int]:
         return list(self.session.keyframes)
+
+    @property
+    def results(self) -> dict[int, FrameResult]:
+        """The session's results of its last propagation, as far as it streamed (a cancelled run keeps these)."""
+        return self.session.results
+
+    def keyframe_mask(self, index: int) -> np.ndarray | None:
+        """The session's mask of keyframe ``index`` ``[H, W]`` uint8 (read-only), or None if it is no mask keyframe."""
+        if self.session.kind != "masks" or index not in self.session.keyframes:
+            return None
+        return self.session.annotation(index)
 
     def confidence(self) -> dict[int, float]:
         """Per propagated frame (not keyframes), the confidence of its least confident object or point."""
@@ -65,8 +78,9 @@ class Workspace:
 
     def mask(self, index: int) -> np.ndarray:
         """The mask shown on frame ``index``: its keyframe mask, else the propagated one, else empty ``[H, W]``."""
-        if index in self.masks:
-            return self.masks[index]
+        keyframe = self.keyframe_mask(index)
+        if keyframe is not None:
+            return keyframe
         result = self.results.get(index)
         if result is not None and result.mask is not None:
             return result.mask
@@ -76,8 +90,9 @@ class Workspace:
     def overlay(self, index: int) -> np.ndarray:
         """Frame ``index`` ``[H, W, 3]`` with its mask (or points) drawn."""
         image = self.image(index)
-        if index in self.masks:
-            return overlay_mask(image, self.masks[index])
+        keyframe = self.keyframe_mask(index)
+        if keyframe is not None:
+            return overlay_mask(image, keyframe)
         result = self.results.get(index)
         if index in self.points:
             names = list(self.points[index])
@@ -99,7 +114,6 @@ class Workspace:
         if not objects:
             raise PropagateError(f"frame {index}: nothing is painted: paint an object before saving a keyframe")
         self.session.add_mask(index, mask)
-        self.masks[index] = mask
         self.objects = max(self.objects, *objects)
         return objects
 
@@ -123,7 +137,6 @@ class Workspace:
         if index not in self.session.keyframes:
             raise PropagateError(f"frame {index} is not a keyframe")
         self.session.remove(index)
-        self.masks.pop(index, None)
         self.points.pop(index, None)
 
     # -------------------------------------------------------------------------------------------- propagate, export
@@ -133,27 +146,25 @@ class Workspace:
         stream (a cancelled run keeps what it had)."""
         if not self.session.keyframes:
             raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
-        self.results = {}
         for _, result in self.session.propagate():
-            self.results[result.index] = result
             yield result
 
     def export(self) -> list[Path]:
-        """Write the results (PNGs, COCO JSON, overlay mp4) and zip the PNGs; return the files to download."""
+        """Write the results in every format of the writer table for masks (PNGs, COCO JSON, CVAT XML, ...) with the
+        overlay mp4 and confidences, and zip the PNGs; return the files to download."""
         if self.session.kind != "masks":
             raise PropagateError("export writes masks: points are not exported by the app yet")
         if len(self.results) < self.num_frames:
             raise PropagateError("some frames have no result yet: propagate (to the end) before exporting")
         self.exports += 1
         out = self.folder / f"export-{self.exports}"
-        export_session(self.session, out, formats=("png", "coco"), render=True)
+        export_session(self.session, out, formats=names_for("masks"), render=True)
         pngs = sorted(out.glob("*.png"))
         archive = self.folder / f"masks-{self.exports}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
             for png in pngs:
                 zf.write(png, png.name)
-        files = [archive] + [p for p in (out / "coco.json", out / "overlay.mp4", out / "confidence.csv") if p.exists()]
-        return files
+        return [archive] + sorted(p for p in out.iterdir() if p.suffix != ".png" and not p.name.startswith("."))
 
     def close(self) -> None:
         """Remove this workspace's folder (what it wrote: unpacked uploads and exports)."""

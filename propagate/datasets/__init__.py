@@ -1,10 +1,33 @@
-"""Datasets in their native layouts: reading, scoring and synthetic generators (DAVIS-2017, JHMDB)."""
-from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table, score_davis
-from propagate.datasets.jhmdb import evaluate_jhmdb, format_pck_table, read_split
-from propagate.datasets.synthetic_davis import make_synthetic_davis
-from propagate.datasets.synthetic_jhmdb import make_synthetic_jhmdb
+"""Datasets in their native layouts: reading, scoring and synthetic generators (DAVIS-2017, JHMDB).
+
+Each name is imported from its module on first use: scoring DAVIS results (:func:`score_davis`) loads no torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table, score_davis
+    from propagate.datasets.jhmdb import evaluate_jhmdb, format_pck_table, read_split
+    from propagate.datasets.synthetic_davis import make_synthetic_davis
+    from propagate.datasets.synthetic_jhmdb import make_synthetic_jhmdb
+
+_HOMES = {  # public name -> the module of this package that defines it
+    "DavisDataset": "davis", "evaluate_davis": "davis", "format_table": "davis", "score_davis": "davis",
+    "evaluate_jhmdb": "jhmdb", "format_pck_table": "jhmdb", "read_split": "jhmdb",
+    "make_synthetic_davis": "synthetic_davis", "make_synthetic_jhmdb": "synthetic_jhmdb",
+}
 
 __all__ = [
     "DavisDataset", "evaluate_davis", "evaluate_jhmdb", "format_pck_table", "format_table", "make_synthetic_davis",
     "make_synthetic_jhmdb", "read_split", "score_davis",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'propagate.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"propagate.datasets.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

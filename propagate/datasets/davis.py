@@ -22,7 +22,7 @@ import csv
 import dataclasses
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,14 +31,16 @@ from tqdm import tqdm
 from propagate import metrics
 from propagate.config import Config, sequence_config
 from propagate.errors import PropagateError
-from propagate.features import FeatureExtractor, build_extractor
-from propagate.features.stream import FeatureStore
 from propagate.io import atomic_write_text
 from propagate.labels import VOID, read_mask
 from propagate.records import RUN_INFO, result_settings
 from propagate.results import ResumableRun, check_not_input
-from propagate.runs import Runner, Unit, run_units
 from propagate.video import IMAGE_SUFFIXES, natural_key
+
+if TYPE_CHECKING:  # scoring imports no torch: the extractors and the run jobs are imported by evaluate_davis
+    from propagate.features import FeatureExtractor
+    from propagate.features.stream import FeatureStore
+    from propagate.runs import Runner
 
 RESOLUTION = "480p"
 
@@ -311,6 +313,9 @@ def evaluate_davis(root: str | Path, out: str | Path, config: Config, split: str
     Returns:
         :func:`score_davis`'s dict, plus ``"run_info"`` (path of run_info.json).
     """
+    from propagate.features import build_extractor
+    from propagate.runs import Unit, run_units
+
     if not config.resize.upscale:  # the DAVIS protocol's size: short side short_side, smaller frames enlarged
         config = dataclasses.replace(config, resize=dataclasses.replace(config.resize, upscale=True))
     dataset = DavisDataset(root, split)

@@ -28,7 +28,12 @@ from tqdm import tqdm
 
 from propagate.config import Config
 from propagate.correspond import (
-    corner_error, detect_keypoints, fit_homography, image_features, mutual_nearest, sample_features,
+    corner_error,
+    detect_keypoints,
+    fit_homography,
+    image_features,
+    mutual_nearest,
+    sample_features,
 )
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor

@@ -45,7 +45,8 @@ def _texture(rng: np.random.Generator, height: int, width: int, base: np.ndarray
     return image + rng.normal(0, 8, size=image.shape).astype(np.float32)
 
 
-def _render_figure(rng: np.random.Generator, joints: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_figure(rng: np.random.Generator, joints: np.ndarray, height: int,
+                   width: int) -> tuple[np.ndarray, np.ndarray]:
     """The figure at frame 0: colours ``[H, W, 3]`` float32 and coverage ``[H, W]`` float32 in [0, 1]."""
     colour = np.zeros((height, width, 3), dtype=np.float32)
     alpha = np.zeros((height, width), dtype=np.float32)

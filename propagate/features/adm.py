@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.errors import PropagateError
 from propagate.features.adm_net import (
     CHECKPOINT_URL,
@@ -30,7 +31,7 @@ from propagate.features.adm_net import (
     sidecar_path,
 )
 from propagate.features.base import FeatureExtractor
-from propagate.features.common import DTYPES, frame_normals, resolve_device, resolve_dtype
+from propagate.features.common import frame_normals
 from propagate.options import Checked, at_least, option
 
 
@@ -49,7 +50,8 @@ class DiftADMOptions(ADMArch, Checked):
         t: diffusion timestep of the noise added before the forward pass.
         up_ft_index: output block whose result is the feature map.
         ensemble_size: noised copies per frame; features are their mean.
-        dtype: fp32, fp16, bf16 or auto (fp16 on cuda, bf16 on CPUs with AMX/AVX512-BF16, else fp32); convolutions run in it.
+        dtype: fp32, fp16, bf16 or auto (fp16 on cuda, bf16 on CPUs with AMX/AVX512-BF16, else fp32); convolutions
+            run in it.
         device: auto (cuda if available), cpu, cuda, cuda:N, mps.
         seed: noise seed; frame ``i`` draws its noise from ``(seed, i)``.
         batch_size: most noised copies per forward pass (speed and memory only).

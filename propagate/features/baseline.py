@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from propagate.device import resolve_device
 from propagate.features.base import FeatureExtractor
-from propagate.features.common import resolve_device
 from propagate.options import Checked, Rule, above, at_least, at_most, option
 
 

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from torch import nn
 
+from propagate.device import DTYPES, resolve_device, resolve_dtype
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.features.common import DTYPES, frame_normals, resolve_device, resolve_dtype
+from propagate.features.common import frame_normals
 from propagate.options import Checked, at_least, at_most, check_value, option
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ class DiftSDOptions(Checked):
             2: 640 at 1/8, 3: 320 at 1/8).
         ensemble_size: noised copies averaged per frame.
         prompt: text prompt (DIFT uses the empty prompt).
-        dtype: ``auto`` (fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16, else fp32), ``fp32``, ``fp16`` or ``bf16``: the VAE and UNet weights;
-            latents, noise and the ensemble mean stay in fp32.
+        dtype: ``auto`` (fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16, else fp32), ``fp32``, ``fp16`` or ``bf16``:
+            the VAE and UNet weights; latents, noise and the ensemble mean stay in fp32.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         seed: noise seed; each frame's noise depends only on ``(seed, frame_id)``.
         batch_size: most UNet samples (frames x copies) per forward pass; speed only.

@@ -134,9 +134,9 @@ def make_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     The weights depend only on ``seed`` (the global torch RNG is left untouched). Existing files of the same
     names are overwritten.
     """
+    import diffusers
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    import diffusers
 
     from propagate.features.dift_sd import quiet_hf_loading
 

@@ -1,0 +1,23 @@
+"""DIFT if its weights can be had, else the weight-free baseline, said so: what the demo and the app run when the
+user chose no features."""
+from __future__ import annotations
+
+from propagate.config import Config, load_config
+from propagate.errors import PropagateError
+from propagate.features import build_extractor
+from propagate.features.base import FeatureExtractor
+
+BASELINE_LABEL = "BASELINE features (DIFT weights unavailable)"
+
+
+def dift_or_baseline(config: Config, doing: str = "running") -> tuple[Config, FeatureExtractor, str | None]:
+    """``config``'s extractor; where DIFT weights cannot be had, one line says so and the weight-free baseline preset
+    (with the same resize) is used instead. Returns the config in use, the extractor and, for the baseline, the label
+    that says so on videos and pages (None for DIFT)."""
+    try:
+        return config, build_extractor(config.features, config.extractor), None
+    except PropagateError as exc:
+        print(f"DIFT weights unavailable ({exc}); {doing} the weight-free BASELINE features instead (not DIFT)",
+              flush=True)
+        config = load_config("davis_baseline", {"resize": config.to_dict()["resize"]})
+        return config, build_extractor(config.features, config.extractor), BASELINE_LABEL
