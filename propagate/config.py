@@ -221,7 +221,8 @@ def _is_number(value: Any) -> bool:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    """Build a :class:`Config` from nested dicts; unknown keys and bad values (:data:`CHECKS`) are an error naming ``source``."""
+    """Build a :class:`Config` from nested dicts; unknown keys and bad values (:data:`CHECKS`) are an error naming
+    ``source``."""
     data = dict(data or {})
     top = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - top)
@@ -237,7 +238,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
             bad = sorted(set(value) - names)
             if bad:
                 raise PropagateError(
-                    f"{source}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; known: {', '.join(sorted(names))}"
+                    f"{source}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
+                    f"known: {', '.join(sorted(names))}"
                 )
             kwargs[key] = _made(cls, value, source)
         elif key == "extractor":
@@ -321,7 +323,8 @@ def sequence_config(config: Config, name: str, source: str = "config") -> Config
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
-    """A preset path: an existing file, or a name looked up in :data:`CONFIG_DIR` (``davis_sd`` or ``davis_sd.yaml``)."""
+    """A preset path: an existing file, or a name looked up in :data:`CONFIG_DIR` (``davis_sd`` or
+    ``davis_sd.yaml``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -455,7 +458,8 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
         except YamlTooLarge as exc:
             raise PropagateError(f"override {key.strip()!r}: the value {exc.problem}") from None
         except yaml.YAMLError:
-            raise PropagateError(f"override {item!r}: the value is not valid YAML (quote a string, e.g. {key}='...')") from None
+            raise PropagateError(f"override {item!r}: the value is not valid YAML (quote a string, "
+                                 f"e.g. {key}='...')") from None
     return parsed
 
 

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from propagate.config import PropagationConfig
-from propagate.errors import PropagateError
 from propagate.device import resolve_device
+from propagate.errors import PropagateError
 
 BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 CANDIDATES = 64  # keys per query kept from the bf16 screen (at least 4 * topk); more only where a query needs them
@@ -224,7 +224,8 @@ def propagate_frame(
 
 
 def _exact_candidates(keys: "_ContextKeys", t: "_Tile", q32: torch.Tensor, rows: torch.Tensor | None, k: int,
-                      m: int, stats: dict[str, int] | None, widen_all: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      m: int, stats: dict[str, int] | None,
+                      widen_all: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 scores of queries ``q32 [n, C]`` (tile rows ``rows``, default all): the top ``m`` candidates per part,
     widened to every key >= the k-th value where ties or a crowded window need it -> ``(scores, flat key ids)``."""
     parts = keys.scores(t, q32, rows, fp32=True)
@@ -308,7 +309,8 @@ class _ContextKeys:
         self.labels_flat = queue.labels.view(-1, self.num_labels)
         self.fslots = torch.tensor(self.full_slots, dtype=torch.long, device=self.device)
         self.full = {False: self.keysrc[self.fslots].reshape(-1, self.c) if self.full_slots else None}
-        self.full[True] = queue.keys[self.fslots].reshape(-1, self.c) if (self.full_slots and screen) else self.full[False]
+        screened = self.full_slots and screen
+        self.full[True] = queue.keys[self.fslots].reshape(-1, self.c) if screened else self.full[False]
         if screen:
             slots_used = list(range(*self.w_slots)) + self.full_slots
             self.key_err = float(queue.bf16_error[slots_used].max())
@@ -537,7 +539,8 @@ class LabelPropagator:
             raise RuntimeError("call start() with frame 0 before step()")
         query = self._hwc(feats.to(self.device))
         if query.shape != self.queue.keys.shape[1:]:
-            raise ValueError(f"features {tuple(feats.shape)} do not match frame 0's grid {tuple(self.queue.keys.shape[1:])}")
+            raise ValueError(f"features {tuple(feats.shape)} do not match frame 0's grid "
+                             f"{tuple(self.queue.keys.shape[1:])}")
         screen = self.screen and self._frames_unscreened == 0
         stats: dict[str, int] = {}
         labels = propagate_frame(query, self.queue, self.cfg, screen, stats=stats)

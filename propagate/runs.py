@@ -29,7 +29,6 @@ from propagate.session import Session
 from propagate.video import Frame, open_video, processing_size
 from propagate.writers import OVERLAY_MP4, Run, check_formats, chosen
 
-
 # ---------------------------------------------------------------------------------------------- the run jobs
 
 

@@ -248,7 +248,8 @@ class Session:
 
     def least_confident(self, count: int = 3) -> list[FrameResult]:
         """The ``count`` propagated frames (not keyframes) of the last pass with the lowest confidence."""
-        ranked = sorted((r for r in self.results.values() if not r.keyframe), key=lambda r: (r.least_confidence(), r.index))
+        ranked = sorted((r for r in self.results.values() if not r.keyframe),
+                        key=lambda r: (r.least_confidence(), r.index))
         return ranked[:count]
 
     def close(self) -> None:

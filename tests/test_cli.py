@@ -35,7 +35,7 @@ def test_run_baseline_end_to_end(clip, tmp_path, capsys):
     assert code == 0, stdout
     pngs = sorted(out.glob("*.png"))
     assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(6)]
-    for p, t in zip(pngs, truth):
+    for p, _ in zip(pngs, truth):
         with Image.open(p) as img:
             assert img.mode == "P" and img.size == (192, 128)
     assert np.array_equal(read_mask(pngs[0]), truth[0])  # frame 0 is the given mask
@@ -53,7 +53,8 @@ def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):
     frames, mask, _ = clip
     out = tmp_path / "out"
     code, stdout, err = run_cli(
-        ["run", frames, "--mask", mask, "--out", out, "--model", tiny_sd_dir, "--ensemble-size", "2", "--no-video", *SMALL],
+        ["run", frames, "--mask", mask, "--out", out, "--model", tiny_sd_dir, "--ensemble-size", "2", "--no-video",
+         *SMALL],
         capsys,
     )
     assert code == 0, err
@@ -134,6 +135,7 @@ def test_bad_options_are_one_line_errors(clip, tmp_path, capsys):
 
 def test_console_script_prints_no_traceback(tmp_path):
     exe = Path(sys.executable).with_name("propagate")
-    result = subprocess.run([str(exe), "run", str(tmp_path / "missing"), "--mask", "m.png", "--out", str(tmp_path / "o")],
+    result = subprocess.run([str(exe), "run", str(tmp_path / "missing"), "--mask", "m.png",
+                             "--out", str(tmp_path / "o")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "missing" in result.stderr

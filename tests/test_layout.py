@@ -178,3 +178,25 @@ def test_public_functions_type_their_cache_extractor_and_config(module):
                 if param in inspect.signature(function).parameters:
                     where = f"{module}.{function.__qualname__}({param})"
                     assert param in hints and hints[param] is not typing.Any, where
+
+
+MAX_LINES = 600  # a module longer than this does more than one job: split it (STYLE.md)
+
+
+def test_no_module_is_over_600_lines():
+    long = {f"propagate/{m.replace('.', '/')}.py": n for m, p in modules().items()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_tree_passes_ruff():
+    """The lint the test command runs (scripts/test.sh), here too so that a plain pytest catches it."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    result = subprocess.run([ruff, "check", "--quiet", str(PACKAGE.parent)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

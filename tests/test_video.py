@@ -13,7 +13,13 @@ from propagate.config import ResizeConfig
 from propagate.errors import PropagateError
 from propagate.render import OverlayWriter
 from propagate.video import (
-    READER_ENV, VIDEO_READERS, VideoFileSource, choose_reader, natural_key, open_video, processing_size,
+    READER_ENV,
+    VIDEO_READERS,
+    VideoFileSource,
+    choose_reader,
+    natural_key,
+    open_video,
+    processing_size,
     reader_installed,
 )
 

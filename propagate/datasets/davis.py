@@ -13,7 +13,8 @@ Layout of a results folder (the same as the official tool reads)::
     <results>/per-sequence_results-<split>.csv
 
 Scoring follows ``davis2017-evaluation`` (see :mod:`propagate.metrics`); unlike it, a results folder is always
-scored afresh (existing CSVs are never read, and are replaced only once the new numbers are whole) and bad results are a clear error naming the sequence
+scored afresh (existing CSVs are never read, and are replaced only once the new numbers are whole) and bad results
+are a clear error naming the sequence
 and frame instead of a crash or a silent exit.
 """
 from __future__ import annotations
@@ -104,7 +105,8 @@ class DavisDataset:
             sequences = [s for s in sequences.split(",")]
         names = [s.strip() for s in sequences if s.strip()]
         if not names:
-            raise PropagateError("no sequences given: pass names from the split, e.g. --sequences bike-packing,dogs-jump")
+            raise PropagateError("no sequences given: pass names from the split, "
+                                 "e.g. --sequences bike-packing,dogs-jump")
         unknown = [s for s in names if s not in self.sequences]
         if unknown:
             raise PropagateError(f"sequence(s) {', '.join(unknown)} not in split {self.split} "
