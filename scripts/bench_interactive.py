@@ -26,7 +26,6 @@ import argparse
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -34,37 +33,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_session import Clock, MemorySource  # noqa: E402  (the same in-memory clip and timer)
 
 from propagate.config import load_config  # noqa: E402
 from propagate.demo import demo_frames, make_walk_clip  # noqa: E402
 from propagate.features import FeatureExtractor, build_extractor  # noqa: E402
 from propagate.labels import read_mask  # noqa: E402
 from propagate.session import Session  # noqa: E402
-from propagate.video import Frame, VideoSource, open_video  # noqa: E402
-
-
-class MemorySource(VideoSource):
-    """Frames held in memory (the synthetic clip)."""
-
-    def __init__(self, images: list[np.ndarray]):
-        self.path = Path("synthetic")
-        self.images = images
-        self.names = [f"{i:05d}" for i in range(len(images))]
-        self.native_size = (images[0].shape[1], images[0].shape[0])
-        self.fps = 24.0
-
-    def __iter__(self):
-        for i, image in enumerate(self.images):
-            yield Frame(i, self.names[i], image)
-
-
-class Clock:
-    def __enter__(self) -> "Clock":
-        self.cpu, self.wall = time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cpu, self.wall = time.process_time() - self.cpu, time.perf_counter() - self.wall
+from propagate.video import VideoSource, open_video  # noqa: E402
 
 
 def correction_of(mask: np.ndarray, obj: int = 1) -> np.ndarray:
