@@ -254,6 +254,7 @@ def test_uncached_hub_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch, 
         DiftSDExtractor(DiftSDOptions(model="propagate-tests/not-a-real-model", device="cpu"))
     message = str(info.value)
     assert "propagate-tests/not-a-real-model" in message and "Hugging Face cache" in message
+    assert "--features baseline" in message  # the way to try the tool without weights
     assert "\n" not in message
 
 

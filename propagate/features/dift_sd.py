@@ -112,7 +112,8 @@ def _load_error(model: str, reason: str) -> PropagateError:
         cache_hint = "`hf download <hub id>`, then pass the hub id"
     return PropagateError(
         f"could not load Stable Diffusion model {model!r}: {reason}; pass a local diffusers folder with "
-        f"--model DIR, or pre-populate the Hugging Face cache (e.g. {cache_hint})"
+        f"--model DIR, or pre-populate the Hugging Face cache (e.g. {cache_hint}); or try the tool without weights "
+        "with --features baseline (not DIFT)"
     )
 
 
