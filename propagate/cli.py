@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from propagate.config import Config, config_from_dict, load_config, parse_overrides, set_dotted
 from propagate.errors import PropagateError
+from propagate.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from propagate.writers import format_help
 
 if TYPE_CHECKING:
@@ -290,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="propagate a first-frame mask (or keypoints) through a video")
-    run.add_argument("video", help="folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
+    run.add_argument("video", help=f"folder of frames ({'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) or a video "
+                     f"file ({'/'.join(sorted(s[1:] for s in VIDEO_SUFFIXES))})")
     run.add_argument("--mask", help="first-frame mask: indexed PNG (0 background, 1..N objects, 255 void), a folder "
                      "of keyframe masks named like frames (00000.png, 00040.png, ...), or a CVAT for video 1.1 "
                      "annotations.xml or export zip")

@@ -19,6 +19,9 @@ from typing import Iterator
 
 from propagate.errors import PropagateError
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}  # a folder of frames holds these (natural order)
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}  # video files (decord or PyAV)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:

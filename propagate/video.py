@@ -22,13 +22,11 @@ from PIL import Image, UnidentifiedImageError
 
 from propagate.config import ResizeConfig
 from propagate.errors import PropagateError
-from propagate.io import image_size
+from propagate.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_size
 
 if TYPE_CHECKING:
     import torch
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 FOLDER_FPS = 24.0  # DAVIS frame rate; used for the overlay video of a frame folder
 
 
