@@ -265,6 +265,17 @@ def best_match(left: torch.Tensor, right: torch.Tensor, xy: tuple[float, float],
     return Match((float(x), float(y)), (col, row), float(similarity.max()), heat.numpy().astype(np.float32))
 
 
+def draw_marker(image: np.ndarray, xy: tuple[float, float], colour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
+    """A copy of ``image [H, W, 3]`` with a cross and circle at ``xy``."""
+    out = np.ascontiguousarray(image.copy())
+    size = max(8, min(out.shape[:2]) // 20)
+    p = (int(round(xy[0])), int(round(xy[1])))
+    cv2.circle(out, p, size, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.circle(out, p, size, colour, 2, cv2.LINE_AA)
+    cv2.drawMarker(out, p, colour, cv2.MARKER_CROSS, size, 2, cv2.LINE_AA)
+    return out
+
+
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``image [H, W, 3]`` blended with ``heat [H, W]`` (cosine similarity, scaled to its range) in a jet colormap."""
     low, high = float(heat.min()), float(heat.max())
