@@ -17,11 +17,18 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from propagate.config import Config, MatchConfig
-from propagate.correspond import fit_homography, image_features, nearest_pixels, project, sample_features, with_prompt
+from propagate.correspond import (  # the edit's sampling, fit and blend live there, shared with the app
+    composite,
+    edit_samples,
+    fit_edit,
+    image_features,
+    project,
+    sample_features,
+    with_prompt,
+)
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.io import atomic_write_json
@@ -55,36 +62,6 @@ def read_edit(path: str | Path, size_wh: tuple[int, int]) -> np.ndarray:
     if not (rgba[..., 3] > 0).any():
         raise PropagateError(f"edit {path} is transparent everywhere: draw the edit with non-zero alpha")
     return rgba
-
-
-def edit_samples(alpha: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` pixels ``[N, 2]`` (x, y) drawn without replacement where ``alpha [H, W] > 0`` (all if fewer)."""
-    ys, xs = np.nonzero(alpha > 0)
-    order = np.random.default_rng(seed).permutation(len(xs))[:count]
-    return np.stack([xs[order], ys[order]], axis=1).astype(np.float64)
-
-
-def fit_edit(src_vectors: torch.Tensor, src_xy: np.ndarray, tgt_feats: torch.Tensor, tgt_wh: tuple[int, int],
-             threshold: float) -> tuple[np.ndarray | None, int]:
-    """The homography ``[3, 3]`` from source pixels ``src_xy [N, 2]`` (vectors ``[N, C]``) to the target, fitted
-    with RANSAC to each sample's best match; ``None`` if no fit. Also the number of inliers."""
-    dst_xy, _ = nearest_pixels(src_vectors, tgt_feats, tgt_wh)
-    homography, inliers = fit_homography(src_xy, dst_xy, "ransac", threshold)
-    return homography, int(inliers.sum())
-
-
-def composite(image: np.ndarray, edit: np.ndarray, homography: np.ndarray,
-              visible: np.ndarray | None = None) -> np.ndarray:
-    """``image [H, W, 3]`` with ``edit [h, w, 4]`` warped by ``homography`` and alpha-blended over it (``visible
-    [H, W]`` bool: where the edit may show; elsewhere it is hidden)."""
-    height, width = image.shape[:2]
-    warped = cv2.warpPerspective(edit, homography, (width, height), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-    alpha = warped[..., 3:].astype(np.float32) / 255.0
-    if visible is not None:
-        alpha = alpha * visible[..., None]
-    out = alpha * warped[..., :3].astype(np.float32) + (1 - alpha) * image.astype(np.float32)
-    return np.rint(out).clip(0, 255).astype(np.uint8)
 
 
 def edit_corners(alpha: np.ndarray) -> np.ndarray:

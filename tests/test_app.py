@@ -1,8 +1,11 @@
 """The web app's logic without a browser: the path guard, uploads, the brush layer codec, the confidence strip and
-click-to-correspond on an image pair with a known shift (the browser test drives the same code through the page)."""
+click-to-correspond (named points, a carried sticker) on an image pair with a known shift (the browser test drives
+the same code through the page)."""
 from __future__ import annotations
 
+import re
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,20 +15,24 @@ from conftest import damaged_zip, write_clip
 from propagate.app.core import (
     MAX_OBJECTS,
     Correspondence,
+    Server,
     best_match,
+    carry_edit,
     confidence_strip,
     frames_to_check,
     layer_to_mask,
     mask_to_layer,
     open_upload,
+    place_sticker,
     resolve_under_root,
 )
 from propagate.config import load_config
+from propagate.correspond import match_points, project
 from propagate.demo import _texture
 from propagate.errors import PropagateError
 from propagate.features import build_extractor
 from propagate.labels import DAVIS_PALETTE
-from propagate.render import OverlayWriter
+from propagate.render import OverlayWriter, point_colours
 
 MB = 2**20
 
@@ -156,6 +163,109 @@ def test_image_of_a_size_the_extractor_cannot_take_is_refused_in_one_line():
     corr = Correspondence(build_extractor(config.features, config.extractor), config.resize)
     with pytest.raises(PropagateError, match="not a multiple of 8"):
         corr.features(np.zeros((60, 100, 3), np.uint8))
+
+
+def correspond_handlers(tmp_path, left, right):
+    """The page's handlers over the baseline, with the pair loaded as the left and right images (no browser)."""
+    pytest.importorskip("gradio")
+    from propagate.app import features_label
+    from propagate.app.handlers import Handlers
+
+    config = load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+    extractor = build_extractor(config.features, config.extractor)
+    server = Server(config=config, extractor=extractor, root=tmp_path, work=tmp_path,
+                    features_label=features_label(extractor), max_upload_bytes=MB)
+    h = Handlers(server, None)
+    c = h.set_image("left", left, None)[1]
+    c = h.set_image("right", right, c)[1]
+    return h, c
+
+
+def click(h, c, x, y, mode="points", name="", sticker=None):
+    return h.click(c, mode, name, sticker, SimpleNamespace(index=(x, y)))
+
+
+def test_named_points_are_matched_at_once_where_match_points_says(tmp_path):
+    left, right = shifted_pair()
+    h, c = correspond_handlers(tmp_path, left, right)
+    clicks = [(40, 30, ""), (200, 90, "nose"), (120, 60, "")]
+    for x, y, name in clicks:
+        text, c, left_img, right_img = click(h, c, x, y, name=name)
+    names = [n for n, _ in c["points"]]
+    assert names == ["p1", "nose", "p3"]  # unnamed clicks count up; a typed name is kept
+    xy = np.array([p for _, p in c["points"]])
+    (_, lf), (_, rf) = c["left"], c["right"]
+    want, similarity = match_points(lf, rf, xy, (256, 128), (256, 128))
+    assert np.abs(want - (xy + [24, 16])).max() <= 8  # within one feature cell of the known shift
+    mx, my = (float(v) for v in re.search(r"<span id='match-xy'>([\d.]+), ([\d.]+)</span>", text).groups())
+    assert (mx, my) == tuple(np.round(want[2]))  # the last clicked point
+    for j, (px, py) in enumerate(want):  # each point drawn in its own colour where it matched
+        assert tuple(right_img[int(py), int(px)]) == point_colours(3)[j], (j, px, py)
+        assert f"{names[j]} -> ({px:.0f}, {py:.0f}) {similarity[j]:.3f}" in text
+    assert tuple(left_img[60, 120]) == point_colours(3)[2]
+    assert text.startswith("**BASELINE features, not DIFT**")  # the baseline says so on every result
+    assert (right_img[2, 2] == 0).all()  # the BASELINE caption's dark band on the right picture
+
+    text, c, _, _ = click(h, c, 60, 40, name="nose")  # a taken name moves its point and keeps its colour
+    assert [n for n, _ in c["points"]] == ["p1", "nose", "p3"] and c["points"][1][1] == (60.0, 40.0)
+    text, c, left_view, right_view = h.clear_points(c)
+    assert c["points"] == [] and left_view is c["left"][0] and "cleared" in text
+    text, c, _, _ = click(h, c, 40, 30)
+    assert [n for n, _ in c["points"]] == ["p1"]
+
+
+def test_place_sticker_puts_its_centre_at_the_click_and_cuts_it_at_the_border():
+    sticker = np.zeros((10, 20, 4), np.uint8)
+    sticker[..., 0], sticker[..., 3] = 200, 255
+    edit = place_sticker(sticker, (50, 30), (100, 60))
+    ys, xs = np.nonzero(edit[..., 3])
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (40, 59, 25, 34) and (edit[ys, xs, 0] == 200).all()
+    edit = place_sticker(sticker[..., :3], (2, 2), (100, 60))  # RGB counts as opaque; cut at the corner
+    ys, xs = np.nonzero(edit[..., 3])
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0, 11, 0, 6)
+    with pytest.raises(PropagateError, match="transparent everywhere"):
+        place_sticker(np.zeros((4, 4, 4), np.uint8), (50, 30), (100, 60))
+
+
+def sticker_of(size=24):
+    """An opaque sticker: a green square with a magenta cross (nothing like the texture)."""
+    sticker = np.zeros((size, size, 4), np.uint8)
+    sticker[..., 1], sticker[..., 3] = 220, 255
+    sticker[size // 2 - 2:size // 2 + 2, :, :3] = (255, 0, 255)
+    sticker[:, size // 2 - 2:size // 2 + 2, :3] = (255, 0, 255)
+    return sticker
+
+
+def sticker_box(image):
+    """The box (x0, y0, x1, y1) of the sticker's green pixels in ``image``."""
+    green = (image[..., 1] > 200) & (image[..., 0] < 30) & (image[..., 2] < 30)
+    ys, xs = np.nonzero(green)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()])
+
+
+def test_edit_mode_carries_the_sticker_to_the_same_place_on_identical_images(tmp_path):
+    left, _ = shifted_pair()
+    h, c = correspond_handlers(tmp_path, left, left.copy())
+    text, c, left_img, right_img = click(h, c, 120, 60, mode="edit", sticker=sticker_of())
+    assert "carried by a homography" in text and text.startswith("**BASELINE features, not DIFT**")
+    assert np.abs(sticker_box(right_img) - sticker_box(left_img)).max() <= 2
+    assert np.abs(sticker_box(left_img) - [108, 48, 131, 71]).max() == 0  # its centre at the click
+    assert c["points"] == []  # edit mode places no point
+
+
+def test_edit_mode_follows_a_known_shift():
+    left, right = shifted_pair()
+    config = load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+    corr = Correspondence(build_extractor(config.features, config.extractor), config.resize)
+    edit = place_sticker(sticker_of(32), (120, 60), (256, 128))
+    left_img, right_img, homography, inliers, samples = carry_edit(left, corr.features(left), right,
+                                                                   corr.features(right), edit, config.match)
+    assert homography is not None and inliers > samples // 2
+    corners = np.array([[104.0, 44.0], [135.0, 44.0], [135.0, 75.0], [104.0, 75.0]])
+    assert np.abs(project(homography, corners) - (corners + [24, 16])).max() <= 3
+    assert np.abs(sticker_box(right_img) - (sticker_box(left_img) + [24, 16, 24, 16])).max() <= 3
+    with pytest.raises(PropagateError, match="outside the left image"):
+        place_sticker(sticker_of(), (-100, -100), (256, 128))
 
 
 # ---------------------------------------------------------------------------------------------- the workspace

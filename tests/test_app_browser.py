@@ -317,7 +317,11 @@ def test_correspond_click_lands_within_one_cell(page, site):
               "browser")
         assert abs(mx - tx) <= cell and abs(my - ty) <= cell, (mx, my, tx, ty)
         # the latency is printed, not asserted: scripts/bench_correspond.py measures it on a quiet machine
+    text = page.inner_text("#corr-result")
+    assert "p1 -> (" in text and "p2 -> (" in text, text  # both clicks kept as named points, matched at once
     shoot(page, site, "correspond")
+    page.click("#corr-clear")
+    page.wait_for_function("document.querySelector('#corr-result').innerText.includes('points cleared')")
 
 
 # ---------------------------------------------------------------------------------------------- guards

@@ -20,15 +20,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from propagate.config import Config, ResizeConfig
+from propagate.config import Config, MatchConfig, ResizeConfig
+from propagate.correspond import composite, edit_samples, fit_edit, match_points, sample_features
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
 from propagate.labels import DAVIS_PALETTE
+from propagate.render import caption, draw_points
 from propagate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoSource, open_video, processing_size, to_tensor
 
 MAX_OBJECTS = 20  # brush colours offered (DAVIS palette indices 1..MAX_OBJECTS)
 LAYER_ALPHA = 0.6  # opacity of the mask layer in the editor, so the frame shows through
 STRIP_MARKED = 3  # how many of the least confident frames the strip marks
+BASELINE_CAPTION = "BASELINE features (not DIFT)"  # written on correspond results with the baseline
 
 
 @dataclass
@@ -279,3 +282,57 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> 
     scaled = ((heat - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
     colours = cv2.cvtColor(cv2.applyColorMap(scaled, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+
+
+def match_named(left: np.ndarray, left_feats: torch.Tensor, right: np.ndarray, right_feats: torch.Tensor,
+                points: list[tuple[str, tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every named point of the left image carried to the right at once (:func:`propagate.correspond.match_points`,
+    bilinear): ``xy [J, 2]`` right-image pixels and ``similarity [J]``, in the order of ``points``."""
+    if not points:
+        return np.zeros((0, 2)), np.zeros(0)
+    xy = np.array([p for _, p in points], dtype=np.float64)
+    return match_points(left_feats, right_feats, xy, (left.shape[1], left.shape[0]),
+                        (right.shape[1], right.shape[0]))
+
+
+def draw_named(image: np.ndarray, points: list[tuple[str, tuple[float, float]]] | np.ndarray,
+               names: list[str], label: str | None = None) -> np.ndarray:
+    """A copy of ``image [H, W, 3]`` with points ``[J, 2]`` (or ``(name, xy)`` pairs) drawn one colour each (point
+    ``j`` the same colour on both sides, as ``propagate match`` draws them), ``label`` written on top."""
+    xy = np.array([p for _, p in points], dtype=np.float64) if isinstance(points, list) else points
+    out = draw_points(image, xy.reshape(-1, 2), names) if len(names) else np.ascontiguousarray(image.copy())
+    return caption(out, label) if label else out
+
+
+def place_sticker(sticker: np.ndarray, xy: tuple[float, float], size_wh: tuple[int, int]) -> np.ndarray:
+    """The edit ``[H, W, 4]`` uint8 of a ``size_wh`` image: ``sticker [h, w, 4]`` (RGBA; RGB counts as opaque) with
+    its centre at ``xy``, cut where it leaves the image; transparent elsewhere."""
+    if sticker.ndim != 3 or sticker.shape[2] not in (3, 4):
+        raise PropagateError(f"the sticker is {sticker.shape}: give an RGBA (or RGB) image")
+    if sticker.shape[2] == 3:
+        sticker = np.concatenate([sticker, np.full(sticker.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    width, height = size_wh
+    h, w = sticker.shape[:2]
+    x0, y0 = int(round(xy[0])) - w // 2, int(round(xy[1])) - h // 2
+    canvas = np.zeros((height, width, 4), np.uint8)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        raise PropagateError("the sticker would lie outside the left image: click inside it")
+    canvas[cy0:cy1, cx0:cx1] = sticker[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    if not (canvas[..., 3] > 0).any():
+        raise PropagateError("the sticker is transparent everywhere: give one with non-zero alpha")
+    return canvas
+
+
+def carry_edit(left: np.ndarray, left_feats: torch.Tensor, right: np.ndarray, right_feats: torch.Tensor,
+               edit: np.ndarray, match: MatchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int, int]:
+    """DIFT's edit propagation from the left image (``edit [H1, W1, 4]`` over it) to the right one: samples inside
+    the edit's alpha (``match.edit_samples``, ``match.seed``), their best matches, a RANSAC homography
+    (``match.edit_threshold`` px), the edit warped and blended. Returns the left with its edit, the right with the
+    carried edit (unchanged if no fit), the homography ``[3, 3]`` (or ``None``), inliers and samples."""
+    left_wh, right_wh = (left.shape[1], left.shape[0]), (right.shape[1], right.shape[0])
+    src_xy = edit_samples(edit[..., 3], match.edit_samples, match.seed)
+    vectors = sample_features(left_feats, src_xy, left_wh)
+    homography, inliers = fit_edit(vectors, src_xy, right_feats, right_wh, match.edit_threshold)
+    carried = right.copy() if homography is None else composite(right, edit, homography)
+    return composite(left, edit, np.eye(3)), carried, homography, inliers, len(src_xy)

@@ -17,16 +17,20 @@ import gradio as gr
 import numpy as np
 
 from propagate.app.core import (
+    BASELINE_CAPTION,
     MAX_OBJECTS,
     Correspondence,
     Server,
     best_match,
+    carry_edit,
     confidence_strip,
-    draw_marker,
+    draw_named,
     heatmap_overlay,
     layer_to_mask,
     mask_to_layer,
+    match_named,
     open_upload,
+    place_sticker,
     resolve_under_root,
 )
 from propagate.app.layout import Page, brush
@@ -219,6 +223,8 @@ class Handlers:
 
     def set_image(self, side: str, image: np.ndarray | None, c: Pair | None) -> Outputs:
         c = self.matcher(c)
+        if side == "left":
+            c["points"] = []  # points of another image
         if image is None:
             c.pop(side, None)
             return gr.skip(), c, gr.skip()
@@ -235,23 +241,73 @@ class Handlers:
             if not 0 <= index < w.num_frames:
                 raise PropagateError(f"frame {index} does not exist: the video has frames 0..{w.num_frames - 1}")
             c[side] = (w.image(index), w.session.features(index).float().cpu())
+        c["points"] = []
         return (f"frames {int(a)} and {int(b)}: click a point on the left", c, c["left"][0],  # type: ignore[index]
                 c["right"][0])  # type: ignore[index]
 
     @staticmethod
-    def click(c: Pair | None, evt: gr.SelectData) -> Outputs:
+    def clear_points(c: Pair | None) -> Outputs:
+        """Forget the named points; show the two images as they are."""
+        shown = []
+        for side in ("left", "right"):
+            pair = c.get(side) if c is not None else None
+            shown.append(gr.skip() if pair is None else pair[0])  # type: ignore[index]
+        if c is not None:
+            c["points"] = []
+        return ("points cleared: click a point on the left", c, *shown)
+
+    def baseline_note(self) -> tuple[str, str | None]:
+        """The result text's prefix and the right picture's caption: the baseline says it is not DIFT."""
+        if self.server.extractor.name == "baseline":
+            return f"{self.server.features_label}. ", BASELINE_CAPTION
+        return "", None
+
+    def click(self, c: Pair | None, mode: str, name: str | None, sticker: np.ndarray | None,
+              evt: gr.SelectData) -> Outputs:
+        """A click on the left image: in ``points`` mode, add (or move, if its name is taken) a named point and match
+        all of them; in ``edit`` mode, place the sticker there and carry it to the right image."""
         if c is None or "left" not in c or "right" not in c:
             raise PropagateError("give two images (or two frames of the open video) first")
         start = time.perf_counter()
         (left, lf), (right, rf) = c["left"], c["right"]  # type: ignore[misc]
         x, y = evt.index
+        note, label = self.baseline_note()
+        if mode == "edit":
+            if sticker is None:
+                raise PropagateError("edit mode: upload a sticker (an RGBA image) first")
+            edit = place_sticker(np.asarray(sticker), (x, y), (left.shape[1], left.shape[0]))
+            left_img, right_img, homography, inliers, samples = carry_edit(left, lf, right, rf, edit,
+                                                                           self.server.config.match)
+            fitted = ("no homography could be fitted: the right image is unchanged" if homography is None
+                      else f"carried by a homography ({inliers} of {samples} samples are inliers)")
+            ms = 1000 * (time.perf_counter() - start)
+            text = f"{note}sticker placed at ({x}, {y}); {fitted} ({ms:.0f} ms)"
+            return text, c, left_img, draw_named(right_img, [], [], label)
+        points = list(c.get("points", []))  # type: ignore[call-overload]
+        name = (name or "").strip()
+        names = [n for n, _ in points]
+        if not name:
+            count = len(points) + 1
+            while f"p{count}" in names:
+                count += 1
+            name = f"p{count}"
+        if name in names:  # moved: it keeps its colour
+            points[names.index(name)] = (name, (float(x), float(y)))
+        else:
+            points.append((name, (float(x), float(y))))
+        c["points"] = points
+        names = [n for n, _ in points]
+        xy, similarity = match_named(left, lf, right, rf, points)
         m = best_match(lf, rf, (x, y), (left.shape[1], left.shape[0]), (right.shape[1], right.shape[0]))
-        left_img = draw_marker(left, (x, y))
-        right_img = draw_marker(heatmap_overlay(right, m.heatmap), m.xy)
+        j = names.index(name)
+        left_img = draw_named(left, points, names)
+        right_img = draw_named(heatmap_overlay(right, m.heatmap), xy, names, label)
         ms = 1000 * (time.perf_counter() - start)
-        text = (f"clicked ({x}, {y}) (cell {m.cell[0]}, {m.cell[1]}) -> match at "
-                f"<span id='match-xy'>{m.xy[0]:.0f}, {m.xy[1]:.0f}</span>, similarity {m.score:.3f} ({ms:.0f} ms)")
-        return text, left_img, right_img
+        listed = "; ".join(f"{n} -> ({px:.0f}, {py:.0f}) {s:.3f}" for n, (px, py), s in zip(names, xy, similarity))
+        text = (f"{note}{name}: clicked ({x}, {y}) (cell {m.cell[0]}, {m.cell[1]}) -> match at "
+                f"<span id='match-xy'>{xy[j, 0]:.0f}, {xy[j, 1]:.0f}</span>, similarity {similarity[j]:.3f} "
+                f"({ms:.0f} ms); heatmap of {name}. All points: {listed}")
+        return text, c, left_img, right_img
 
 
 def wire(app: gr.Blocks, page: Page, server: Server) -> Handlers:
@@ -287,5 +343,7 @@ def wire(app: gr.Blocks, page: Page, server: Server) -> Handlers:
        [p.corr_result, p.corr, p.right_view])
     on(p.use_frames.click, h.use_video_frames, [p.frame_a, p.frame_b, p.ws, p.corr],
        [p.corr_result, p.corr, p.left_view, p.right_view])
-    on(p.left_view.select, h.click, [p.corr], [p.corr_result, p.left_view, p.right_view])
+    on(p.left_view.select, h.click, [p.corr, p.corr_mode, p.corr_name, p.sticker],
+       [p.corr_result, p.corr, p.left_view, p.right_view])
+    on(p.corr_clear.click, h.clear_points, [p.corr], [p.corr_result, p.corr, p.left_view, p.right_view])
     return h

@@ -24,7 +24,8 @@ def brush(obj: int) -> gr.Brush:
 @dataclass
 class Page:
     """The components of the page, by role. ``ws`` holds the browser session's Workspace, ``corr`` its
-    correspond pair (``{"corr": Correspondence, "left": (image, features), "right": ...}``)."""
+    correspond pair (``{"corr": Correspondence, "left": (image, features), "right": ...,
+    "points": [(name, (x, y)), ...]}``)."""
 
     ws: gr.State
     corr: gr.State
@@ -57,6 +58,10 @@ class Page:
     left_view: gr.Image
     right_view: gr.Image
     corr_result: gr.Markdown
+    corr_mode: gr.Radio
+    corr_name: gr.Textbox
+    corr_clear: gr.Button
+    sticker: gr.Image
 
     @property
     def view(self) -> list[gr.components.Component]:
@@ -109,8 +114,10 @@ def build_page(server: Server) -> Page:
                             interactive=False, height=120, elem_id="downloads")
 
     with gr.Tab("correspond", elem_id="tab-correspond"):
-        gr.Markdown("Click a point on the left image: the best match on the right (cosine similarity of the "
-                    "features) and the similarity heatmap. Two images, or two frames of the open video.")
+        gr.Markdown("Click points on the left image: each is matched on the right (cosine similarity of the "
+                    "features; one colour per point) with the last one's similarity heatmap. Or, in edit mode, "
+                    "place a sticker on the left and see it carried to the right. Two images, or two frames of the "
+                    "open video.")
         with gr.Row():
             left_in = gr.Image(label="left image", type="numpy", sources=["upload"], elem_id="corr-left-in")
             right_in = gr.Image(label="right image", type="numpy", sources=["upload"], elem_id="corr-right-in")
@@ -119,13 +126,20 @@ def build_page(server: Server) -> Page:
             frame_b = gr.Number(1, precision=0, label="right", elem_id="corr-frame-b")
             use_frames = gr.Button("Use these frames", elem_id="corr-use-frames")
         with gr.Row():
+            corr_mode = gr.Radio(["points", "edit"], value="points", label="a click on the left", elem_id="corr-mode")
+            corr_name = gr.Textbox(label="point name (empty: p1, p2, ...)", elem_id="corr-point-name")
+            corr_clear = gr.Button("Clear points", elem_id="corr-clear")
+            sticker = gr.Image(label="sticker (RGBA; edit mode: its centre at the click)", type="numpy",
+                               image_mode="RGBA", sources=["upload"], height=120, elem_id="corr-sticker")
+        with gr.Row():
             left_view = gr.Image(label="left: click a point", type="numpy", interactive=False, elem_id="corr-left")
-            right_view = gr.Image(label="right: best match and heatmap", type="numpy", interactive=False,
-                                  elem_id="corr-right")
+            right_view = gr.Image(label="right: matches and heatmap, or the carried sticker", type="numpy",
+                                  interactive=False, elem_id="corr-right")
         corr_result = gr.Markdown(elem_id="corr-result")
     return Page(ws=ws, corr=corr, status=status, path=path, open_button=open_button, upload=upload, frame=frame,
                 strip=strip, mode=mode, obj=obj, add_obj=add_obj, point_name=point_name, editor=editor,
                 points_view=points_view, result=result, save=save, remove=remove, run=run, cancel=cancel,
                 export=export, downloads=downloads, left_in=left_in, right_in=right_in, frame_a=frame_a,
                 frame_b=frame_b, use_frames=use_frames, left_view=left_view, right_view=right_view,
-                corr_result=corr_result)
+                corr_result=corr_result, corr_mode=corr_mode, corr_name=corr_name, corr_clear=corr_clear,
+                sticker=sticker)
