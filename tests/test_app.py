@@ -18,7 +18,9 @@ from propagate.app.core import (
     Server,
     best_match,
     carry_edit,
+    PAINT_ALPHA,
     confidence_strip,
+    edited_objects,
     frames_to_check,
     layer_to_mask,
     mask_to_layer,
@@ -105,15 +107,70 @@ def test_layer_codec_round_trips_every_object():
         mask[k - 1, :k] = k
     layer = mask_to_layer(mask)
     assert layer.shape == (20, 30, 4) and (layer[mask == 0, 3] == 0).all()
-    assert np.array_equal(layer_to_mask(layer), mask)
-    # a brush stroke in object 3's colour (any opacity) over object 1, and an erased corner
+    every = range(1, MAX_OBJECTS + 1)
+    assert np.array_equal(layer_to_mask(layer, every, mask), mask)
+    assert np.array_equal(layer_to_mask(layer, every), mask)  # painted on an empty frame
+    # a brush stroke in object 3's colour over object 1, and an erased corner
     layer[5:8, 0:10, :3] = DAVIS_PALETTE[3]
-    layer[5:8, 0:10, 3] = 90
+    layer[5:8, 0:10, 3] = PAINT_ALPHA + 1
     layer[0:2, 0:2, 3] = 0
     expected = mask.copy()
     expected[5:8, 0:10] = 3
     expected[0:2, 0:2] = 0
-    assert np.array_equal(layer_to_mask(layer), expected)
+    assert np.array_equal(layer_to_mask(layer, every, mask), expected)
+
+
+def two_objects(h=40, w=60):
+    """A mask with object 1 (left block) and object 2 (right block), and its layer."""
+    mask = np.zeros((h, w), np.uint8)
+    mask[10:30, 5:25] = 1
+    mask[10:30, 35:55] = 2
+    return mask, mask_to_layer(mask)
+
+
+def test_anti_aliased_edges_and_other_colours_never_make_an_object():
+    mask, layer = two_objects()
+    stroke = layer.copy()
+    # a stroke of object 1 across the gap, with anti-aliased edges: faint red, a darker red, and blends of red and
+    # green where it meets object 2 (the colours that used to become objects 3, 8, 10 ...)
+    stroke[18:22, 20:40, :3] = DAVIS_PALETTE[1]
+    stroke[18:22, 20:40, 3] = 153
+    stroke[17, 25:35] = [128, 0, 0, 60]  # a faint edge over the background: not painted
+    stroke[22, 25:35] = [64, 0, 0, 153]  # object 8's colour, which does not exist: not painted
+    stroke[18:22, 35:37] = [64, 64, 0, 153]  # a red-green blend: no object's colour
+    out = layer_to_mask(stroke, [1, 2], mask)
+    assert set(np.unique(out)) == {0, 1, 2}
+    expected = mask.copy()
+    expected[18:22, 20:35] = 1
+    expected[18:22, 37:40] = 1
+    assert np.array_equal(out, expected)
+    # object 3's exact colour paints only once object 3 exists
+    stroke[0:4, 0:4] = [*DAVIS_PALETTE[3], 153]
+    assert out[0:4, 0:4].max() == 0 and (layer_to_mask(stroke, [1, 2, 3], mask)[0:4, 0:4] == 3).all()
+
+
+def test_an_untouched_layer_gives_its_mask_back_byte_for_byte_through_a_lossy_transport():
+    """The editor's transport may change colours a little (a lossy image format): an untouched layer is still its
+    mask, and no colour near an object's becomes another object."""
+    rng = np.random.default_rng(0)
+    mask, layer = two_objects()
+    noisy = layer.copy()
+    noise = rng.integers(-24, 25, size=layer[..., :3].shape)
+    noisy[..., :3] = np.clip(layer[..., :3].astype(int) + noise, 0, 255).astype(np.uint8)
+    assert np.array_equal(layer_to_mask(noisy, range(1, MAX_OBJECTS + 1), mask), mask)
+    assert edited_objects(mask, layer_to_mask(noisy, [1, 2], mask)) == []
+    # with the labels hidden (an empty layer), unpainted pixels keep the mask; a stroke changes only itself
+    empty = mask_to_layer(np.zeros_like(mask))
+    assert np.array_equal(layer_to_mask(empty, [1, 2], mask, shown=False), mask)
+    empty[0:3, 0:3] = [*DAVIS_PALETTE[2], 153]
+    out = layer_to_mask(empty, [1, 2], mask, shown=False)
+    assert (out[0:3, 0:3] == 2).all() and edited_objects(mask, out) == [2]
+
+
+def test_a_layer_of_another_size_is_refused():
+    mask, layer = two_objects()
+    with pytest.raises(PropagateError, match="reload the page"):
+        layer_to_mask(layer[:, :50], [1, 2], mask)
 
 
 def test_strip_marks_the_least_confident_frames_not_keyframes():
@@ -122,6 +179,9 @@ def test_strip_marks_the_least_confident_frames_not_keyframes():
     html = confidence_strip(6, confidence, [0, 4], current=3)
     assert html.count('data-frame="') == 6 and "check first: frame 2, frame 3, frame 5" in html
     assert html.count("▲") == 3 and html.count(">K<") == 2
+    # an absent object is named in its frame's tip and marked apart (not as a low confidence)
+    html = confidence_strip(6, {1: 0.9, 2: 1.0, 3: 0.95, 4: 0.5, 5: 0.6}, [0], current=0, absent={2: [1]})
+    assert "frame 2: confidence 1.00; absent: object 1" in html and html.count("○") == 1
 
 
 def shifted_pair(size=(256, 128), shift=(24, 16), seed=3):
@@ -288,7 +348,7 @@ def test_workspace_masks_then_a_correction_reuses_features(tmp_path):
         next(ws.propagate())
     with pytest.raises(PropagateError, match="nothing is painted"):
         ws.set_mask(0, np.zeros_like(masks[0]))
-    assert ws.set_mask(0, masks[0]) == [1, 2] and ws.objects == 2
+    assert ws.set_mask(0, masks[0]) == [1, 2] and sorted(ws.objects) == [1, 2]
     assert [r.index for r in ws.propagate()] == [0, 1, 2, 3, 4]
     assert set(ws.confidence()) == {1, 2, 3, 4}
     ws.set_mask(3, masks[3])
@@ -296,15 +356,131 @@ def test_workspace_masks_then_a_correction_reuses_features(tmp_path):
     assert ws.session.stats["extractor_frames"] == 5  # the correction extracted nothing
     assert np.array_equal(ws.mask(3), masks[3]) and ws.overlay(2).shape == (128, 192, 3)
     files = ws.export()
-    assert [f.name for f in files] == ["masks-1.zip", "annotations.xml", "coco.json", "confidence.csv", "overlay.mp4",
-                                      "run_info.json"]
+    assert [f.name for f in files] == ["frames_masks.zip", "frames_annotations.xml", "frames_coco.json",
+                                       "frames_confidence.csv", "frames_overlay.mp4", "frames_run_info.json"]
     with zipfile.ZipFile(files[0]) as zf:
         assert sorted(zf.namelist()) == [f"{i:05d}.png" for i in range(5)]
-    assert np.array_equal(read_mask(tmp_path / "ws" / "export-1" / "00003.png"), masks[3])
+    assert np.array_equal(read_mask(tmp_path / "ws" / "export-1" / "files" / "00003.png"), masks[3])
     ws.remove(3)
     assert ws.keyframes == [0]
     ws.close()
     assert not (tmp_path / "ws").exists()
+
+
+def propagated_workspace(tmp_path, project=None, frames=6):
+    """A workspace over the synthetic clip (object 1 a disk, object 2 a square, known masks) with a keyframe on
+    frame 0, propagated."""
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    clip, _, masks = write_clip(tmp_path / "clip", frames, (192, 128))
+    config = small_config()
+    folder = tmp_path / f"ws-{len(list(tmp_path.glob('ws-*')))}"
+    folder.mkdir()
+    ws = Workspace(open_video(clip), config, build_extractor(config.features, config.extractor), folder,
+                   project=project, video="clip/frames")
+    ws.set_mask(0, masks[0])
+    list(ws.propagate())
+    return ws, masks
+
+
+def test_saving_an_untouched_propagated_frame_keeps_its_mask_and_makes_no_object(tmp_path):
+    ws, _ = propagated_workspace(tmp_path)
+    for index in (2, 4):
+        propagated = ws.results[index].mask.copy()
+        sent = ws.editor_mask(index)
+        assert np.array_equal(sent, propagated)
+        layer = mask_to_layer(sent)
+        layer[..., :3] = np.clip(layer[..., :3].astype(int) + 20 * (layer[..., 3:] > 0), 0, 255)  # lossy transport
+        text = ws.save_layer(index, layer)
+        assert text == f"frame {index} is a keyframe: objects 1, 2", text
+        assert ws.session.keyframe_objects(index) is None
+        assert ws.session.annotation(index).tobytes() == propagated.tobytes()
+    assert sorted(ws.objects) == [1, 2] and sorted(ws.session.objects) == [1, 2]
+    ws.close()
+
+
+def test_correcting_one_object_leaves_the_others_pixels(tmp_path):
+    ws, masks = propagated_workspace(tmp_path)
+    index = 4
+    before = ws.results[index].mask.copy()
+    layer = mask_to_layer(ws.editor_mask(index))
+    truth2 = masks[index] == 2
+    layer[before == 2] = 0  # erase object 2 where it was propagated
+    layer[truth2] = [*DAVIS_PALETTE[2], 153]  # paint it where it truly is
+    text = ws.save_layer(index, layer)
+    assert "keyframe of objects 2" in text and ws.session.keyframe_objects(index) == [2]
+    list(ws.propagate())
+    after = ws.results[index].mask
+    assert np.array_equal(after == 2, truth2)
+    outside = ~truth2
+    assert np.array_equal(after[outside] == 1, before[outside] == 1)  # object 1 untouched outside object 2
+    ws.close()
+
+
+def test_absent_undo_redo_and_deleting_an_object(tmp_path):
+    ws, _ = propagated_workspace(tmp_path)
+    ws.mark_absent(3, 2)
+    list(ws.propagate())
+    assert all(not (ws.results[i].mask == 2).any() and 2 in ws.results[i].absent for i in (3, 4, 5))
+    assert (ws.results[2].mask == 2).any() and ws.absent() == {3: [2], 4: [2], 5: [2]}
+    assert ws.undo() == "undone: object 2 absent from frame 3"
+    assert ws.session.absent_marks() == {}
+    assert ws.redo() == "redone: object 2 absent from frame 3"
+    assert ws.session.absent_marks() == {3: [2]}
+    first = np.array(ws.session.annotation(0))
+    ws.add_object("cup", "tableware")
+    assert ws.objects[3] == ("cup", "tableware")
+    ws.delete_object(2)
+    assert sorted(ws.objects) == [1, 3] and not (ws.session.annotation(0) == 2).any()
+    assert ws.session.absent_marks() == {}
+    ws.undo()  # the deletion
+    assert sorted(ws.objects) == [1, 2, 3] and np.array_equal(ws.session.annotation(0), first)
+    assert ws.session.absent_marks() == {3: [2]}
+    ws.undo(), ws.undo(), ws.undo()  # the object added, the absence, the keyframe
+    assert ws.keyframes == [] and ws.session.absent_marks() == {}
+    with pytest.raises(PropagateError, match="nothing to undo"):
+        ws.undo()
+    ws.redo()
+    assert ws.keyframes == [0] and np.array_equal(ws.session.annotation(0), first)
+    ws.close()
+
+
+def test_the_project_folder_brings_back_keyframes_names_absences_and_results(tmp_path):
+    from propagate.app.project import load_project
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    project = tmp_path / "root" / "propagate-projects" / "clip-1"
+    ws, masks = propagated_workspace(tmp_path, project)
+    ws.rename_object(1, "disk", "ball")
+    corrected = mask_to_layer(ws.editor_mask(4))
+    corrected[masks[4] == 2] = [*DAVIS_PALETTE[2], 153]
+    ws.save_layer(4, corrected)
+    ws.mark_absent(5, 1)
+    list(ws.propagate())
+    ws.settings["frame"] = 4
+    ws.autosave()
+    kept = {i: r.mask.copy() for i, r in ws.results.items()}
+    assert sorted(p.name for p in project.iterdir()) == ["keyframes", "project.json", "results", "results.json"]
+    assert not [p for p in project.rglob("*") if ".tmp" in p.name]  # written beside, then moved into place
+    config = small_config()
+    (tmp_path / "again").mkdir()
+    again = Workspace(open_video(tmp_path / "clip" / "frames"), config,
+                      build_extractor(config.features, config.extractor), tmp_path / "again", project=project)
+    assert again.restore() == "restored 2 keyframes, 2 objects, results of 6 frames"
+    assert again.objects == {1: ("disk", "ball"), 2: ("object 2", "object")} and again.settings["frame"] == 4
+    assert again.keyframes == [0, 4] and again.session.keyframe_objects(4) == [2]
+    assert again.session.absent_marks() == {5: [1]}
+    assert all(np.array_equal(again.mask(i), kept[i]) for i in range(6))  # read back, not recomputed
+    assert again.absent() == {5: [1]} and not again.results
+    list(again.propagate())  # recomputed from the restored keyframes: the same results
+    assert all(np.array_equal(again.results[i].mask, kept[i]) for i in range(6))
+    # a project of other frames is refused in one line
+    with pytest.raises(PropagateError, match="saved for other frames"):
+        load_project(project, ["a", "b"])
+    ws.close()
+    again.close()
 
 
 def test_workspace_points_are_placed_moved_and_propagated(tmp_path):

@@ -67,7 +67,7 @@ def serve(config: Config, *, video: str | Path | None = None, root: str | Path =
             raise PropagateError(f"video {video} is outside --root {root_path}: give --root a folder that holds it")
         resolve_under_root(root_path, str(video_path))  # exists
     try:
-        from propagate.app.ui import build_app
+        from propagate.app.ui import build_app, launch_options
     except ImportError as exc:
         raise PropagateError(f"the web app needs the app extra ({exc.name} is missing): "
                              "pip install -e \".[app]\"") from None
@@ -79,7 +79,8 @@ def serve(config: Config, *, video: str | Path | None = None, root: str | Path =
     print(f"propagate serve: http://{host}:{port}  (root {root_path}; features: {label.replace('**', '')})", flush=True)
     try:
         app.queue().launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb", ssr_mode=False,
-                           prevent_thread_lock=not block, quiet=True, show_error=False, footer_links=[])
+                           prevent_thread_lock=not block, quiet=True, show_error=False, footer_links=[],
+                           **launch_options())
     finally:
         if block:
             shutil.rmtree(work, ignore_errors=True)

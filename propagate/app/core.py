@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -30,6 +31,7 @@ from propagate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoSource, open_vi
 
 MAX_OBJECTS = 20  # brush colours offered (DAVIS palette indices 1..MAX_OBJECTS)
 LAYER_ALPHA = 0.6  # opacity of the mask layer in the editor, so the frame shows through
+PAINT_ALPHA = round(255 * LAYER_ALPHA) // 2  # a layer pixel at least this opaque is painted; under it, erased
 STRIP_MARKED = 3  # how many of the least confident frames the strip marks
 BASELINE_CAPTION = "BASELINE features (not DIFT)"  # written on correspond results with the baseline
 
@@ -145,21 +147,46 @@ def mask_to_layer(mask: np.ndarray) -> np.ndarray:
     return layer
 
 
-def layer_to_mask(layer: np.ndarray) -> np.ndarray:
-    """The editor's layer ``[H, W, 4]`` (painted with palette colours; erased = transparent) -> ``[H, W]`` uint8.
+def layer_to_mask(layer: np.ndarray, objects: Sequence[int], base: np.ndarray | None = None,
+                  shown: bool = True) -> np.ndarray:
+    """The editor's layer ``[H, W, 4]`` uint8 back to a mask ``[H, W]`` uint8, as a change of ``base``.
 
-    A pixel with any opacity is the object whose palette colour is nearest to its colour; the rest is background.
+    ``base`` is the mask the editor was given (``[H, W]``, None: empty) and ``shown`` whether its layer was shown
+    (:func:`mask_to_layer`) or the editor got an empty layer. Only two things change a pixel of ``base``:
+
+    - paint: opacity at least :data:`PAINT_ALPHA` and a colour exactly the brush colour of one of ``objects`` (the
+      objects that exist): the pixel becomes that object;
+    - erase: the pixel was shown painted and its opacity is now under :data:`PAINT_ALPHA`: background.
+
+    Anything else (an anti-aliased edge, a colour the editor's transport changed, the colour of an object that does
+    not exist) keeps ``base``: nothing but a brush creates an object, and an untouched layer gives ``base`` back
+    byte for byte.
     """
     if layer.ndim != 3 or layer.shape[2] != 4:
         raise PropagateError(f"the editor sent a layer of shape {list(layer.shape)}, not [H, W, 4]: reload the page")
-    mask = np.zeros(layer.shape[:2], np.uint8)
-    painted = layer[..., 3] > 0
-    if painted.any():
-        colours = layer[painted, :3].astype(np.int32)  # [P, 3]
-        palette = DAVIS_PALETTE[1:MAX_OBJECTS + 1].astype(np.int32)  # [K, 3]
-        distance = ((colours[:, None, :] - palette[None]) ** 2).sum(-1)
-        mask[painted] = distance.argmin(1).astype(np.uint8) + 1
+    if base is None:
+        base = np.zeros(layer.shape[:2], np.uint8)
+    if base.shape != layer.shape[:2]:
+        raise PropagateError(f"the editor sent a {layer.shape[1]}x{layer.shape[0]} layer for a "
+                             f"{base.shape[1]}x{base.shape[0]} frame: reload the page")
+    mask = base.copy()
+    opaque = layer[..., 3] >= PAINT_ALPHA
+    if shown:
+        was_shown = (base > 0) & (base <= MAX_OBJECTS)
+        mask[was_shown & ~opaque] = 0
+    rgb = layer[..., :3]
+    for obj in sorted(set(int(o) for o in objects)):
+        if not 1 <= obj <= MAX_OBJECTS:
+            continue
+        colour = DAVIS_PALETTE[obj].astype(np.uint8)
+        mask[opaque & np.all(rgb == colour, axis=-1)] = obj
     return mask
+
+
+def edited_objects(base: np.ndarray, mask: np.ndarray) -> list[int]:
+    """The objects whose pixels differ between ``base`` and ``mask`` (both ``[H, W]`` uint8): painted or erased."""
+    changed = base != mask
+    return sorted(int(o) for o in set(np.unique(base[changed])) | set(np.unique(mask[changed])) if o not in (0, 255))
 
 
 # ------------------------------------------------------------------------------------------------ confidence strip
@@ -171,18 +198,24 @@ def frames_to_check(confidence: dict[int, float], keyframes: list[int], count: i
     return [i for _, i in ranked[:count]]
 
 
-def confidence_strip(num_frames: int, confidence: dict[int, float], keyframes: list[int], current: int) -> str:
+def confidence_strip(num_frames: int, confidence: dict[int, float], keyframes: list[int], current: int,
+                     absent: dict[int, list[int]] | None = None) -> str:
     """HTML: one cell per frame under the scrubber, green (confident) to red, grey until propagated; keyframes
-    dark with a K, the least confident frames marked with a triangle, the current frame outlined."""
+    dark with a K, the least confident frames marked with a triangle, frames where an object is absent (``absent``:
+    frame -> objects) marked with a circle and named in the cell's tip (absent is not lost: the colour is the
+    present objects' confidence), the current frame outlined."""
+    absent = absent or {}
     check = frames_to_check(confidence, keyframes)
     cells = []
     for i in range(num_frames):
+        gone = f"; absent: object {', '.join(map(str, absent[i]))}" if absent.get(i) else ""
         if i in keyframes:
-            colour, mark, tip = "#333", "K", f"frame {i}: keyframe"
+            colour, mark, tip = "#333", "K", f"frame {i}: keyframe{gone}"
         elif i in confidence:
             c = float(min(max(confidence[i], 0.0), 1.0))
             colour = f"hsl({int(120 * c)}, 70%, 45%)"
-            mark, tip = ("▲" if i in check else ""), f"frame {i}: confidence {confidence[i]:.2f}"
+            mark = "▲" if i in check else ("○" if gone else "")
+            tip = f"frame {i}: confidence {confidence[i]:.2f}{gone}"
         else:
             colour, mark, tip = "#ccc", "", f"frame {i}: not propagated"
         outline = "outline:2px solid #1e40af;z-index:1;" if i == current else ""

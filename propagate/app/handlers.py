@@ -7,6 +7,7 @@ visible in another.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 import uuid
@@ -18,7 +19,6 @@ import numpy as np
 
 from propagate.app.core import (
     BASELINE_CAPTION,
-    MAX_OBJECTS,
     Correspondence,
     Server,
     best_match,
@@ -26,7 +26,6 @@ from propagate.app.core import (
     confidence_strip,
     draw_named,
     heatmap_overlay,
-    layer_to_mask,
     mask_to_layer,
     match_named,
     open_upload,
@@ -34,10 +33,12 @@ from propagate.app.core import (
     resolve_under_root,
 )
 from propagate.app.layout import Page, brush
+from propagate.app.project import copy_upload, path_key, project_folder, upload_key
 from propagate.app.workspace import Workspace
 from propagate.errors import PropagateError
 from propagate.video import open_video
 
+PLAY_FPS = 8  # frames a second of Play
 Outputs = tuple[object, ...]  # the values of a handler's outputs, in order (gr.skip() leaves one as it is)
 Pair = dict[str, object]  # a browser session's correspond pair, see Page.corr
 
@@ -53,14 +54,24 @@ def need(w: Workspace | None) -> Workspace:
 
 
 def editor_value(w: Workspace, i: int) -> dict[str, object]:
-    """The editor's value for frame ``i``: the frame behind, its mask as the brush layer."""
-    return {"background": w.image(i), "layers": [mask_to_layer(w.mask(i))], "composite": None}
+    """The editor's value for frame ``i``: the frame behind, its labels as the brush layer (an empty layer when the
+    labels are toggled off: what is painted then changes only where it is painted)."""
+    shown = bool(w.settings.get("overlay", True))
+    mask = w.editor_mask(i, shown)
+    layer = mask_to_layer(mask if shown else np.zeros_like(mask))
+    return {"background": w.image(i), "layers": [layer], "composite": None}
 
 
 def frame_outputs(w: Workspace, i: int) -> Outputs:
     """The values of :attr:`Page.view` for frame ``i``."""
-    strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, i)
-    return editor_value(w, i), w.overlay(i), w.overlay(i), strip_html
+    strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, i, w.absent())
+    return editor_value(w, i), w.overlay(i) if w.session.kind == "points" or w.points else gr.skip(), strip_html
+
+
+def object_choices(w: Workspace, value: int | None = None) -> dict[str, object]:
+    """The object radio's choices (``id name (category)``, the value the id) and its value."""
+    chosen = value if value in w.objects else min(w.objects)
+    return gr.update(choices=[(w.object_label(o), str(o)) for o in sorted(w.objects)], value=str(chosen))
 
 
 def guarded(fn: Callable[..., object], count: int) -> Callable[..., object]:
@@ -86,73 +97,157 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------ open a video
 
-    def workspace(self, source_path: Path | None, upload_path: str | None) -> tuple[Workspace, str]:
-        """A new workspace (in its own folder) over a path under the root or an upload."""
+    def workspace(self, source_path: Path | None, upload_path: str | Path | None) -> tuple[Workspace, str]:
+        """A new workspace (in its own folder) over a path under the root or an upload, with its project folder
+        under the root (an upload is copied into it)."""
         server = self.server
         folder = server.work / uuid.uuid4().hex
         folder.mkdir()
         try:
             if upload_path is not None:
+                upload_path = Path(upload_path)
                 source = open_upload(upload_path, folder, server.max_upload_bytes)
-                what = f"upload {Path(upload_path).name}"
+                key = upload_key(upload_path)
+                project = project_folder(server.root, key)
+                name = upload_path.name if not upload_path.name.startswith("upload.") else self.upload_name(project)
+                if not upload_path.is_relative_to(project):
+                    copy_upload(upload_path, project)
+                what, remembered, upload = f"upload {name}", f"upload:{key}", True
             else:
                 assert source_path is not None
                 source = open_video(source_path)
-                what = str(source_path.relative_to(server.root))
-            return Workspace(source, server.config, server.extractor, folder), what
+                name = str(source_path.relative_to(server.root))
+                project = project_folder(server.root, path_key(name))
+                what, remembered, upload = name, f"path:{name}", False
+            w = Workspace(source, server.config, server.extractor, folder, project=project, video=name,
+                          upload=upload)
+            w.remembered = remembered
+            return w, what
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
     @staticmethod
+    def upload_name(project: Path) -> str:
+        """The name an upload had, as its project recorded it."""
+        try:
+            return str(json.loads((project / "project.json").read_text(encoding="utf-8"))["video"])
+        except (OSError, ValueError, KeyError):
+            return project.name
+
+    @staticmethod
     def opened(w: Workspace | None, new: Workspace, what: str) -> Outputs:
-        """The values of :attr:`Page.opened` for a newly opened workspace (the previous one is closed)."""
+        """The values of :attr:`Page.opened` for a newly opened workspace (the previous one is closed), with what its
+        project folder kept restored."""
         if w is not None:
             w.close()
+        try:
+            restored = new.restore()
+        except PropagateError as exc:
+            restored = f"error: {exc}"
         width, height = new.session.native_size
-        return (f"opened {what}: {new.num_frames} frames, {width}x{height}", new,
-                gr.update(maximum=new.num_frames - 1, value=0), *frame_outputs(new, 0),
-                gr.update(choices=["1"], value="1"))  # object 1 again (its change sets the brush)
+        text = f"opened {what}: {new.num_frames} frames, {width}x{height}" + (f"; {restored}" if restored else "")
+        frame = min(max(int(new.settings.get("frame", 0)), 0), new.num_frames - 1)  # type: ignore[call-overload]
+        obj = int(new.settings.get("object", 1))  # type: ignore[call-overload]
+        return (text, new, gr.update(maximum=new.num_frames - 1, value=frame), *frame_outputs(new, frame),
+                object_choices(new, obj), bool(new.settings.get("overlay", True)), new.remembered)
 
     def open_path(self, text: str, w: Workspace | None) -> Outputs:
         return self.opened(w, *self.workspace(resolve_under_root(self.server.root, text), None))
 
     def open_uploaded(self, file: str | None, w: Workspace | None) -> Outputs:
-        """Outputs: :attr:`Page.opened` and the upload box (emptied after a refused upload, for the next try)."""
-        count = len(self.page.opened)
+        """Outputs: :attr:`Page.opened`."""
         if file is None:
-            return (gr.skip(),) * (count + 1)
-        try:
-            new, what = self.workspace(None, file)
-        except PropagateError as exc:
-            return (error_text(exc), *([gr.skip()] * (count - 1)), None)
-        return (*self.opened(w, new, what), gr.skip())
+            return (gr.skip(),) * len(self.page.opened)
+        return self.opened(w, *self.workspace(None, file))
+
+    def reopen(self, remembered: str | None, w: Workspace | None) -> Outputs:
+        """On page load: open again what this browser had open (its project brings back the rest), else the
+        server's video, else nothing."""
+        remembered = remembered or ""
+        if remembered.startswith("path:"):
+            return self.open_path(remembered[len("path:"):], w)
+        if remembered.startswith("upload:"):
+            folder = project_folder(self.server.root, remembered[len("upload:"):])
+            copies = sorted(folder.glob("upload.*")) if folder.is_dir() else []
+            if copies:
+                return self.opened(w, *self.workspace(None, copies[0]))
+        if self.server.video is not None:
+            return self.open_path(str(self.server.video.relative_to(self.server.root)), w)
+        return (gr.skip(),) * len(self.page.opened)
 
     # ------------------------------------------------------------------------------------------ annotate
 
     def show_frame(self, i: float, w: Workspace | None) -> Outputs:
         if w is None:
             return (gr.skip(),) * (1 + len(self.page.view))
+        w.settings["frame"] = int(i)
         return (gr.skip(), *frame_outputs(w, int(i)))
 
     @staticmethod
-    def pick_object(o: str) -> Outputs:
-        return gr.skip(), gr.update(brush=brush(int(o)))
+    def step(delta: int, i: float, w: Workspace | None) -> Outputs:
+        w = need(w)
+        return gr.skip(), gr.update(value=min(max(int(i) + delta, 0), w.num_frames - 1))
 
     @staticmethod
-    def add_object(w: Workspace | None) -> Outputs:
+    def play(i: float, w: Workspace | None) -> Iterator[Outputs]:
+        """Step the slider through the frames (the editor shows each frame's labels) from ``i`` (from the start if
+        ``i`` is the last frame) to the end, at :data:`PLAY_FPS`; Stop (or Space) ends it."""
         w = need(w)
-        if w.objects >= MAX_OBJECTS:
-            raise PropagateError(f"at most {MAX_OBJECTS} objects")
-        w.objects += 1
-        choices = [str(k) for k in range(1, w.objects + 1)]
-        return f"object {w.objects} added: paint it with its colour", gr.update(choices=choices, value=str(w.objects))
+        start = 0 if int(i) >= w.num_frames - 1 else int(i) + 1
+        for j in range(start, w.num_frames):
+            yield f"playing: frame {j} of {w.num_frames - 1}", gr.update(value=j)
+            time.sleep(1 / PLAY_FPS)
+        yield "played to the last frame", gr.skip()
+
+    @staticmethod
+    def pick_object(o: str, w: Workspace | None) -> Outputs:
+        """The brush takes object ``o``'s colour; its name and category fill the boxes (to rename it)."""
+        if not o:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        obj = int(o)
+        name, category = w.objects.get(obj, ("", "")) if w is not None else ("", "")
+        if w is not None:
+            w.settings["object"] = obj
+        return gr.skip(), gr.update(brush=brush(obj)), name, category
+
+    @staticmethod
+    def add_object(name: str, category: str, w: Workspace | None) -> Outputs:
+        w = need(w)
+        obj = w.add_object(name or "", category or "")
+        return (f"object {obj} ({w.objects[obj][0]}) added: paint it with its colour", object_choices(w, obj))
+
+    @staticmethod
+    def rename_object(o: str, name: str, category: str, w: Workspace | None) -> Outputs:
+        w = need(w)
+        w.rename_object(int(o), name or "", category or "")
+        return f"object {o} is {w.object_label(int(o))}", object_choices(w, int(o))
+
+    @staticmethod
+    def delete_object(o: str, i: float, w: Workspace | None) -> Outputs:
+        w = need(w)
+        w.delete_object(int(o))
+        return (f"object {o} deleted (undo brings it back)", object_choices(w), *frame_outputs(w, int(i)))
+
+    @staticmethod
+    def mark_absent(o: str, i: float, w: Workspace | None) -> Outputs:
+        w = need(w)
+        w.mark_absent(int(i), int(o))
+        return (f"object {o} is absent from frame {int(i)} on (to its next keyframe): propagate to see it",
+                *frame_outputs(w, int(i)))
 
     @staticmethod
     def switch_mode(m: str) -> Outputs:
         masks = m == "masks"
         return (gr.skip(), gr.update(visible=masks), gr.update(visible=not masks), gr.update(visible=masks),
                 gr.update(visible=masks), gr.update(visible=not masks))
+
+    @staticmethod
+    def toggle_overlay(show: bool, i: float, w: Workspace | None) -> Outputs:
+        if w is None:
+            return gr.skip(), gr.skip()
+        w.settings["overlay"] = bool(show)
+        return (gr.skip(), *frame_outputs(w, int(i))[:1])
 
     @staticmethod
     def place_point(name: str, i: float, w: Workspace | None, evt: gr.SelectData) -> Outputs:
@@ -172,8 +267,7 @@ class Handlers:
             layers = value.get("layers") if value else None
             if not layers:
                 raise PropagateError(f"frame {i}: nothing is painted: paint an object before saving a keyframe")
-            objects = w.set_mask(i, layer_to_mask(layers[0]))  # type: ignore[index]
-            text = f"frame {i} is a keyframe: objects {', '.join(map(str, objects))}"
+            text = w.save_layer(i, np.asarray(layers[0]))  # type: ignore[index]
         return (text, gr.skip(), *frame_outputs(w, i)[1:])  # the editor keeps what was painted
 
     @staticmethod
@@ -182,30 +276,57 @@ class Handlers:
         w.remove(int(i))
         return (f"frame {int(i)} is no longer a keyframe", *frame_outputs(w, int(i)))
 
-    def propagate(self, i: float, w: Workspace | None, progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
-        """Stream overlays as results come (a few a second), then show frame ``i``; cancellable."""
+    @staticmethod
+    def undo(i: float, w: Workspace | None) -> Outputs:
+        w = need(w)
+        text = w.undo()
+        return (text, object_choices(w, int(w.settings.get("object", 1))),  # type: ignore[call-overload]
+                *frame_outputs(w, int(i)))
+
+    @staticmethod
+    def redo(i: float, w: Workspace | None) -> Outputs:
+        w = need(w)
+        text = w.redo()
+        return (text, object_choices(w, int(w.settings.get("object", 1))),  # type: ignore[call-overload]
+                *frame_outputs(w, int(i)))
+
+    def propagate(self, i: float, w: Workspace | None) -> Iterator[Outputs]:
+        """Stream the status and the confidence strip as results come (a few a second); the editor stays usable
+        (scrub, paint; the slider shows each frame's latest result). Cancellable."""
         try:
             w = need(w)
             start, done, last = time.perf_counter(), 0, 0.0
             total = w.num_frames
-            w.session.extract(lambda k, n: progress((k, n), desc="features (once per video)", unit="frames"))
+            if not w.keyframes:
+                raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
+            yield "extracting features (once per video), then propagating ...", gr.skip()
             for r in w.propagate():
                 done += 1
-                progress((done, total), desc="propagating", unit="frames")
                 now = time.perf_counter()
                 if now - last > 0.25 or done == total:
                     last = now
-                    strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, r.index)
-                    yield (f"propagating: frame {r.index} ({done}/{total})", gr.skip(), w.overlay(r.index), gr.skip(),
-                           strip_html)
+                    strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, int(w.settings.get(
+                        "frame", i)), w.absent())  # type: ignore[call-overload]
+                    yield f"propagating: frame {r.index} ({done}/{total})", strip_html
             yield (f"propagated {done} frames in {time.perf_counter() - start:.1f} s "
-                   f"({w.session.stats.get('extractor_frames', '?')} frames' features extracted so far)",
-                   *frame_outputs(w, int(i)))
+                   f"({w.session.stats.get('extractor_frames', '?')} frames' features extracted so far)", gr.skip())
         except PropagateError as exc:
-            yield (error_text(exc), *([gr.skip()] * len(self.page.view)))
+            yield error_text(exc), gr.skip()
 
     @staticmethod
-    def cancelled() -> str:
+    def after_run(i: float, value: dict[str, object] | None, w: Workspace | None) -> Outputs:
+        """After a propagation: show the current frame's new result, unless the editor holds unsaved paint."""
+        if w is None:
+            return (gr.skip(),) * 4
+        layers = value.get("layers") if value else None
+        if layers and w.unsaved(int(i), np.asarray(layers[0])):  # type: ignore[index]
+            return (gr.skip(), gr.skip(), *frame_outputs(w, int(i))[1:])
+        return (gr.skip(), *frame_outputs(w, int(i)))
+
+    @staticmethod
+    def cancelled(w: Workspace | None) -> str:
+        if w is not None:
+            w.running = False
         return "propagation cancelled: the frames done so far are kept"
 
     @staticmethod
@@ -321,20 +442,33 @@ def wire(app: gr.Blocks, page: Page, server: Server) -> Handlers:
 
     on(p.open_button.click, h.open_path, [p.path, p.ws], p.opened)
     on(p.path.submit, h.open_path, [p.path, p.ws], p.opened)
-    on(p.upload.upload, h.open_uploaded, [p.upload, p.ws], [*p.opened, p.upload])
-    if server.video is not None:
-        video_text = str(server.video.relative_to(server.root))
-        on(app.load, lambda w: h.open_path(video_text, w), [p.ws], p.opened)
+    on(p.upload.upload, h.open_uploaded, [p.upload, p.ws], p.opened)
+    on(app.load, h.reopen, [p.remembered, p.ws], p.opened)
 
-    on(p.frame.change, h.show_frame, [p.frame, p.ws], [p.status, *p.view], show_progress="hidden")
-    on(p.obj.change, h.pick_object, [p.obj], [p.status, p.editor], show_progress="hidden")
-    on(p.add_obj.click, h.add_object, [p.ws], [p.status, p.obj])  # the object's change sets the brush
+    on(p.frame.change, h.show_frame, [p.frame, p.ws], [p.status, *p.view], show_progress="hidden",
+       trigger_mode="always_last")
+    on(p.prev.click, functools.partial(h.step, -1), [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
+    on(p.next.click, functools.partial(h.step, 1), [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
+    playing = on(p.play.click, h.play, [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
+    p.stop.click(lambda: "stopped", None, [p.status], cancels=[playing])
+    on(p.obj.change, h.pick_object, [p.obj, p.ws], [p.status, p.editor, p.obj_name, p.obj_category],
+       show_progress="hidden")
+    on(p.add_obj.click, h.add_object, [p.obj_name, p.obj_category, p.ws], [p.status, p.obj])
+    on(p.rename_obj.click, h.rename_object, [p.obj, p.obj_name, p.obj_category, p.ws], [p.status, p.obj])
+    on(p.delete_obj.click, h.delete_object, [p.obj, p.frame, p.ws], [p.status, p.obj, *p.view])
+    on(p.absent.click, h.mark_absent, [p.obj, p.frame, p.ws], [p.status, *p.view])
+    on(p.overlay.change, h.toggle_overlay, [p.overlay, p.frame, p.ws], [p.status, p.editor],
+       show_progress="hidden")
     on(p.mode.change, h.switch_mode, [p.mode], [p.status, p.editor, p.points_view, p.obj, p.add_obj, p.point_name])
     on(p.points_view.select, h.place_point, [p.point_name, p.frame, p.ws], [p.status, p.points_view])
     on(p.save.click, h.save_keyframe, [p.mode, p.editor, p.frame, p.ws], [p.status, *p.view])
     on(p.remove.click, h.remove_keyframe, [p.frame, p.ws], [p.status, *p.view])
-    running = p.run.click(h.propagate, [p.frame, p.ws], [p.status, *p.view])
-    p.cancel.click(h.cancelled, None, [p.status], cancels=[running])
+    on(p.undo.click, h.undo, [p.frame, p.ws], [p.status, p.obj, *p.view])
+    on(p.redo.click, h.redo, [p.frame, p.ws], [p.status, p.obj, *p.view])
+    running = p.run.click(h.propagate, [p.frame, p.ws], [p.status, p.strip], show_progress="hidden")
+    running.then(guarded(h.after_run, 1 + len(p.view)), [p.frame, p.editor, p.ws], [p.status, *p.view],
+                 show_progress="hidden")
+    p.cancel.click(h.cancelled, [p.ws], [p.status], cancels=[running])
     on(p.export.click, h.export_files, [p.ws], [p.status, p.downloads])
 
     on(p.left_in.change, lambda im, c: h.set_image("left", im, c), [p.left_in, p.corr],

@@ -9,9 +9,9 @@ import gradio as gr
 
 from propagate.app.core import Server
 from propagate.app.handlers import wire
-from propagate.app.layout import build_page
+from propagate.app.layout import PAGE_HEAD, build_page, page_css
 
-__all__ = ["Server", "build_app"]
+__all__ = ["Server", "build_app", "launch_options"]
 
 
 def build_app(server: Server) -> gr.Blocks:
@@ -19,3 +19,8 @@ def build_app(server: Server) -> gr.Blocks:
     with gr.Blocks(title="propagate", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         wire(app, build_page(server), server)
     return app
+
+
+def launch_options() -> dict[str, str]:
+    """What ``launch`` takes besides the server's settings: the page's style and its keyboard shortcuts."""
+    return {"css": page_css(), "head": PAGE_HEAD}
