@@ -14,11 +14,11 @@ from conftest import damaged_zip, write_clip
 
 from propagate.app.core import (
     MAX_OBJECTS,
+    PAINT_ALPHA,
     Correspondence,
     Server,
     best_match,
     carry_edit,
-    PAINT_ALPHA,
     confidence_strip,
     edited_objects,
     frames_to_check,
@@ -27,6 +27,7 @@ from propagate.app.core import (
     open_upload,
     place_sticker,
     resolve_under_root,
+    same_image,
 )
 from propagate.config import load_config
 from propagate.correspond import match_points, project
@@ -171,6 +172,26 @@ def test_a_layer_of_another_size_is_refused():
     mask, layer = two_objects()
     with pytest.raises(PropagateError, match="reload the page"):
         layer_to_mask(layer[:, :50], [1, 2], mask)
+
+
+def test_a_save_reads_the_editor_only_once_it_shows_the_frame():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    rgba = np.concatenate([frame, np.full((40, 60, 1), 255, np.uint8)], axis=2)
+    assert same_image(rgba, frame) and same_image(frame, frame)
+    assert not same_image(other, frame) and not same_image(frame[:, :50], frame)
+
+
+def test_project_names_stay_inside_the_projects_folder(tmp_path):
+    from propagate.app.project import PROJECTS, path_key, project_folder
+
+    key = path_key("clips/a b/../walk.mp4")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+-[0-9a-f]{8}", key) and path_key("x/walk.mp4") != path_key("y/walk.mp4")
+    assert project_folder(tmp_path, key) == tmp_path / PROJECTS / key
+    for bad in ["../etc", "a/b", "", ".hidden", "x\\y"]:
+        with pytest.raises(PropagateError, match="is not a project name"):
+            project_folder(tmp_path, bad)
 
 
 def test_strip_marks_the_least_confident_frames_not_keyframes():

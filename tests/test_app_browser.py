@@ -1,16 +1,19 @@
-"""`propagate serve` in a real browser (headless Chromium driven by Playwright): paint a keyframe with the mouse,
-propagate, correct a later frame, re-propagate, export, and compare with `propagate run` on the same keyframes;
-click-to-correspond on an image pair with a known shift; the guards (paths outside --root, bad uploads, one
-browser's video invisible to another).
+"""`propagate serve` in a real browser (headless Chromium driven by Playwright): paint two objects with the mouse,
+propagate, save an untouched propagated frame (its mask kept, no new object), correct one object on a later frame
+(the other objects' pixels kept), mark an object absent, undo and redo, rename, export (named after the video, equal
+to a Session given the same keyframes), reload the page (the video, keyframes, names and results come back); the
+keyboard shortcuts and wheel zoom; click-to-correspond on an image pair with a known shift; the guards (paths outside
+--root, bad uploads, one browser's video invisible to another).
 
 Needs the app extra (gradio), the playwright package and Debian's chromium (`.ci/run` installs it); skipped with
 the reason where one is missing. Screenshots (``serve.jpg``, ``propagated.jpg``, ``correspond.jpg``) go to
-``$PROPAGATE_SCREENSHOTS`` if set (``PROPAGATE_SCREENSHOTS=docs`` remakes the README's ``docs/serve.jpg``), else to a
-temporary folder.
+``$PROPAGATE_SCREENSHOTS`` if set (``PROPAGATE_SCREENSHOTS=docs`` remakes the README's ``docs/serve.jpg`` and
+``docs/correspond.jpg``), else to a temporary folder.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -28,8 +31,11 @@ import pytest
 from conftest import damaged_zip, write_clip
 from PIL import Image
 
+from propagate.app.project import path_key
+from propagate.config import load_config
 from propagate.demo import _texture
-from propagate.labels import DAVIS_PALETTE, read_mask, write_mask
+from propagate.labels import DAVIS_PALETTE, read_mask
+from propagate.session import Session
 
 pytest.importorskip("gradio", reason="the app extra is not installed: pip install -e '.[app]'")
 playwright_api = pytest.importorskip("playwright.sync_api",
@@ -57,6 +63,7 @@ def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
     root = base / "root"
     frames, _, _ = write_clip(root / "clip", FRAMES, SIZE)
+    write_clip(root / "keys", 4, SIZE)  # for the shortcuts
     rng = np.random.default_rng(3)
     big = _texture(rng, PAIR_SIZE[1] + SHIFT[1], PAIR_SIZE[0] + SHIFT[0], (120, 110, 100), 10)
     dx, dy = SHIFT
@@ -192,7 +199,7 @@ def settle(page) -> None:
 
 
 def choose_object(page, obj: int) -> None:
-    page.locator("#object label").filter(has_text=re.compile(rf"^\s*{obj}\s*$")).click()
+    page.click(f"#object input[value='{obj}']")
     wait_brush(page, obj)
 
 
@@ -219,68 +226,196 @@ def downloads(page, base: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------------------------- the session
 
 
-def test_paint_propagate_correct_export_equals_run(page, site, tmp_path, capsys):
-    from propagate.cli import main
+def save(page, says: str) -> str:
+    """Save a keyframe; if the editor was still drawing the frame (the page says so and saves nothing), again."""
+    for _ in range(5):
+        page.click("#save-keyframe")
+        try:
+            page.wait_for_function("([a, b]) => { const s = document.querySelector('#status').innerText; "
+                                   "return s.includes(a) || s.includes(b); }", arg=[says, "still drawing"])
+        except playwright_api.TimeoutError:
+            break
+        if "still drawing" not in status(page):
+            break
+        time.sleep(1)
+    return wait_status(page, says)
+
+
+def frame_shown(page, index: int) -> None:
+    """Wait until frame ``index`` is the current one (outlined on the strip) and the editor has drawn it."""
+    page.wait_for_function(f"document.querySelector('#strip [data-frame=\"{index}\"]').style.outline !== ''")
+    time.sleep(0.5)
+
+
+def test_paint_propagate_save_correct_absent_undo_export_reload(page, site, tmp_path):
+    project = site["root"] / "propagate-projects" / path_key("clip/frames")
+    names = sorted(p.stem for p in site["frames"].glob("*.jpg"))
+    kept = lambda folder, i: read_mask(project / folder / f"{names[i]}.png")  # noqa: E731
 
     open_path(page, "clip/frames")
     wait_status(page, f"{FRAMES} frames")
     page.wait_for_selector("#editor canvas")
     time.sleep(0.5)  # let the editor draw the frame
+    assert page.locator("#propagate").is_visible() and page.locator("#propagate").bounding_box()["y"] < 1000 - 40
     to_screen = canvas_mapping(page, SIZE)
     w, h = SIZE
     # frame 0: object 1 is a disk at (0.17 w, 0.51 h), object 2 a square at (0.75 w, 0.26 h) (propagate.demo)
     stroke(page, to_screen, 0.17 * w, 0.51 * h, 10)
+    page.fill("#object-name textarea, #object-name input", "box")
     page.click("#add-object")
-    wait_status(page, "object 2 added")
+    wait_status(page, "object 2 (box) added")
     wait_brush(page, 2)
     stroke(page, to_screen, 0.75 * w, 0.26 * h, 9)
-    page.click("#save-keyframe")
-    wait_status(page, "frame 0 is a keyframe: objects 1, 2")
+    save(page, "frame 0 is a keyframe: objects 1, 2")
 
     page.click("#propagate")
     first = wait_status(page, "propagated")
     assert f"{FRAMES} frames' features extracted" in first
     shoot(page, site, "propagated")
 
-    # correct frame 4: the disk is at (0.17 + 0.62 * 0.8) w; paint its centre as object 1 again
+    # an untouched propagated frame, saved: its keyframe is its propagated mask, byte for byte, and no new object
+    # appears (anti-aliased edges once became objects 8, 10 ...)
+    go_to_frame(page, 2)
+    frame_shown(page, 2)
+    save(page, "frame 2 is a keyframe: objects 1, 2")
+    assert kept("keyframes", 2).tobytes() == kept("results", 2).tobytes()
+    page.click("#propagate")
+    wait_status(page, "propagated")
+    before = kept("results", 4)
+    assert set(np.unique(before)) == {0, 1, 2}
+
+    # frame 4: correct object 1 only (a stroke where nothing was); object 2's pixels stay where they were
     go_to_frame(page, 4)
-    page.wait_for_function("document.querySelector('#strip [data-frame=\"4\"]').style.outline !== ''")
-    time.sleep(0.5)
+    frame_shown(page, 4)
     choose_object(page, 1)
     to_screen = canvas_mapping(page, SIZE)
-    stroke(page, to_screen, (0.17 + 0.62 * 0.8) * w, 0.51 * h + 0.15 * h * np.sin(2 * np.pi * 0.8), 8)
-    page.click("#save-keyframe")
-    wait_status(page, "frame 4 is a keyframe")
+    stroke(page, to_screen, 0.5 * w, 0.88 * h, 8)
+    save(page, "frame 4 is a keyframe of objects 1 (the other objects go on being propagated)")
     page.click("#propagate")
-    again = wait_status(page, "propagated")
-    assert f"{FRAMES} frames' features extracted" in again, "re-propagation must reuse the features"
+    wait_status(page, "propagated")
+    after = kept("results", 4)
+    assert (after[int(0.88 * h), int(0.5 * w)] == 1) and set(np.unique(after)) == {0, 1, 2}
+    assert np.array_equal(after[after != 1] == 2, before[after != 1] == 2)
+
+    # object 2 leaves at frame 5: absent from there; undo and redo the mark
+    go_to_frame(page, 5)
+    frame_shown(page, 5)
+    choose_object(page, 2)
+    page.click("#absent")
+    wait_status(page, "object 2 is absent from frame 5 on")
+    page.click("#undo")
+    wait_status(page, "undone: object 2 absent from frame 5")
+    assert json.loads((project / "project.json").read_text())["absent"] == {}
+    page.click("#redo")
+    wait_status(page, "redone: object 2 absent from frame 5")
+    page.click("#propagate")
+    wait_status(page, "propagated")
+    assert not (kept("results", 5) == 2).any() and (kept("results", 4) == 2).any()
+    assert "absent: object 2" in page.inner_html("#strip")
+
+    choose_object(page, 1)
+    page.fill("#object-name textarea, #object-name input", "disk")
+    page.fill("#object-category textarea, #object-category input", "ball")
+    page.click("#rename-object")
+    wait_status(page, "object 1 is 1 disk (ball)")
     shoot(page, site, "serve")  # the README's screenshot
 
     page.click("#export")
     wait_status(page, "exported")
     files = downloads(page, site["url"])
-    assert {"coco.json", "overlay.mp4"} <= set(files), sorted(files)
+    assert {"frames_coco.json", "frames_overlay.mp4", "frames_masks.zip"} <= set(files), sorted(files)
     exported = tmp_path / "exported"
-    archive = next(data for name, data in files.items() if name.endswith(".zip"))
-    zipfile.ZipFile(io.BytesIO(archive)).extractall(exported)
-    names = sorted(p.stem for p in site["frames"].glob("*.jpg"))
+    zipfile.ZipFile(io.BytesIO(files["frames_masks.zip"])).extractall(exported)
     assert sorted(p.stem for p in exported.glob("*.png")) == names
-
-    # the painted keyframe holds what was painted where it was painted
-    key0 = read_mask(exported / f"{names[0]}.png")
+    key0 = read_mask(exported / f"{names[0]}.png")  # the painted keyframe holds what was painted where
     assert key0[int(0.51 * h), int(0.17 * w)] == 1 and key0[int(0.26 * h), int(0.75 * w)] == 2
     assert key0[h - 5, w // 2] == 0 and set(np.unique(key0)) == {0, 1, 2}
+    coco = json.loads(files["frames_coco.json"])
+    assert {c["name"] for c in coco["categories"]} >= {"ball"}, coco["categories"]
 
-    # `propagate run` with the same keyframes (named like frames) writes the same masks
-    keyframes = tmp_path / "keyframes"
-    keyframes.mkdir()
-    for index in (0, 4):
-        write_mask(keyframes / f"{names[index]}.png", read_mask(exported / f"{names[index]}.png"))
-    code = main(["run", str(site["frames"]), "--mask", str(keyframes), "--out", str(tmp_path / "run"), "--no-video",
-                 *SMALL])
-    assert code == 0, capsys.readouterr().err
-    for name in names:
-        assert np.array_equal(read_mask(exported / f"{name}.png"), read_mask(tmp_path / "run" / f"{name}.png")), name
+    # a Session given the same keyframes (as the project folder keeps them) gives the same masks
+    saved = json.loads((project / "project.json").read_text())
+    config = load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+    with Session(site["frames"], config) as session:
+        for i, entry in saved["keyframes"].items():
+            session.add_mask(int(i), read_mask(project / entry["file"]), entry["objects"])
+        for i, objects in saved["absent"].items():
+            for obj in objects:
+                session.set_absent(int(i), obj)
+        for index, result in session.propagate():
+            assert np.array_equal(read_mask(exported / f"{names[index]}.png"), result.mask), index
+
+    # a reload brings back the video, its keyframes, absences, names and results
+    page.reload()
+    page.wait_for_selector("#status")
+    wait_status(page, "opened clip/frames: 6 frames, 192x128; restored 3 keyframes, 2 objects, results of 6 frames")
+    assert "1 disk (ball)" in page.inner_text("#object") and "2 box" in page.inner_text("#object")
+    strip = page.inner_html("#strip")
+    assert strip.count(">K<") == 3 and "absent: object 2" in strip and "check first" in strip
+    assert page.input_value("#frame input[type=number]") == "5"  # where the user was
+
+
+def zoom(page) -> int:
+    return int(re.search(r"(\d+)%", page.inner_text("#editor")).group(1))
+
+
+def test_keyboard_shortcuts_wheel_zoom_and_playback(page, site):
+    open_path(page, "keys/frames")
+    wait_status(page, "opened keys/frames: 4 frames")
+    page.wait_for_selector("#editor canvas")
+    time.sleep(0.5)
+    frame = page.locator("#frame input[type=number]")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.querySelector('#frame input[type=number]').value === '1'")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("document.querySelector('#frame input[type=number]').value === '0'")
+    frame_shown(page, 0)
+    page.click("#add-object")
+    wait_status(page, "object 2 (object 2) added")
+    page.locator("body").click(position={"x": 5, "y": 5})  # focus off the buttons
+    page.keyboard.press("1")
+    wait_brush(page, 1)
+    page.keyboard.press("2")
+    wait_brush(page, 2)
+    page.keyboard.press("1")
+    wait_brush(page, 1)
+    tool = "[...document.querySelectorAll('#editor button[aria-label=Brush], #editor button[aria-label=Erase]')]" \
+        ".map(b => b.className).join('|')"
+    brush_on = page.evaluate(tool)
+    page.keyboard.press("e")  # the eraser: the tools' look changes, and B brings the brush back
+    page.wait_for_function(f"{tool} !== {json.dumps(brush_on)}")
+    page.keyboard.press("b")
+    page.wait_for_function(f"{tool} === {json.dumps(brush_on)}")
+    settle(page)
+    start = zoom(page)
+    page.keyboard.press("+")
+    page.wait_for_function(f"!document.querySelector('#editor').innerText.includes('{start}%')")
+    assert zoom(page) > start
+    box = page.locator("#editor canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    bigger = zoom(page)
+    page.mouse.wheel(0, 200)
+    page.wait_for_function(f"!document.querySelector('#editor').innerText.includes('{bigger}%')")
+    assert zoom(page) < bigger
+    page.keyboard.press("-")
+    settle(page)
+    to_screen = canvas_mapping(page, SIZE)
+    stroke(page, to_screen, 0.17 * SIZE[0], 0.51 * SIZE[1], 10)
+    page.keyboard.press("s")
+    wait_status(page, "frame 0 is a keyframe: objects 1")  # frame 0 was drawn long ago
+    page.keyboard.press("p")
+    wait_status(page, "propagated 4 frames")
+    page.keyboard.press("Control+z")
+    wait_status(page, "undone: keyframe 0")
+    page.keyboard.press("Control+y")
+    wait_status(page, "redone: keyframe 0")
+    page.keyboard.press("o")
+    page.wait_for_function("!document.querySelector('#overlay input').checked")
+    page.keyboard.press("o")
+    page.wait_for_function("document.querySelector('#overlay input').checked")
+    page.keyboard.press(" ")  # play to the end
+    wait_status(page, "played to the last frame")
+    assert frame.input_value() == "3"
 
 
 # ---------------------------------------------------------------------------------------------- correspond
@@ -342,7 +477,9 @@ def test_bad_upload_is_a_visible_error_and_the_server_keeps_serving(page, site):
     logged = len(log.read_text())
     for bad, says in [("bad.mp4", "upload bad.mp4"), ("empty.zip", "upload empty.zip holds no frames"),
                       ("crc.zip", "upload crc.zip is a damaged zip: 00001.jpg cannot be unpacked (Bad CRC-32")]:
-        page.set_input_files("#upload input[type=file]", str(site["root"] / bad))
+        with page.expect_file_chooser() as chooser:
+            page.click("#upload")
+        chooser.value.set_files(str(site["root"] / bad))
         shown = wait_status(page, says)
         assert shown.startswith("error:") and "/tmp" not in shown, shown  # named as the user knows it
     assert page.locator(".toast-body").count() == 0  # no Gradio exception box

@@ -183,6 +183,14 @@ def layer_to_mask(layer: np.ndarray, objects: Sequence[int], base: np.ndarray | 
     return mask
 
 
+def same_image(shown: np.ndarray, image: np.ndarray, tolerance: float = 2.0) -> bool:
+    """Whether the editor's background ``shown [H, W, 3|4]`` is ``image [H, W, 3]`` (mean difference under
+    ``tolerance`` grey levels: the editor has drawn that frame, not still the one before)."""
+    if shown.ndim != 3 or shown.shape[:2] != image.shape[:2]:
+        return False
+    return float(np.abs(shown[..., :3].astype(np.int16) - image.astype(np.int16)).mean()) < tolerance
+
+
 def edited_objects(base: np.ndarray, mask: np.ndarray) -> list[int]:
     """The objects whose pixels differ between ``base`` and ``mask`` (both ``[H, W]`` uint8): painted or erased."""
     changed = base != mask

@@ -31,6 +31,7 @@ from propagate.app.core import (
     open_upload,
     place_sticker,
     resolve_under_root,
+    same_image,
 )
 from propagate.app.layout import Page, brush
 from propagate.app.project import copy_upload, path_key, project_folder, upload_key
@@ -65,7 +66,8 @@ def editor_value(w: Workspace, i: int) -> dict[str, object]:
 def frame_outputs(w: Workspace, i: int) -> Outputs:
     """The values of :attr:`Page.view` for frame ``i``."""
     strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, i, w.absent())
-    return editor_value(w, i), w.overlay(i) if w.session.kind == "points" or w.points else gr.skip(), strip_html
+    points = w.settings.get("mode") == "points"
+    return editor_value(w, i), w.overlay(i) if points else gr.skip(), strip_html
 
 
 def object_choices(w: Workspace, value: int | None = None) -> dict[str, object]:
@@ -97,9 +99,10 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------ open a video
 
-    def workspace(self, source_path: Path | None, upload_path: str | Path | None) -> tuple[Workspace, str]:
+    def workspace(self, source_path: Path | None, upload_path: str | Path | None,
+                  key: str | None = None) -> tuple[Workspace, str]:
         """A new workspace (in its own folder) over a path under the root or an upload, with its project folder
-        under the root (an upload is copied into it)."""
+        under the root (an upload is copied into it; ``key``: the project of an upload opened again)."""
         server = self.server
         folder = server.work / uuid.uuid4().hex
         folder.mkdir()
@@ -107,7 +110,7 @@ class Handlers:
             if upload_path is not None:
                 upload_path = Path(upload_path)
                 source = open_upload(upload_path, folder, server.max_upload_bytes)
-                key = upload_key(upload_path)
+                key = key or upload_key(upload_path)
                 project = project_folder(server.root, key)
                 name = upload_path.name if not upload_path.name.startswith("upload.") else self.upload_name(project)
                 if not upload_path.is_relative_to(project):
@@ -171,7 +174,7 @@ class Handlers:
             folder = project_folder(self.server.root, remembered[len("upload:"):])
             copies = sorted(folder.glob("upload.*")) if folder.is_dir() else []
             if copies:
-                return self.opened(w, *self.workspace(None, copies[0]))
+                return self.opened(w, *self.workspace(None, copies[0], folder.name))
         if self.server.video is not None:
             return self.open_path(str(self.server.video.relative_to(self.server.root)), w)
         return (gr.skip(),) * len(self.page.opened)
@@ -193,7 +196,9 @@ class Handlers:
     def play(i: float, w: Workspace | None) -> Iterator[Outputs]:
         """Step the slider through the frames (the editor shows each frame's labels) from ``i`` (from the start if
         ``i`` is the last frame) to the end, at :data:`PLAY_FPS`; Stop (or Space) ends it."""
-        w = need(w)
+        if w is None:
+            yield error_text(PropagateError("no video is open: open a path or upload one first")), gr.skip()
+            return
         start = 0 if int(i) >= w.num_frames - 1 else int(i) + 1
         for j in range(start, w.num_frames):
             yield f"playing: frame {j} of {w.num_frames - 1}", gr.update(value=j)
@@ -237,10 +242,14 @@ class Handlers:
                 *frame_outputs(w, int(i)))
 
     @staticmethod
-    def switch_mode(m: str) -> Outputs:
+    def switch_mode(m: str, i: float, w: Workspace | None) -> Outputs:
         masks = m == "masks"
-        return (gr.skip(), gr.update(visible=masks), gr.update(visible=not masks), gr.update(visible=masks),
-                gr.update(visible=masks), gr.update(visible=not masks))
+        if w is not None:
+            w.settings["mode"] = m
+        view = gr.update(visible=True, value=w.overlay(int(i))) if w is not None and not masks else \
+            gr.update(visible=not masks)
+        return (gr.skip(), gr.update(visible=masks), view,
+                gr.update(visible=masks), gr.update(visible=masks), gr.update(visible=not masks))
 
     @staticmethod
     def toggle_overlay(show: bool, i: float, w: Workspace | None) -> Outputs:
@@ -267,6 +276,10 @@ class Handlers:
             layers = value.get("layers") if value else None
             if not layers:
                 raise PropagateError(f"frame {i}: nothing is painted: paint an object before saving a keyframe")
+            background = value.get("background") if value else None
+            if background is not None and not same_image(np.asarray(background), w.image(i)):
+                raise PropagateError(f"the editor is still drawing another frame than frame {i}: wait until it shows "
+                                     f"frame {i}, then save again (nothing was saved)")
             text = w.save_layer(i, np.asarray(layers[0]))  # type: ignore[index]
         return (text, gr.skip(), *frame_outputs(w, i)[1:])  # the editor keeps what was painted
 
@@ -314,14 +327,18 @@ class Handlers:
             yield error_text(exc), gr.skip()
 
     @staticmethod
-    def after_run(i: float, value: dict[str, object] | None, w: Workspace | None) -> Outputs:
-        """After a propagation: show the current frame's new result, unless the editor holds unsaved paint."""
+    def after_run(value: dict[str, object] | None, w: Workspace | None) -> Outputs:
+        """After a propagation: show the current frame's new result (the frame the slider last showed, which may
+        have moved while it ran), unless the editor holds unsaved paint there."""
         if w is None:
             return (gr.skip(),) * 4
+        i = int(w.settings.get("frame", 0))  # type: ignore[call-overload]
         layers = value.get("layers") if value else None
-        if layers and w.unsaved(int(i), np.asarray(layers[0])):  # type: ignore[index]
-            return (gr.skip(), gr.skip(), *frame_outputs(w, int(i))[1:])
-        return (gr.skip(), *frame_outputs(w, int(i)))
+        background = value.get("background") if value else None
+        if (layers and background is not None and same_image(np.asarray(background), w.image(i))
+                and w.unsaved(i, np.asarray(layers[0]))):  # type: ignore[index]
+            return (gr.skip(), gr.skip(), *frame_outputs(w, i)[1:])
+        return (gr.skip(), *frame_outputs(w, i))
 
     @staticmethod
     def cancelled(w: Workspace | None) -> str:
@@ -449,7 +466,7 @@ def wire(app: gr.Blocks, page: Page, server: Server) -> Handlers:
        trigger_mode="always_last")
     on(p.prev.click, functools.partial(h.step, -1), [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
     on(p.next.click, functools.partial(h.step, 1), [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
-    playing = on(p.play.click, h.play, [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
+    playing = p.play.click(h.play, [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
     p.stop.click(lambda: "stopped", None, [p.status], cancels=[playing])
     on(p.obj.change, h.pick_object, [p.obj, p.ws], [p.status, p.editor, p.obj_name, p.obj_category],
        show_progress="hidden")
@@ -459,14 +476,15 @@ def wire(app: gr.Blocks, page: Page, server: Server) -> Handlers:
     on(p.absent.click, h.mark_absent, [p.obj, p.frame, p.ws], [p.status, *p.view])
     on(p.overlay.change, h.toggle_overlay, [p.overlay, p.frame, p.ws], [p.status, p.editor],
        show_progress="hidden")
-    on(p.mode.change, h.switch_mode, [p.mode], [p.status, p.editor, p.points_view, p.obj, p.add_obj, p.point_name])
+    on(p.mode.change, h.switch_mode, [p.mode, p.frame, p.ws],
+       [p.status, p.editor, p.points_view, p.obj, p.add_obj, p.point_name])
     on(p.points_view.select, h.place_point, [p.point_name, p.frame, p.ws], [p.status, p.points_view])
     on(p.save.click, h.save_keyframe, [p.mode, p.editor, p.frame, p.ws], [p.status, *p.view])
     on(p.remove.click, h.remove_keyframe, [p.frame, p.ws], [p.status, *p.view])
     on(p.undo.click, h.undo, [p.frame, p.ws], [p.status, p.obj, *p.view])
     on(p.redo.click, h.redo, [p.frame, p.ws], [p.status, p.obj, *p.view])
     running = p.run.click(h.propagate, [p.frame, p.ws], [p.status, p.strip], show_progress="hidden")
-    running.then(guarded(h.after_run, 1 + len(p.view)), [p.frame, p.editor, p.ws], [p.status, *p.view],
+    running.then(guarded(h.after_run, 1 + len(p.view)), [p.editor, p.ws], [p.status, *p.view],
                  show_progress="hidden")
     p.cancel.click(h.cancelled, [p.ws], [p.status], cancels=[running])
     on(p.export.click, h.export_files, [p.ws], [p.status, p.downloads])

@@ -30,6 +30,7 @@ SHORTCUTS = [("← / →", "previous / next frame"), ("B / E", "brush / eraser")
              ("+ / -", "zoom (or the mouse wheel)"), ("Ctrl+Z / Ctrl+Y", "undo / redo")]
 PAGE_HEAD = """<script>
 (() => {
+  window.propagateKeys = true;
   const q = (s) => document.querySelector(s);
   let playing = false;
   const press = (s) => { const b = q(s); if (b) { b.click(); return true; } return false; };
@@ -57,20 +58,20 @@ PAGE_HEAD = """<script>
   });
   document.addEventListener('wheel', (e) => {
     const editor = q('#editor');
-    if (!editor || !editor.contains(e.target) || e.target.tagName !== 'CANVAS') return;
+    if (!editor || !editor.contains(e.target) || !e.target.closest('.image-container')) return;
     e.preventDefault();
     press(`#editor button[aria-label='${e.deltaY < 0 ? 'Zoom in' : 'Zoom out'}']`);
-  }, {passive: false});
+  }, {passive: false, capture: true});
 })();
 </script>"""
 
 
 def page_css() -> str:
     """The page's style: a colour swatch before each object's name (by its id), compact tool rows."""
-    swatches = "\n".join(f"#object label[data-testid='{o}-radio-label'] span::before {{ background: {colour_hex(o)}; }}"
+    swatches = "\n".join(f"#object input[value='{o}'] + span::before {{ background: {colour_hex(o)}; }}"
                          for o in range(1, MAX_OBJECTS + 1))
     return swatches + """
-#object label span::before { content: ""; display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em;
+#object input + span::before { content: ""; display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em;
   border-radius: 2px; vertical-align: -0.1em; }
 #toolbar button, #sidebar button { min-width: 0; padding-left: 6px; padding-right: 6px; }
 #shortcuts { font-size: 12px; opacity: 0.8; }
@@ -156,21 +157,22 @@ def build_page(server: Server) -> Page:
                          elem_id="status")
     with gr.Tab("annotate", elem_id="tab-annotate"):
         with gr.Row(equal_height=True):
-            path = gr.Textbox(label=f"video path under {server.root}", elem_id="open-path", scale=4, max_lines=1)
-            open_button = gr.Button("Open", elem_id="open-button", scale=1)
+            path = gr.Textbox(show_label=False, placeholder=f"a video or frame folder under {server.root}",
+                              elem_id="open-path", scale=4, max_lines=1, container=False)
+            open_button = gr.Button("Open", elem_id="open-button", scale=1, size="sm")
             upload = gr.UploadButton("Upload (mp4, or a zip of frames)", file_types=UPLOAD_TYPES, elem_id="upload",
-                                     scale=2)
+                                     scale=2, size="sm")
         with gr.Row(elem_id="toolbar", equal_height=True):
-            prev = gr.Button("◀", elem_id="prev-frame", scale=0, min_width=40)
-            next_ = gr.Button("▶", elem_id="next-frame", scale=0, min_width=40)
-            play = gr.Button("Play", elem_id="play", scale=0, min_width=60)
-            stop = gr.Button("Stop", elem_id="stop", scale=0, min_width=60)
-            save = gr.Button("Save keyframe (S)", variant="primary", elem_id="save-keyframe", scale=1)
-            run = gr.Button("Propagate (P)", variant="primary", elem_id="propagate", scale=1)
-            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=0, min_width=70)
-            undo = gr.Button("Undo", elem_id="undo", scale=0, min_width=60)
-            redo = gr.Button("Redo", elem_id="redo", scale=0, min_width=60)
-            overlay = gr.Checkbox(True, label="labels (O)", elem_id="overlay", scale=0, min_width=100)
+            prev = gr.Button("◀", elem_id="prev-frame", size="sm", scale=0, min_width=40)
+            next_ = gr.Button("▶", elem_id="next-frame", size="sm", scale=0, min_width=40)
+            play = gr.Button("Play", elem_id="play", size="sm", scale=0, min_width=60)
+            stop = gr.Button("Stop", elem_id="stop", size="sm", scale=0, min_width=60)
+            save = gr.Button("Save keyframe (S)", variant="primary", elem_id="save-keyframe", size="sm", scale=1)
+            run = gr.Button("Propagate (P)", variant="primary", elem_id="propagate", size="sm", scale=1)
+            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel", size="sm", scale=0, min_width=70)
+            undo = gr.Button("Undo", elem_id="undo", size="sm", scale=0, min_width=60)
+            redo = gr.Button("Redo", elem_id="redo", size="sm", scale=0, min_width=60)
+            overlay = gr.Checkbox(True, label="labels (O)", elem_id="overlay", scale=0, min_width=100, container=False)
         with gr.Row():
             with gr.Column(scale=5):
                 editor = gr.ImageEditor(label="paint (B) / erase (E) the objects; save keyframe (S)", type="numpy",
@@ -190,15 +192,15 @@ def build_page(server: Server) -> Page:
                     obj_category = gr.Textbox(label="category (COCO)", elem_id="object-category", max_lines=1,
                                               min_width=80)
                 with gr.Row():
-                    add_obj = gr.Button("Add object", elem_id="add-object", min_width=60)
-                    rename_obj = gr.Button("Rename", elem_id="rename-object", min_width=60)
-                    delete_obj = gr.Button("Delete", elem_id="delete-object", min_width=60)
+                    add_obj = gr.Button("Add object", elem_id="add-object", min_width=60, size="sm")
+                    rename_obj = gr.Button("Rename", elem_id="rename-object", min_width=60, size="sm")
+                    delete_obj = gr.Button("Delete", elem_id="delete-object", min_width=60, size="sm")
                 with gr.Row():
-                    absent = gr.Button("Absent from here", elem_id="absent", min_width=60)
-                    remove = gr.Button("Remove keyframe", elem_id="remove-keyframe", min_width=60)
+                    absent = gr.Button("Absent from here", elem_id="absent", min_width=60, size="sm")
+                    remove = gr.Button("Remove keyframe", elem_id="remove-keyframe", min_width=60, size="sm")
                 point_name = gr.Textbox(label="point name (click the frame to place or move it)", visible=False,
                                         elem_id="point-name")
-                export = gr.Button("Export", elem_id="export")
+                export = gr.Button("Export", elem_id="export", size="sm")
                 downloads = gr.File(label="downloads (named after the video)", file_count="multiple",
                                     interactive=False, height=110, elem_id="downloads")
                 gr.Markdown("Keys: " + "; ".join(f"**{k}** {what}" for k, what in SHORTCUTS), elem_id="shortcuts")

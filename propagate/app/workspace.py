@@ -270,9 +270,10 @@ class Workspace:
         """Save what the editor shows on frame ``index`` (its brush layer ``[H, W, 4]``) as a keyframe; return what
         was done, in words.
 
-        Untouched, or on a full keyframe: a full keyframe of the mask (the whole frame's truth). Otherwise only the
-        objects painted or erased are given (a partial keyframe: the others go on being propagated there), and an
-        object erased away is marked absent from here.
+        Untouched, on a full keyframe, or on a frame with no result yet: a full keyframe of the mask (the whole
+        frame's truth). Otherwise (a correction of a propagated frame) only the objects painted or erased are given
+        (a partial keyframe: the others go on being propagated there), and an object erased away is marked absent
+        from here.
         """
         self._idle("save")
         if self.session.kind == "points":
@@ -280,7 +281,10 @@ class Workspace:
         base, shown = self.sent.get(index) or (self.mask(index), True)
         mask = layer_to_mask(layer, list(self.objects), base, shown)
         touched = edited_objects(base, mask)
-        full = index in self.keyframes and self.session.keyframe_objects(index) is None
+        if index in self.keyframes:
+            full = self.session.keyframe_objects(index) is None
+        else:
+            full = self.result_mask(index) is None
         edit = Edit(f"keyframe {index}")
         before = self.state(index)
         if full or not touched:
