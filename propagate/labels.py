@@ -7,6 +7,7 @@ become a mask at native size again (:func:`labels_to_mask`).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -90,23 +91,85 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
     return mask
 
 
+MAX_FLAT_COLOURS = 32  # colours outside the DAVIS palette read as objects (a paint tool's flat fills)
+
+
 def _rgb_to_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Map DAVIS palette colours ``[H, W, 3]`` to indices; any other colour is an error."""
+    """Map the colours of ``[H, W, 3]`` to indices: DAVIS palette colours to their index; flat colours outside the
+    palette (a paint tool's fills) each to the lowest free object id, black staying background, with one ``note:``
+    line giving the mapping. Colours that look anti-aliased (too many, or a colour on no 3x3 patch of its own: an
+    edge shade) are an error: turned into objects they would be stray objects along every edge."""
     code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
     pal = DAVIS_PALETTE.astype(np.int32)
     pal_code = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
     lookup = {int(c): i for i, c in reversed(list(enumerate(pal_code)))}  # first index wins for duplicate colours
-    values, inverse = np.unique(code, return_inverse=True)
-    unknown = [int(v) for v in values if int(v) not in lookup]
+    values, first, inverse = np.unique(code.ravel(), return_index=True, return_inverse=True)
+    unknown = [(int(at), int(v)) for v, at in zip(values, first) if int(v) not in lookup]
     if unknown:
-        v = unknown[0]
-        raise PropagateError(
-            f"mask {path} is RGB with colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) "
-            "that is not in the DAVIS palette: "
-            "save the mask as an indexed PNG (0 = background, 1..N = objects)"
-        )
+        unknown.sort()  # in order of first appearance (row by row)
+        edges = [v for _, v in unknown if not _has_patch(code == v)]
+        if len(unknown) > MAX_FLAT_COLOURS or edges:
+            v = edges[0] if edges else unknown[0][1]
+            raise PropagateError(
+                f"mask {path} is RGB with {len(unknown)} colour(s) outside the DAVIS palette, e.g. "
+                f"({v >> 16}, {(v >> 8) & 255}, {v & 255}), that look anti-aliased (shades along edges): paint with "
+                "anti-aliasing off (a hard pencil, flat colours, black background) or save the mask as an indexed "
+                "PNG (0 = background, 1..N = objects)"
+            )
+        used = {lookup[int(v)] for v in values if int(v) in lookup}
+        free = iter(i for i in range(1, VOID) if i not in used)
+        for _, v in unknown:
+            lookup[v] = next(free, VOID)
+        if VOID in (lookup[v] for _, v in unknown):
+            raise PropagateError(f"mask {path} has {len(unknown) + len(used)} colours: at most 254 objects fit")
+        mapping = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) -> {lookup[v]}" for _, v in unknown)
+        print(f"note: mask {path} is RGB with flat colours outside the DAVIS palette, read as objects: {mapping}",
+              file=sys.stderr)
     table = np.array([lookup[int(v)] for v in values], dtype=np.uint8)
     return table[inverse].reshape(code.shape)
+
+
+def _has_patch(where: np.ndarray) -> bool:
+    """Whether ``where [H, W]`` bool holds a full 3x3 patch somewhere (a fill, not an edge shade)."""
+    if where.shape[0] < 3 or where.shape[1] < 3:
+        return bool(where.any())
+    inner = where[1:-1, 1:-1].copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= where[dy:dy + where.shape[0] - 2, dx:dx + where.shape[1] - 2]
+    return bool(inner.any())
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object's name and category (COCO ``categories``); default ``object N`` and ``object``."""
+
+    name: str
+    category: str = "object"
+
+
+def default_object(obj: int) -> ObjectInfo:
+    """The info of an object nobody named: ``object N``, category ``object``."""
+    return ObjectInfo(f"object {obj}", "object")
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int, keep: Sequence[int] = ()) -> np.ndarray:
+    """``mask [H, W]`` uint8 with every connected region (8-connected) of an object smaller than ``min_area`` pixels
+    made background, per object; objects in ``keep`` are left whole. Returns ``mask`` itself when nothing changes."""
+    import cv2
+
+    if min_area <= 0:
+        return mask
+    out = mask
+    for obj in object_ids(mask):
+        if obj in keep:
+            continue
+        count, regions, stats, _ = cv2.connectedComponentsWithStats((mask == obj).astype(np.uint8), connectivity=8)
+        small = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] < min_area]
+        if small:
+            out = out.copy() if out is mask else out
+            out[np.isin(regions, small)] = 0
+    return out
 
 
 def object_ids(mask: np.ndarray) -> list[int]:
