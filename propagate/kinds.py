@@ -47,10 +47,12 @@ from propagate.keypoints import (
     read_point_keyframes,
 )
 from propagate.labels import (
+    KeyframeFile,
     check_mask,
     decode_mask,
     mask_to_labels,
     object_ids,
+    read_keyframe_file,
     read_keyframes,
     remove_small_regions,
     require_objects,
@@ -152,6 +154,7 @@ class Keyframes:
     kind: "LabelKind"
     frames: dict[int, np.ndarray]
     path: str | Path | None
+    file: KeyframeFile | None = None  # masks: what the folder's keyframe file says (partial keyframes, absences)
 
 
 class LabelKind(ABC):
@@ -348,11 +351,15 @@ class MaskKind(LabelKind):
     @classmethod
     def read(cls, given: Given, source: VideoSource, config: Config) -> Keyframes:
         """A mask file (frame 0), a folder of keyframe masks named like frames
-        (:func:`propagate.labels.read_keyframes`), the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``."""
+        (:func:`propagate.labels.read_keyframes`, with its keyframe file: :func:`propagate.labels.read_keyframe_file`),
+        the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``."""
         if isinstance(given, PointSet):
             raise PropagateError("points were given where a mask was expected: give a mask PNG or a folder of them")
         if isinstance(given, (str, Path)):
             frames = read_keyframes(given, source.names, source.native_size)
+            read = read_keyframe_file(given, source.names, frames) if Path(given).is_dir() else None
+            if read is not None:
+                return Keyframes(cls.of(config, source.native_size), read[0], given, read[1])
             return Keyframes(cls.of(config, source.native_size), frames, given)
         frames = {0: given} if isinstance(given, np.ndarray) else dict(sorted(given.items()))
         require_objects(np.concatenate([m.ravel() for m in frames.values()]), "first mask")
