@@ -264,6 +264,29 @@ def keyframe_folder_with_jpeg(w: World) -> None:
     Image.fromarray(read_mask(w.mask) * 100).save(w.root / "keys" / "00002.jpg", quality=90)
 
 
+def keyframe_file(text: str, pngs: tuple[int, ...] = (0,), name: str = "keyframes.yaml") -> Callable[[World], None]:
+    """A keyframe folder: the clip's first mask as each frame's PNG of ``pngs``, and the keyframe file ``text``."""
+    def setup(w: World) -> None:
+        for index in pngs:
+            shutil.copy(w.mask, w.file(f"keys/{index:05d}.png", b""))
+        w.file(f"keys/{name}", text.encode())
+    return setup
+
+
+def keys_run(w: World) -> list:
+    return ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE]
+
+
+def antialiased_rgb(w: World) -> None:
+    """An RGB mask painted with a soft brush: a red disk whose edge fades into black over many shades."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    fade = np.clip(14 - np.hypot(xx - 30, yy - 24), 0, 4) / 4  # 1 inside, a 4-pixel ramp at the edge
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0] = (fade * 230).astype(np.uint8)
+    rgb[..., 1] = (fade * 40).astype(np.uint8)
+    Image.fromarray(rgb).save(w.root / "painted.png")
+
+
 # YAML whose aliases expand to 10^6 values (a "billion laughs" in small): refused before anything expands it.
 ALIAS_BOMB = b"".join([b"features: baseline\nextractor:\n  a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"]
                       + [f"  {chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n".encode()
@@ -506,6 +529,30 @@ CASES: list[Case] = [
          "are 4x4", setup=lambda w: tiny_clip(w, 4)),
     Case("keyframe-folder-jpeg", lambda w: ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE],
          "'00002.jpg', which is not a PNG mask", setup=keyframe_folder_with_jpeg),
+    # --- the keyframe folder's file form (issue 18): anything ambiguous is an error
+    Case("keyframe-file-given-and-absent", keys_run, "gives object 2 and marks it absent: keep one",
+         setup=keyframe_file('frames: {"00002": {objects: [2], absent: [2]}}', (0, 2))),
+    Case("keyframe-file-unknown-frame", keys_run, "frame '00009' is no frame of the video",
+         setup=keyframe_file('frames: {"00009": {absent: [1]}}')),
+    Case("keyframe-file-unquoted-frame", keys_run, "is not a quoted frame name",
+         setup=keyframe_file("frames:\n  00002: {absent: [1]}\n")),
+    Case("keyframe-file-object-not-in-png", keys_run, "lists object 3, which 00002.png does not hold",
+         setup=keyframe_file('{"frames": {"00002": {"objects": [3]}}}', (0, 2), "keyframes.json")),
+    Case("keyframe-file-objects-without-png", keys_run, "the folder has no 00002.png",
+         setup=keyframe_file('frames: {"00002": {objects: [1]}}')),
+    Case("keyframe-file-absent-but-painted", keys_run, "marks object 1 absent but 00000.png holds it",
+         setup=keyframe_file('frames: {"00000": {absent: [1]}}')),
+    Case("keyframe-file-absent-unknown-object", keys_run, "marks object 7 absent, but no keyframe PNG gives it",
+         setup=keyframe_file('frames: {"00002": {absent: [7]}}')),
+    Case("keyframe-file-unknown-key", keys_run, "give objects: [ids] and/or absent: [ids]",
+         setup=keyframe_file('frames: {"00002": {gone: [1]}}')),
+    Case("keyframe-file-bad-ids", keys_run, "absent must be a list of object ids 1..254",
+         setup=keyframe_file('frames: {"00002": {absent: [0]}}')),
+    Case("keyframe-file-syntax", keys_run, "is not readable YAML/JSON", setup=keyframe_file("frames: [\n")),
+    Case("keyframe-file-bad-name", keys_run, "objects: 1: give a name",
+         setup=keyframe_file('objects: {1: {name: ""}}')),
+    Case("mask-rgb-anti-aliased", lambda w: ["run", w.frames, "--mask", w.root / "painted.png", "--out", w.out, *BASE],
+         "look anti-aliased (shades along edges): paint with anti-aliasing off", setup=antialiased_rgb),
     Case("mask-16-bit-ids", lambda w: ["run", w.frames, "--mask", w.root / "wide.png", "--out", w.out, *BASE],
          "image mode I;16", setup=lambda w: Image.fromarray(np.where(read_mask(w.mask) > 0, 300, 0).astype(np.uint16))
          .save(w.root / "wide.png")),
