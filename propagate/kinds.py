@@ -320,7 +320,8 @@ class MaskKind(LabelKind):
         return self._painted(base, annotation, objects, absent)
 
     @staticmethod
-    def _painted(base: np.ndarray, annotation: np.ndarray, objects: frozenset[int], absent: frozenset[int]) -> np.ndarray:
+    def _painted(base: np.ndarray, annotation: np.ndarray, objects: frozenset[int],
+                 absent: frozenset[int]) -> np.ndarray:
         gone = sorted(objects | absent)
         out = np.where(np.isin(base, gone), 0, base).astype(np.uint8)
         given = np.isin(annotation, sorted(objects))

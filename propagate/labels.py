@@ -338,7 +338,7 @@ def _object_infos(value: object, path: Path) -> dict[int, ObjectInfo]:
         if isinstance(info, str) and info.strip():
             infos[obj] = ObjectInfo(info.strip())
         elif (isinstance(info, dict) and not set(info) - {"name", "category"}
-              and all(isinstance(info.get(k, "x"), str) and str(info.get(k, "x")).strip() for k in ("name", "category"))):
+              and all(isinstance(v, str) and v.strip() for v in info.values())):
             base = default_object(obj)
             infos[obj] = ObjectInfo(str(info.get("name", base.name)).strip(),
                                     str(info.get("category", base.category)).strip())
