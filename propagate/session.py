@@ -279,9 +279,12 @@ class Session:
             if index in self._partial and obj in self._partial[index]:
                 self.remove(index, [obj])
             elif index not in self._partial and (old == obj).any():
-                self._annotations[index] = np.where(old == obj, 0, old).astype(np.uint8)  # full: still full
-                if not object_ids(self._annotations[index]):
+                left = np.where(old == obj, 0, old).astype(np.uint8)  # a full keyframe stays full
+                if object_ids(left):
+                    self._annotations[index] = left
+                else:  # nothing left on it: the keyframe goes
                     del self._annotations[index]
+                    self.codec = self.codec if self._annotations else None
         self._absent.setdefault(index, set()).add(obj)
 
     def keyframe_objects(self, index: int) -> list[int] | None:

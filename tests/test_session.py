@@ -417,3 +417,18 @@ def test_per_object_results_equal_a_fresh_session_whatever_the_order_of_edits(tm
             assert np.array_equal(ours[t].mask, theirs[t].mask), f"after {[m for m, _ in done]}: frame {t}"
             assert ours[t].absent == theirs[t].absent and ours[t].confidence == theirs[t].confidence
     assert kept.stats["propagated_frames"] < fresh.stats["propagated_frames"] * len(done)  # something was reused
+
+
+def test_marking_the_only_object_of_a_keyframe_absent_removes_the_keyframe_keeps_other_marks(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=6, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    session.set_absent(3, 1)
+    session.add_mask(3, np.where(truth[3] == 2, 2, 0).astype(np.uint8))  # a full keyframe of object 2 alone
+    session.set_absent(3, 2)
+    assert session.keyframes == [0] and session.absent_marks() == {3: [1, 2]}
+    session.add_mask(4, truth[4], objects=[1])
+    session.set_absent(4, 1)  # its only object: the partial keyframe goes, the mark stays
+    assert session.keyframes == [0] and session.absent_marks() == {3: [1, 2], 4: [1]}
+    results = dict(session.propagate())
+    assert all(results[t].absent == {1, 2} and not results[t].mask.any() for t in range(3, 6))
