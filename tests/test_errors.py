@@ -192,6 +192,12 @@ def points(w: World, *extra: object, file: object = None, out: object = None) ->
             *BASE, *extra]
 
 
+def setting(name: str, key_value: str, expect: str | None = None, job: Callable[..., list] = run) -> Case:
+    """The case of ``job`` (``run`` or ``points``) given ``--set key_value``: one line naming ``expect`` (default the
+    ``key=value`` itself)."""
+    return Case(name, lambda w: job(w, "--set", key_value), expect or key_value)
+
+
 def eval_davis(w: World, *extra: object, out: object = None) -> list:
     return ["eval", "davis", "--root", w.davis, "--out", w.out if out is None else out, "--features", "baseline",
             *SMALL, *extra]
@@ -383,22 +389,22 @@ CASES: list[Case] = [
     Case("temperature-nan", lambda w: run(w, "--temperature", "nan"), "temperature"),
     Case("temperature-inf", lambda w: run(w, "--temperature", "inf"), "temperature"),
     Case("temperature-negative", lambda w: run(w, "--temperature=-1"), "temperature"),
-    Case("set-topk-abc", lambda w: run(w, "--set", "propagation.topk=abc"), "propagation.topk"),
-    Case("set-multiple-0", lambda w: run(w, "--set", "resize.multiple=0"), "resize.multiple"),
-    Case("set-size-0-0", lambda w: run(w, "--set", "resize.size=[0,0]"), "resize.size"),
-    Case("set-size-text", lambda w: run(w, "--set", "resize.size=big"), "resize.size"),
-    Case("set-short-side-float", lambda w: run(w, "--set", "resize.short_side=4.5"), "resize.short_side"),
-    Case("set-unknown-key", lambda w: run(w, "--set", "propagation.topkk=3"), "propagation.topkk"),
-    Case("set-section-not-mapping", lambda w: run(w, "--set", "propagation=3"), "propagation"),
-    Case("set-no-equals", lambda w: run(w, "--set", "topk"), "KEY=VALUE"),
-    Case("set-bad-yaml", lambda w: run(w, "--set", "resize.size=[1,"), "not valid YAML"),
-    Case("set-window-bool", lambda w: run(w, "--set", "propagation.minmax_norm=maybe"), "minmax_norm"),
+    setting("set-topk-abc", "propagation.topk=abc", "propagation.topk"),
+    setting("set-multiple-0", "resize.multiple=0", "resize.multiple"),
+    setting("set-size-0-0", "resize.size=[0,0]", "resize.size"),
+    setting("set-size-text", "resize.size=big", "resize.size"),
+    setting("set-short-side-float", "resize.short_side=4.5", "resize.short_side"),
+    setting("set-unknown-key", "propagation.topkk=3", "propagation.topkk"),
+    setting("set-section-not-mapping", "propagation=3", "propagation"),
+    setting("set-no-equals", "topk", "KEY=VALUE"),
+    setting("set-bad-yaml", "resize.size=[1,", "not valid YAML"),
+    setting("set-window-bool", "propagation.minmax_norm=maybe", "minmax_norm"),
     Case("batch-frames-0", lambda w: run(w, "--batch-frames", "0"), "batch_frames"),
     Case("seed-negative", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
                                      *SMALL, "--seed=-1"], "seed=-1"),
     Case("seed-for-baseline", lambda w: run(w, "--seed=1"), "no option(s) seed"),
-    Case("sigma-nan", lambda w: points(w, "--set", "keypoints.sigma=.nan"), "keypoints.sigma"),
-    Case("set-device-typo", lambda w: run(w, "--set", "extractor.device=cdua"), "cdua"),
+    setting("sigma-nan", "keypoints.sigma=.nan", "keypoints.sigma", job=points),
+    setting("set-device-typo", "extractor.device=cdua", "cdua"),
     Case("features-unknown", lambda w: run(w, "--features", "nope"), "nope"),
     Case("preset-unknown", lambda w: run(w, "--config", "davis_nope"), "davis_nope"),
     # --- config files
@@ -414,8 +420,8 @@ CASES: list[Case] = [
     # --- devices this machine lacks, for every extractor
     Case("cuda-baseline", lambda w: run(w, "--device", "cuda"), "cuda", missing="cuda"),
     Case("mps-baseline", lambda w: run(w, "--device", "mps"), "mps", missing="mps"),
-    Case("cuda-index-baseline", lambda w: run(w, "--set", "extractor.device=cuda:9"), "cuda:9"),
-    Case("cuda-propagation-only", lambda w: run(w, "--set", "propagation.device=cuda:9"), "cuda:9"),
+    setting("cuda-index-baseline", "extractor.device=cuda:9", "cuda:9"),
+    setting("cuda-propagation-only", "propagation.device=cuda:9", "cuda:9"),
     Case("cuda-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
                                     *SMALL, "--device", "cuda"], "cuda", missing="cuda"),
     Case("mps-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
@@ -490,19 +496,19 @@ CASES: list[Case] = [
                                               "--set", "resize.short_side=40"], "other feature settings",
          setup=make_cache),
     # --- issue 22: every numeric option in range, bounded reads, degenerate results, names confined to --out
-    Case("set-bins-0", lambda w: run(w, "--set", "extractor.bins=0"), "extractor.bins=0"),
-    Case("set-scales-0", lambda w: run(w, "--set", "extractor.scales=[0]"), "extractor.scales=[0]"),
-    Case("set-scales-even", lambda w: run(w, "--set", "extractor.scales=[1,2]"), "each odd"),
-    Case("set-scales-empty", lambda w: run(w, "--set", "extractor.scales=[]"), "extractor.scales=[]"),
-    Case("set-colour-sigma-0", lambda w: run(w, "--set", "extractor.colour_sigma=0"), "extractor.colour_sigma=0"),
-    Case("set-fourier-dim-0", lambda w: run(w, "--set", "extractor.fourier_dim=0"), "extractor.fourier_dim=0"),
+    setting("set-bins-0", "extractor.bins=0"),
+    setting("set-scales-0", "extractor.scales=[0]"),
+    setting("set-scales-even", "extractor.scales=[1,2]", "each odd"),
+    setting("set-scales-empty", "extractor.scales=[]"),
+    setting("set-colour-sigma-0", "extractor.colour_sigma=0"),
+    setting("set-fourier-dim-0", "extractor.fourier_dim=0"),
     Case("points-open-disk-radius-0", lambda w: points(w, "--set", "propagation.radius=0"),
          "propagation.radius=0 is not valid with propagation.window=open_disk"),
-    Case("points-sigma-underflow", lambda w: points(w, "--set", "keypoints.sigma=1e-200"), "keypoints.sigma=1e-200"),
-    Case("points-sigma-huge", lambda w: points(w, "--set", "keypoints.sigma=1e6"), "keypoints.sigma=1000000.0"),
-    Case("short-side-huge", lambda w: run(w, "--set", "resize.short_side=100000"), "resize.short_side=100000"),
-    Case("size-huge", lambda w: run(w, "--set", "resize.size=[100000,100000]"), "resize.size"),
-    Case("multiple-huge", lambda w: run(w, "--set", "resize.multiple=100000"), "resize.multiple=100000"),
+    setting("points-sigma-underflow", "keypoints.sigma=1e-200", job=points),
+    setting("points-sigma-huge", "keypoints.sigma=1e6", "keypoints.sigma=1000000.0", job=points),
+    setting("short-side-huge", "resize.short_side=100000"),
+    setting("size-huge", "resize.size=[100000,100000]", "resize.size"),
+    setting("multiple-huge", "resize.multiple=100000"),
     Case("n-last-frames-huge", lambda w: run(w, "--n-last-frames", "100000000000000000000"),
          "propagation.n_last_frames=100000000000000000000"),
     Case("temperature-underflow", lambda w: run(w, "--temperature", "1e-300"), "propagation.temperature=1e-300"),
