@@ -179,8 +179,9 @@ class CachedPropagator(LabelPropagator):
             self.queue._current = frame
         super().replay(feats, labels)
 
-    def step(self, feats: torch.Tensor, frame: int = -1) -> torch.Tensor:  # type: ignore[override]
-        """Soft labels ``[K, h, w]`` of frame ``frame`` from its features ``[C, h, w]``; it joins the context."""
+    def step(self, feats: torch.Tensor, push: bool = True, frame: int = -1) -> torch.Tensor:  # type: ignore[override]
+        """Soft labels ``[K, h, w]`` of frame ``frame`` from its features ``[C, h, w]``; it joins the context
+        (unless ``push`` is False: see :meth:`LabelPropagator.step`)."""
         if self.queue is None:
             raise RuntimeError("call start() with the first keyframe before step()")
         if frame < 0:
@@ -191,8 +192,9 @@ class CachedPropagator(LabelPropagator):
             raise ValueError(f"features {tuple(feats.shape)} do not match the first keyframe's grid "
                              f"{tuple(queue.keys.shape[1:])}")
         labels = self._propagate(query, frame)
-        queue._current = frame
-        queue.push(query, labels)
+        if push:
+            queue._current = frame
+            queue.push(query, labels)
         return labels.permute(2, 0, 1)
 
     def _windowed(self, slot: int) -> bool:
