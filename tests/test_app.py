@@ -454,6 +454,7 @@ def test_absent_undo_redo_and_deleting_an_object(tmp_path):
     assert ws.objects[3] == ("cup", "tableware")
     ws.delete_object(2)
     assert sorted(ws.objects) == [1, 3] and not (ws.session.annotation(0) == 2).any()
+    assert ws.session.keyframe_objects(0) is None  # a full keyframe stays full
     assert ws.session.absent_marks() == {}
     ws.undo()  # the deletion
     assert sorted(ws.objects) == [1, 2, 3] and np.array_equal(ws.session.annotation(0), first)

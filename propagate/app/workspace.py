@@ -219,7 +219,18 @@ class Workspace:
         edit = Edit(f"delete object {obj}", objects=(dict(self.objects), {}))
         for i in sorted(frames):
             before = self.state(i)
-            self.session.remove(i, [obj])
+            mask, objects, marks = before
+            if mask is not None and objects is None and (mask == obj).any():  # a full keyframe stays full
+                left = np.where(mask == obj, 0, mask).astype(np.uint8)
+                if object_ids(left):
+                    self.session.add_mask(i, left)
+                else:
+                    self.session.remove(i)  # the keyframe and the frame's marks: the other marks come back
+                    for other in marks:
+                        if other != obj:
+                            self.session.set_absent(i, other)
+            if obj in self.session.absent_marks().get(i, ()) or (i in self.keyframes and self._gives(i, obj)):
+                self.session.remove(i, [obj])
             edit.frames[i] = (before, self.state(i))
         del self.objects[obj]
         edit.objects = (edit.objects[0], dict(self.objects))  # type: ignore[index]
