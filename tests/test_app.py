@@ -505,6 +505,47 @@ def test_the_project_folder_brings_back_keyframes_names_absences_and_results(tmp
     again.close()
 
 
+def test_a_reload_reopens_a_path_or_an_upload_with_its_project(tmp_path):
+    """What the browser remembers (``path:...`` or ``upload:<project>``) opens the video again with its keyframes;
+    a remembered path outside the root is refused like a typed one."""
+    pytest.importorskip("gradio")
+    from propagate.app.handlers import Handlers
+
+    root = tmp_path / "root"
+    frames, _, masks = write_clip(root / "clip", 3, (192, 128))
+    upload = tmp_path / "uploads" / "walk.zip"
+    upload.parent.mkdir()
+    with zipfile.ZipFile(upload, "w") as zf:
+        for f in sorted(frames.iterdir()):
+            zf.write(f, f.name)
+    config = small_config()
+    (tmp_path / "work").mkdir()
+    server = Server(config=config, extractor=build_extractor(config.features, config.extractor), root=root,
+                    work=tmp_path / "work", features_label="baseline", max_upload_bytes=10 * MB)
+    h = Handlers(server, SimpleNamespace(opened=[None] * 9, view=[None] * 3))
+    for opened in (h.open_path("clip/frames", None), h.open_uploaded(str(upload), None)):
+        ws, remembered = opened[1], opened[-1]
+        ws.set_mask(1, masks[1])
+        again = h.reopen(remembered, None)
+        assert again[0].endswith("; restored 1 keyframe, 2 objects"), again[0]
+        assert again[1].keyframes == [1] and np.array_equal(again[1].session.annotation(1), masks[1])
+        ws.close(), again[1].close()
+    assert remembered.startswith("upload:upload-walk-") and (root / "propagate-projects" / remembered[7:]).is_dir()
+    assert sorted(p.name for p in (root / "propagate-projects" / remembered[7:]).iterdir()) == [
+        "keyframes", "project.json", "upload.zip"]
+    with pytest.raises(PropagateError, match="outside the server's --root"):
+        h.reopen("path:../uploads", None)
+    with pytest.raises(PropagateError, match="is not a project name"):
+        h.reopen("upload:../../etc", None)
+    assert h.reopen("", None) == (gr_skip(),) * 9
+
+
+def gr_skip():
+    import gradio as gr
+
+    return gr.skip()
+
+
 def test_workspace_points_are_placed_moved_and_propagated(tmp_path):
     from propagate.app.workspace import Workspace
     from propagate.video import open_video

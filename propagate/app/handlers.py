@@ -312,7 +312,12 @@ class Handlers:
             total = w.num_frames
             if not w.keyframes:
                 raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
-            yield "extracting features (once per video), then propagating ...", gr.skip()
+            extraction = w.extract_in_background()
+            while extraction.is_alive():
+                yield f"features: {w.extracted}/{total} frames (once per video), then propagating ...", gr.skip()
+                extraction.join(0.5)
+            if w.extract_error is not None:
+                raise w.extract_error
             for r in w.propagate():
                 done += 1
                 now = time.perf_counter()

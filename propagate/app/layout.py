@@ -7,6 +7,7 @@ Element ids (``elem_id``) are stable: the browser test drives the page by them.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import gradio as gr
@@ -150,7 +151,10 @@ def build_page(server: Server) -> Page:
     # this browser session's Workspace, closed (features freed, folder removed) when the session ends
     ws = gr.State(None, delete_callback=lambda w: w.close() if w is not None else None)
     corr = gr.State(None)
-    remembered = gr.BrowserState("", storage_key="propagate-open-video")
+    # what to open again on a reload (a path under the root, or an upload's project), kept in the browser; the key
+    # is the root's, so a restarted server still reads it (every value is checked against the root when used)
+    remembered = gr.BrowserState("", storage_key="propagate-open-video",
+                                 secret=hashlib.sha256(f"propagate serve {server.root}".encode()).hexdigest())
     gr.Markdown(f"**propagate**: label propagation with diffusion features. Features in use: {server.features_label}",
                 elem_id="features")
     status = gr.Markdown("Open a video: a path under the server's root, or upload an mp4 or a zip of frames.",

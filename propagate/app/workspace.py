@@ -7,6 +7,7 @@ never visible to another.
 from __future__ import annotations
 
 import shutil
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ class Workspace:
         self.future: list[Edit] = []
         self.running = False  # a propagation is streaming
         self.remembered = ""  # what the browser remembers to open this video again (see handlers.reopen)
+        self.extracted = 0  # frames whose features the background extraction has (see extract_in_background)
+        self.extract_error: BaseException | None = None
+        self._extraction: threading.Thread | None = None
         # results read back from the project folder (shown until the session propagates): masks, confidences
         self.restored: dict[int, np.ndarray] = {}
         self.restored_confidence: dict[int, dict[int, float]] = {}
@@ -455,12 +459,29 @@ class Workspace:
         self.restored = project.results
         self.restored_confidence = project.confidence
         self.restored_absent = project.result_absent
-        parts = [f"{len(project.keyframes)} keyframes", f"{len(self.objects)} objects"]
+        plural = lambda n, what: f"{n} {what}" + ("" if n == 1 else "s")  # noqa: E731
+        parts = [plural(len(project.keyframes), "keyframe"), plural(len(self.objects), "object")]
         if project.results:
             parts.append(f"results of {len(project.results)} frames")
         return "restored " + ", ".join(parts)
 
     # -------------------------------------------------------------------------------------------- propagate, export
+
+    def extract_in_background(self) -> threading.Thread:
+        """Extract every frame's features (once per video) in a thread, counting them in :attr:`extracted` (a
+        failure is kept in :attr:`extract_error`); a second call while it runs returns the same thread."""
+        if self._extraction is None or not self._extraction.is_alive():
+            self.extract_error = None
+
+            def work() -> None:
+                try:
+                    self.session.extract(lambda done, total: setattr(self, "extracted", done))
+                except BaseException as exc:  # reported by the page, in its status line
+                    self.extract_error = exc
+
+            self._extraction = threading.Thread(target=work, name="propagate-extract", daemon=True)
+            self._extraction.start()
+        return self._extraction
 
     def propagate(self) -> Iterator[FrameResult]:
         """Propagate from every keyframe (features are extracted on the first call only); results are kept as they
