@@ -455,6 +455,7 @@ def test_absent_undo_redo_and_deleting_an_object(tmp_path):
     ws.delete_object(2)
     assert sorted(ws.objects) == [1, 3] and not (ws.session.annotation(0) == 2).any()
     assert ws.session.keyframe_objects(0) is None  # a full keyframe stays full
+    assert not (ws.mask(2) == 2).any() and (ws.results[2].mask == 2).any()  # not shown before propagating again
     assert ws.session.absent_marks() == {}
     ws.undo()  # the deletion
     assert sorted(ws.objects) == [1, 2, 3] and np.array_equal(ws.session.annotation(0), first)

@@ -33,7 +33,6 @@ PAGE_HEAD = """<script>
 (() => {
   window.propagateKeys = true;
   const q = (s) => document.querySelector(s);
-  let playing = false;
   const press = (s) => { const b = q(s); if (b) { b.click(); return true; } return false; };
   const typing = (t) => t && (t.tagName === 'INPUT' && !['radio', 'checkbox', 'range'].includes(t.type)
     || t.tagName === 'TEXTAREA' || t.isContentEditable);
@@ -51,7 +50,7 @@ PAGE_HEAD = """<script>
     else if (/^[1-9]$/.test(k)) done = press(`#object input[value='${k}']`);
     else if (k === 's' || k === 'S') done = press('#save-keyframe');
     else if (k === 'p' || k === 'P') done = press('#propagate');
-    else if (k === ' ') { done = press(playing ? '#stop' : '#play'); playing = !playing; }
+    else if (k === ' ') done = press(((q('#status') || {}).innerText || '').startsWith('playing') ? '#stop' : '#play');
     else if (k === 'o' || k === 'O') done = press('#overlay input');
     else if (k === '+' || k === '=') done = press("#editor button[aria-label='Zoom in']");
     else if (k === '-' || k === '_') done = press("#editor button[aria-label='Zoom out']");

@@ -139,7 +139,8 @@ class Workspace:
 
     def mask(self, index: int) -> np.ndarray:
         """The mask shown on frame ``index`` ``[H, W]``: its result, with its keyframe (a full one replaces it, a
-        partial one replaces its objects) and absence marks over it when they are newer than the result."""
+        partial one replaces its objects), absence marks and deleted objects over it when they are newer than the
+        result."""
         base = self.result_mask(index)
         if base is None:
             width, height = self.session.native_size
@@ -156,6 +157,9 @@ class Workspace:
         marks = self.session.absent_marks().get(index) if self.session.kind == "masks" else None
         if marks and np.isin(base, marks).any():
             base = np.where(np.isin(base, marks), 0, base).astype(np.uint8)
+        gone = ~np.isin(base, [0, 255, *self.objects])  # objects deleted since the result was computed
+        if gone.any():
+            base = np.where(gone, 0, base).astype(np.uint8)
         return base
 
     def overlay(self, index: int) -> np.ndarray:
@@ -319,9 +323,6 @@ class Workspace:
             if gone:
                 text += f"; absent from here: {', '.join(map(str, gone))}"
             text += " (the other objects go on being propagated)"
-        for obj in object_ids(mask):
-            if obj not in self.objects:  # cannot happen through layer_to_mask; kept as a guard
-                raise PropagateError(f"frame {index}: object {obj} does not exist")
         self.sent[index] = (mask, shown)  # what the editor still holds, as the next save reads it
         edit.frames[index] = (before, self.state(index))
         self._record(edit)
