@@ -415,6 +415,8 @@ def test_keyboard_shortcuts_wheel_zoom_and_playback(page, site):
     page.wait_for_function("document.querySelector('#overlay input').checked")
     page.keyboard.press(" ")  # play to the end
     wait_status(page, "played to the last frame")
+    page.wait_for_function("document.querySelector('#frame input[type=number]').value === '3'", timeout=5_000)
+    time.sleep(0.5)
     assert frame.input_value() == "3"
 
 

@@ -199,11 +199,24 @@ class Handlers:
         if w is None:
             yield error_text(PropagateError("no video is open: open a path or upload one first")), gr.skip()
             return
-        start = 0 if int(i) >= w.num_frames - 1 else int(i) + 1
-        for j in range(start, w.num_frames):
-            yield f"playing: frame {j} of {w.num_frames - 1}", gr.update(value=j)
-            time.sleep(1 / PLAY_FPS)
-        yield "played to the last frame", gr.skip()
+        if w.playing:  # a second Play (a double key press) does not start over
+            yield gr.skip(), gr.skip()
+            return
+        w.playing = True
+        try:
+            start = 0 if int(i) >= w.num_frames - 1 else int(i) + 1
+            for j in range(start, w.num_frames):
+                yield f"playing: frame {j} of {w.num_frames - 1}", gr.update(value=j)
+                time.sleep(1 / PLAY_FPS)
+            yield "played to the last frame", gr.skip()
+        finally:
+            w.playing = False
+
+    @staticmethod
+    def stop(w: Workspace | None) -> str:
+        if w is not None:
+            w.playing = False
+        return "stopped"
 
     @staticmethod
     def pick_object(o: str, w: Workspace | None) -> Outputs:
@@ -326,24 +339,33 @@ class Handlers:
                     strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, int(w.settings.get(
                         "frame", i)), w.absent())  # type: ignore[call-overload]
                     yield f"propagating: frame {r.index} ({done}/{total})", strip_html
-            yield (f"propagated {done} frames in {time.perf_counter() - start:.1f} s "
-                   f"({w.session.stats.get('extractor_frames', '?')} frames' features extracted so far)", gr.skip())
+            # said by after_run, with the current frame's new result (so the page shows both at once)
+            w.run_summary = (f"propagated {done} frames in {time.perf_counter() - start:.1f} s "
+                             f"({w.session.stats.get('extractor_frames', '?')} frames' features extracted so far)")
+            yield f"propagating: all {done} frames done, showing the results ...", gr.skip()
         except PropagateError as exc:
             yield error_text(exc), gr.skip()
 
     @staticmethod
     def after_run(value: dict[str, object] | None, w: Workspace | None) -> Outputs:
         """After a propagation: show the current frame's new result (the frame the slider last showed, which may
-        have moved while it ran), unless the editor holds unsaved paint there."""
+        have moved while it ran), unless the editor holds unsaved paint there. Nothing if the slider moves on
+        meanwhile: its own handler shows that frame, and this one must not arrive after it."""
         if w is None:
             return (gr.skip(),) * 4
+        summary, w.run_summary = w.run_summary, ""
+        said = summary or gr.skip()
         i = int(w.settings.get("frame", 0))  # type: ignore[call-overload]
         layers = value.get("layers") if value else None
         background = value.get("background") if value else None
         if (layers and background is not None and same_image(np.asarray(background), w.image(i))
                 and w.unsaved(i, np.asarray(layers[0]))):  # type: ignore[index]
-            return (gr.skip(), gr.skip(), *frame_outputs(w, i)[1:])
-        return (gr.skip(), *frame_outputs(w, i))
+            shown = (said, gr.skip(), *frame_outputs(w, i)[1:])
+        else:
+            shown = (said, *frame_outputs(w, i))
+        if int(w.settings.get("frame", 0)) != i:  # type: ignore[call-overload]
+            return (said, gr.skip(), gr.skip(), gr.skip())
+        return shown
 
     @staticmethod
     def cancelled(w: Workspace | None) -> str:
@@ -472,7 +494,7 @@ def wire(app: gr.Blocks, page: Page, server: Server) -> Handlers:
     on(p.prev.click, functools.partial(h.step, -1), [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
     on(p.next.click, functools.partial(h.step, 1), [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
     playing = p.play.click(h.play, [p.frame, p.ws], [p.status, p.frame], show_progress="hidden")
-    p.stop.click(lambda: "stopped", None, [p.status], cancels=[playing])
+    p.stop.click(h.stop, [p.ws], [p.status], cancels=[playing])
     on(p.obj.change, h.pick_object, [p.obj, p.ws], [p.status, p.editor, p.obj_name, p.obj_category],
        show_progress="hidden")
     on(p.add_obj.click, h.add_object, [p.obj_name, p.obj_category, p.ws], [p.status, p.obj])

@@ -31,7 +31,6 @@ SHORTCUTS = [("← / →", "previous / next frame"), ("B / E", "brush / eraser")
              ("+ / -", "zoom (or the mouse wheel)"), ("Ctrl+Z / Ctrl+Y", "undo / redo")]
 PAGE_HEAD = """<script>
 (() => {
-  window.propagateKeys = true;
   const q = (s) => document.querySelector(s);
   const press = (s) => { const b = q(s); if (b) { b.click(); return true; } return false; };
   const typing = (t) => t && (t.tagName === 'INPUT' && !['radio', 'checkbox', 'range'].includes(t.type)
@@ -55,6 +54,9 @@ PAGE_HEAD = """<script>
     else if (k === '+' || k === '=') done = press("#editor button[aria-label='Zoom in']");
     else if (k === '-' || k === '_') done = press("#editor button[aria-label='Zoom out']");
     if (done) e.preventDefault();
+  });
+  document.addEventListener('keyup', (e) => {  // Space must not also press a focused button
+    if (e.key === ' ' && !typing(e.target)) e.preventDefault();
   });
   document.addEventListener('wheel', (e) => {
     const editor = q('#editor');

@@ -74,7 +74,9 @@ class Workspace:
         self.history: list[Edit] = []
         self.future: list[Edit] = []
         self.running = False  # a propagation is streaming
+        self.playing = False  # Play is stepping the slider
         self.remembered = ""  # what the browser remembers to open this video again (see handlers.reopen)
+        self.run_summary = ""  # what the latest propagation did, said once the page shows its result
         self.extracted = 0  # frames whose features the background extraction has (see extract_in_background)
         self.extract_error: BaseException | None = None
         self._extraction: threading.Thread | None = None
