@@ -269,7 +269,7 @@ def test_paint_propagate_save_correct_absent_undo_export_reload(page, site, tmp_
     save(page, "frame 0 is a keyframe: objects 1, 2")
 
     page.click("#propagate")
-    first = wait_status(page, "propagated")
+    first = wait_status(page, f"propagated {FRAMES} frames")
     assert f"{FRAMES} frames' features extracted" in first
     shoot(page, site, "propagated")
 
@@ -280,7 +280,7 @@ def test_paint_propagate_save_correct_absent_undo_export_reload(page, site, tmp_
     save(page, "frame 2 is a keyframe: objects 1, 2")
     assert kept("keyframes", 2).tobytes() == kept("results", 2).tobytes()
     page.click("#propagate")
-    wait_status(page, "propagated")
+    wait_status(page, f"propagated {FRAMES} frames")
     before = kept("results", 4)
     assert set(np.unique(before)) == {0, 1, 2}
 
@@ -292,7 +292,7 @@ def test_paint_propagate_save_correct_absent_undo_export_reload(page, site, tmp_
     stroke(page, to_screen, 0.5 * w, 0.88 * h, 8)
     save(page, "frame 4 is a keyframe of objects 1 (the other objects go on being propagated)")
     page.click("#propagate")
-    wait_status(page, "propagated")
+    wait_status(page, f"propagated {FRAMES} frames")
     after = kept("results", 4)
     assert (after[int(0.88 * h), int(0.5 * w)] == 1) and set(np.unique(after)) == {0, 1, 2}
     assert np.array_equal(after[after != 1] == 2, before[after != 1] == 2)
@@ -309,7 +309,7 @@ def test_paint_propagate_save_correct_absent_undo_export_reload(page, site, tmp_
     page.click("#redo")
     wait_status(page, "redone: object 2 absent from frame 5")
     page.click("#propagate")
-    wait_status(page, "propagated")
+    wait_status(page, f"propagated {FRAMES} frames")
     assert not (kept("results", 5) == 2).any() and (kept("results", 4) == 2).any()
     assert "absent: object 2" in page.inner_html("#strip")
 

@@ -208,7 +208,7 @@ class Handlers:
             for j in range(start, w.num_frames):
                 yield f"playing: frame {j} of {w.num_frames - 1}", gr.update(value=j)
                 time.sleep(1 / PLAY_FPS)
-            yield "played to the last frame", gr.skip()
+            yield "played to the last frame", gr.update(value=w.num_frames - 1)  # said again: the last word
         finally:
             w.playing = False
 
