@@ -12,8 +12,9 @@ model, such as ``propagate --help`` or ``propagate score``) does not pay for tor
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from propagate.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from propagate.config import Config, load_config
@@ -41,14 +42,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """A public name, imported from its module the first time it is asked for (then kept here)."""
-    if name not in _HOMES:
-        raise AttributeError(f"module 'propagate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"propagate.{_HOMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

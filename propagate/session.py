@@ -15,7 +15,9 @@ and a frame between two keyframes gets both directions' soft labels blended by t
 results of :func:`propagate.pipeline.run_masks`.
 
 Features are kept in memory up to ``memory_bytes`` (float32, exact); beyond that they go to a scratch folder the
-session creates and removes (:meth:`Session.close`), so results never depend on where features were kept.
+session creates and removes (:meth:`Session.close`), so results never depend on where features were kept. The frames
+the first pass decodes are kept the same way (``frame_bytes``), so :meth:`Session.image` of any frame is then a read,
+not a decode from the video's keyframe before it (which costs up to a group of pictures: 250 frames in an H.264 file).
 """
 from __future__ import annotations
 
@@ -40,13 +42,16 @@ from propagate.pipeline import Sweep, as_source, check_length, propagate_keyfram
 from propagate.video import VideoSource, processing_size
 
 MEMORY_BYTES = 4 * 2**30  # features kept in memory before the session spills them to its scratch folder
+FRAME_BYTES = 1 * 2**30  # decoded frames kept in memory before the session spills them to its scratch folder
 
 
 class _FeatureMemory:
-    """Features ``[C, h, w]`` of every frame, in memory up to a budget, then as files in a scratch folder."""
+    """Features ``[C, h, w]`` (or frames ``[H, W, 3]`` uint8) of every frame, in memory up to a budget, then as files
+    in a scratch folder (named ``prefix``...)."""
 
-    def __init__(self, budget: int):
+    def __init__(self, budget: int, prefix: str = "propagate-session-"):
         self.budget = budget
+        self.prefix = prefix
         self.used = 0
         self.ram: dict[int, torch.Tensor] = {}
         self.scratch: Path | None = None
@@ -61,7 +66,7 @@ class _FeatureMemory:
             self.used += size
             return
         if self.scratch is None:
-            self.scratch = Path(tempfile.mkdtemp(prefix="propagate-session-"))
+            self.scratch = Path(tempfile.mkdtemp(prefix=self.prefix))
         torch.save(feats.cpu(), self.scratch / f"{index}.pt")
 
     def get(self, index: int) -> torch.Tensor:
@@ -85,10 +90,12 @@ class Session:
         extractor: a ready extractor; built from ``config`` if None.
         cache: a feature store (:class:`propagate.cache.FeatureCache`) to read features from / write them to.
         memory_bytes: features kept in memory before spilling to a scratch folder.
+        frame_bytes: decoded frames kept in memory (for :meth:`image`) before spilling to a scratch folder.
     """
 
     def __init__(self, video: str | Path | VideoSource, config: Config, *, extractor: FeatureExtractor | None = None,
-                 cache: FeatureStore | None = None, memory_bytes: int = MEMORY_BYTES, progress: bool = False):
+                 cache: FeatureStore | None = None, memory_bytes: int = MEMORY_BYTES, frame_bytes: int = FRAME_BYTES,
+                 progress: bool = False):
         self.source = as_source(video)
         check_length(self.source)
         self.config = config
@@ -102,6 +109,7 @@ class Session:
         self._annotations: dict[int, np.ndarray] = {}  # frame -> its annotation, as the codec checked it
         self._propagated: dict[int, np.ndarray] = {}  # the keyframes of the latest results
         self._features = _FeatureMemory(memory_bytes)
+        self._frames = _FeatureMemory(frame_bytes, "propagate-frames-")  # [H, W, 3] uint8 as read, for image()
         # with propagation.reuse, both directions keep each frame's top-k candidates (a correction costs a gather)
         self._candidates = CandidateStore() if config.propagation.reuse else None
         self._sweeps = (Sweep(config.propagation, store=self._candidates),
@@ -142,6 +150,8 @@ class Session:
             for frame, feats in stream:
                 if frame.index not in self._features:
                     self._features.put(frame.index, feats)
+                if frame.index not in self._frames:
+                    self._frames.put(frame.index, torch.from_numpy(frame.image))
                 bar.update(1)
                 if progress_callback is not None:
                     progress_callback(frame.index + 1, self.num_frames)
@@ -155,9 +165,12 @@ class Session:
         return self._features.get(index)
 
     def image(self, index: int) -> np.ndarray:
-        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size (read by seeking, not from frame 0 on)."""
+        """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size: kept since the first pass read it, or read by
+        seeking (not from frame 0 on) and kept from then on."""
         self._check_index(index)
-        return self.source.frame(index)
+        if index not in self._frames:
+            self._frames.put(index, torch.from_numpy(self.source.frame(index)))
+        return self._frames.get(index).numpy().copy()  # a copy: the kept frame stays as read
 
     def annotation(self, index: int) -> np.ndarray:
         """Keyframe ``index``'s annotation as given: a mask ``[H, W]`` uint8 or points ``[J, 2]`` (read-only)."""
@@ -253,8 +266,9 @@ class Session:
         return ranked[:count]
 
     def close(self) -> None:
-        """Remove the scratch folders of spilled features and kept candidates (if any)."""
+        """Remove the scratch folders of spilled features, frames and kept candidates (if any)."""
         self._features.close()
+        self._frames.close()
         if self._candidates is not None:
             self._candidates.close()
 

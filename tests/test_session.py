@@ -169,6 +169,24 @@ def test_a_new_object_at_a_correction_is_followed_without_extraction(tmp_path, b
     assert iou(second[8] == 2, truth[8] == 2) > 0.6 > iou(first[8] == 2, truth[8] == 2)
 
 
+@pytest.mark.parametrize("frame_bytes", [2**30, 0])  # kept in memory; spilled to the scratch folder
+def test_image_gives_the_frames_as_read_and_keeps_them_whole(tmp_path, baseline, frame_bytes):
+    frames, _ = entering_clip(tmp_path / "clip", frames=6)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline, frame_bytes=frame_bytes)
+    read = [frame.image for frame in session.source]
+    assert np.array_equal(session.image(4), read[4])  # before any pass: read by seeking, then kept
+    session.extract()
+    scratch = session._frames.scratch
+    assert (scratch is not None) == (frame_bytes == 0)
+    for index, image in enumerate(read):
+        shown = session.image(index)
+        assert np.array_equal(shown, image)
+        shown[:] = 0  # a caller drawing on what it was given cannot change the kept frame
+        assert np.array_equal(session.image(index), image)
+    session.close()
+    assert scratch is None or not scratch.exists()
+
+
 def test_confidence_falls_where_an_object_is_hidden(clip, baseline):
     frames, mask_path, truth = clip  # the square (object 2) is hidden behind the disk at frame 3
     session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)

@@ -4,8 +4,9 @@ Each name is imported from its module on first use: scoring DAVIS results (:func
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from propagate.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from propagate.datasets.davis import DavisDataset, evaluate_davis, format_table, score_davis
@@ -25,9 +26,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'propagate.datasets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"propagate.datasets.{_HOMES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
