@@ -26,6 +26,7 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
 from propagate.kinds import FrameResult, LabelKind, MaskKind, PointKind
 from propagate.labels import require_objects
+from propagate.progress import Progress
 from propagate.propagation import LabelPropagator
 from propagate.video import Frame, VideoSource, open_video
 
@@ -338,6 +339,7 @@ def propagate_keyframes(
     direction: str = "auto",
     blend: str = "linear",
     sweeps: tuple[Sweep, Sweep] | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, bool]]:
     """Soft labels of every frame from annotated keyframes, in frame order: ``(frame, labels [K, h, w], keyframe)``.
 
@@ -346,19 +348,29 @@ def propagate_keyframes(
     :func:`blend_weights` (only the sweeps that ``direction`` runs; see :func:`resolve_direction`). ``features(t)``
     gives frame ``t``'s features ``[C, h, w]``; pass ``sweeps`` (forward, backward) kept from an earlier call to
     recompute only what the new keyframes can change.
+
+    ``progress(phase, done, total)`` (:mod:`propagate.progress`) is called after each frame of the backward sweep
+    (``backward``, run whole before the first frame is yielded) and after each frame yielded (``forward``, or
+    ``decode`` when only the backward sweep runs).
     """
     keys = sorted(keyframes)
     forward, backward = resolve_direction(direction, keys, num_frames)
     fwd_sweep, bwd_sweep = sweeps or (Sweep(cfg), Sweep(cfg))
+    report = progress or (lambda phase, done, total: None)
     back: dict[int, torch.Tensor] = {}
     if backward:
-        back = dict(bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes))
+        for t, soft in bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes):
+            back[t] = soft
+            report("backward", len(back), keys[-1] + 1)
+    phase = "forward" if forward else "decode"
     if not forward:
         for t in range(num_frames):
             yield t, back[t], t in keyframes
+            report(phase, t + 1, num_frames)
         return
     for t in range(keys[0]):
         yield t, back[t], False
+        report(phase, t + 1, num_frames)
     for t, soft in fwd_sweep.run(range(keys[0], num_frames), features, keyframes):
         if t in keyframes or not backward or t > keys[-1]:
             yield t, soft, t in keyframes
@@ -367,3 +379,4 @@ def propagate_keyframes(
             after = min(k for k in keys if k > t)
             w_fwd, w_bwd = blend_weights(t, before, after, blend)
             yield t, w_fwd * soft + w_bwd * back[t], False
+        report(phase, t + 1, num_frames)

@@ -26,7 +26,7 @@ from propagate.pipeline import check_length, iter_results, resolve_direction
 from propagate.records import JSON, RUN_INFO, run_record
 from propagate.results import ResultsFolder
 from propagate.session import Session
-from propagate.video import Frame, VideoSource, open_video, processing_size, select_frames
+from propagate.video import Frame, FrameSelection, VideoSource, open_video, processing_size, select_frames
 from propagate.writers import OVERLAY_MP4, Run, check_formats, chosen
 
 # ---------------------------------------------------------------------------------------------- the run jobs
@@ -128,13 +128,11 @@ def run_labels(
         results = ((frame, r) for frame, (_, r) in zip(source, session.propagate(direction)))
     run = Run(Path(), source, codec, codec.tracks(keyframes), text,
               {"keyframes": [source.names[i] for i in keyframes], **(extra or {})})
-    chosen = source if source is not whole else None
+    span = [source.start, source.stop] if isinstance(source, FrameSelection) else [0, len(source)]  # --frames A:B
     count, last, check_first = _write_folder(folder, run, results, formats, render, config, extractor,
                                              **{codec.noun: str(given.path) if given.path is not None else None},
                                              keyframes=[source.source_index(i) for i in keyframes],
-                                             direction=direction,
-                                             frame_range=[getattr(chosen, "start", 0), getattr(chosen, "stop", len(whole))],
-                                             stride=stride)
+                                             direction=direction, frame_range=span, stride=stride)
     assert last is not None
     out = Path(out_dir)
     return {"frames": count, **codec.summary(last), "out": str(out),
@@ -200,7 +198,7 @@ def run_video(video: str | Path, mask: str | Path | np.ndarray | Mapping[int, np
               config: Config, *, extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None,
               overwrite: bool = False, render: bool = True, progress: bool = True, label: str | None = None,
               inputs: Sequence[str | Path] = (), formats: Sequence[str] = ("png",),
-              direction: str | None = None) -> JSON:
+              direction: str | None = None, frames: str | None = None, stride: int = 1) -> JSON:
     """The ``propagate run --mask`` job (:func:`run_labels` for masks): one indexed PNG per frame (named like the
     input frames), ``overlay.mp4``, ``confidence.csv``, ``coco.json`` (``formats`` with ``coco``), ``run_info.json``
     and the ``.complete`` manifest, written whole into ``out_dir``.
@@ -213,7 +211,7 @@ def run_video(video: str | Path, mask: str | Path | np.ndarray | Mapping[int, np
     """
     return run_labels(video, MaskKind, mask, out_dir, config, extractor=extractor, cache=cache, overwrite=overwrite,
                       render=render, progress=progress, label=label, inputs=inputs, formats=formats,
-                      direction=direction)
+                      direction=direction, frames=frames, stride=stride)
 
 
 def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[str] = ("png",), render: bool = True,
@@ -236,7 +234,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
                extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None, overwrite: bool = False,
                render: bool = True, progress: bool = True, inputs: Sequence[str | Path] = (),
                extra: Mapping[str, object] | None = None, direction: str | None = None,
-               formats: Sequence[str] = ("png",)) -> JSON:
+               formats: Sequence[str] = ("png",), frames: str | None = None, stride: int = 1) -> JSON:
     """The ``propagate run --points`` job (:func:`run_labels` for points): ``points.json`` (format:
     :mod:`propagate.keypoints`), ``overlay.mp4``, ``coco_keypoints.json`` (``formats`` with ``coco``),
     ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
@@ -250,7 +248,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     """
     return run_labels(video, PointKind, points, out_dir, config, extractor=extractor, cache=cache,
                       overwrite=overwrite, render=render, progress=progress, inputs=inputs, formats=formats,
-                      direction=direction, extra=extra)
+                      direction=direction, extra=extra, frames=frames, stride=stride)
 
 
 # ---------------------------------------------------------------------------------------------- units of work

@@ -16,6 +16,7 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
 from propagate.labels import object_ids
+from propagate.progress import Progress
 from propagate.render import draw_points, overlay_mask
 from propagate.runs import export_session
 from propagate.session import FrameResult, Session
@@ -141,12 +142,13 @@ class Workspace:
 
     # -------------------------------------------------------------------------------------------- propagate, export
 
-    def propagate(self) -> Iterator[FrameResult]:
+    def propagate(self, callback: Progress | None = None) -> Iterator[FrameResult]:
         """Propagate from every keyframe (features are extracted on the first call only); results are kept as they
-        stream (a cancelled run keeps what it had)."""
+        stream (a cancelled run keeps what it had). ``callback(phase, done, total)``: see
+        :meth:`propagate.session.Session.propagate` (:class:`propagate.progress.PhaseClock` gives an ETA)."""
         if not self.session.keyframes:
             raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
-        for _, result in self.session.propagate():
+        for _, result in self.session.propagate(callback=callback):
             yield result
 
     def export(self) -> list[Path]:
