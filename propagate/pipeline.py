@@ -238,6 +238,9 @@ def blend_weights(t: int, before: int, after: int, rule: str = "linear") -> tupl
     raise PropagateError(f"keyframes.blend {rule!r}: choose linear or nearest")
 
 
+LOOKAHEAD = 8  # frames ahead whose missing candidate pairs a sweep with a store scores together
+
+
 class Sweep:
     """One direction's pass over a video from its first keyframe, remembering every frame's soft labels so that a
     later pass with other keyframes recomputes only the frames whose result can change.
@@ -283,8 +286,21 @@ class Sweep:
         self._order, self._keys = [], {}  # a pass stopped midway leaves a mix: the next one recomputes everything
         propagator = self._propagator()
         frame_of = (lambda t: {"frame": t}) if self.store is not None else (lambda t: {})
+
+        def ahead_of(index: int) -> dict[str, object]:
+            """The frames after ``order[index]`` up to the next keyframe (at most LOOKAHEAD), for the store's
+            batched scoring (:meth:`propagate.candidates.CachedPropagator.step`)."""
+            if self.store is None:
+                return {}
+            ahead = []
+            for u in order[index + 1:index + 1 + LOOKAHEAD]:
+                if u in keyframes:
+                    break
+                ahead.append(u)
+            return {"ahead": ahead, "features": features}
+
         self.propagated = self.affinities = 0
-        for t in order:
+        for index, t in enumerate(order):
             if segment and t in keyframes:  # a segment is unchanged if both its keyframes are
                 after = following[t]
                 same = (same_order and _same_keyframe(keyframes[t], earlier.get(t))
@@ -313,7 +329,7 @@ class Sweep:
                 assert propagator.queue is not None
                 scored = self.store.computed if self.store is not None else 0
                 context = propagator.queue.fixed + propagator.queue.count
-                soft = propagator.step(feats, **frame_of(t)).cpu()
+                soft = propagator.step(feats, **frame_of(t), **ahead_of(index)).cpu()
                 self.propagated += 1
                 self.affinities += self.store.computed - scored if self.store is not None else context
             self.soft[t] = soft
