@@ -273,7 +273,11 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from propagate.app import serve
 
+    from propagate.features import preset_name
+
     chosen = args.config or args.features or args.model  # nothing chosen: DIFT if its weights load, else baseline
+    if args.config is None:  # the app's default: the interactive preset of the backbone (davis_sd_interactive)
+        args.config = preset_name("davis", args.features or "dift_sd") + "_interactive"
     serve(config_from_args(args, "davis"), video=args.video, root=args.root, host=args.host, port=args.port,
           max_upload_mb=args.max_upload_mb, fallback=not chosen)
 
