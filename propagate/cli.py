@@ -272,7 +272,6 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from propagate.app import serve
-
     from propagate.features import preset_name
 
     chosen = args.config or args.features or args.model  # nothing chosen: DIFT if its weights load, else baseline
