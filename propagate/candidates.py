@@ -181,9 +181,10 @@ class CachedPropagator(LabelPropagator):
             self.queue._current = frame
         super().replay(feats, labels)
 
-    def step(self, feats: torch.Tensor, frame: int = -1, ahead: Sequence[int] = (),  # type: ignore[override]
-             features: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
-        """Soft labels ``[K, h, w]`` of frame ``frame`` from its features ``[C, h, w]``; it joins the context.
+    def step(self, feats: torch.Tensor, push: bool = True, frame: int = -1,  # type: ignore[override]
+             ahead: Sequence[int] = (), features: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+        """Soft labels ``[K, h, w]`` of frame ``frame`` from its features ``[C, h, w]``; it joins the context
+        (unless ``push`` is False: see :meth:`LabelPropagator.step`).
 
         ``ahead``: the frames to be propagated next, in order, before any keyframe, and ``features(t)`` theirs:
         when this frame needs a pair the store lacks, those frames' missing pairs are scored with it, in batches
@@ -198,8 +199,9 @@ class CachedPropagator(LabelPropagator):
             raise ValueError(f"features {tuple(feats.shape)} do not match the first keyframe's grid "
                              f"{tuple(queue.keys.shape[1:])}")
         labels = self._propagate(query, frame, ahead if features is not None else (), features)
-        queue._current = frame
-        queue.push(query, labels)
+        if push:
+            queue._current = frame
+            queue.push(query, labels)
         return labels.permute(2, 0, 1)
 
     def _windowed(self, slot: int) -> bool:

@@ -18,7 +18,7 @@ skeleton (1-based pairs, as COCO writes it).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -29,10 +29,15 @@ JSON = dict[str, object]
 class CocoVideoWriter:
     """Collects one video's masks frame by frame, then :meth:`to_json` the COCO video dict."""
 
-    def __init__(self, name: str, size_wh: tuple[int, int], object_ids: Sequence[int]):
+    def __init__(self, name: str, size_wh: tuple[int, int], object_ids: Sequence[int],
+                 categories: Mapping[int, str] | None = None):
         self.name = name
         self.size_wh = tuple(size_wh)
         self.object_ids = sorted(int(o) for o in object_ids)
+        # object -> category name (default "object"); one category id per name, in order of first use by object id
+        named = {o: (categories or {}).get(o, "object") for o in self.object_ids}
+        self.categories = list(dict.fromkeys(named.values())) or ["object"]
+        self.category_of = {o: self.categories.index(c) + 1 for o, c in named.items()}
         self.file_names: list[str] = []
         self.tracks: dict[int, dict[str, list]] = {o: {"segmentations": [], "areas": [], "bboxes": []}
                                                     for o in self.object_ids}
@@ -57,11 +62,12 @@ class CocoVideoWriter:
         width, height = self.size_wh
         return {
             "info": {"description": f"propagate masks of {self.name}"},
-            "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+            "categories": [{"id": i, "name": c, "supercategory": c} for i, c in enumerate(self.categories, 1)],
             "videos": [{"id": 1, "name": self.name, "width": width, "height": height,
                         "length": len(self.file_names), "file_names": list(self.file_names)}],
-            "annotations": [{"id": obj, "video_id": 1, "category_id": 1, "iscrowd": 0, "width": width, "height": height,
-                             "length": 1, **track} for obj, track in self.tracks.items()],
+            "annotations": [{"id": obj, "video_id": 1, "category_id": self.category_of[obj], "iscrowd": 0,
+                             "width": width, "height": height, "length": 1, **track}
+                            for obj, track in self.tracks.items()],
         }
 
 

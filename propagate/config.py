@@ -133,6 +133,19 @@ class KeyframeConfig(Section):
 
 
 @dataclass
+class PostprocessConfig(Section):
+    """Clean-up of propagated masks (never of keyframes): off (0) in the paper presets.
+
+    ``min_area``: per object, connected regions smaller than this many native pixels are removed from propagated
+    masks (the specks a drifting label leaves; :func:`propagate.labels.remove_small_regions`).
+    """
+
+    key_prefix = "postprocess."
+
+    min_area: int = option(0, at_least(0))
+
+
+@dataclass
 class PckConfig(Section):
     """PCK scoring of keypoints (:mod:`propagate.pck`)."""
 
@@ -183,6 +196,7 @@ class Config(Checked):
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     pck: PckConfig = field(default_factory=PckConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
     batch_frames: int = option(4, at_least(1))  # frames extracted together (each with its ensemble copies)
@@ -193,7 +207,8 @@ class Config(Checked):
 
 
 _SECTIONS: dict[str, type[Section]] = {"resize": ResizeConfig, "propagation": PropagationConfig,
-                                       "keypoints": KeypointConfig, "keyframes": KeyframeConfig, "pck": PckConfig,
+                                       "keypoints": KeypointConfig, "keyframes": KeyframeConfig,
+                                       "postprocess": PostprocessConfig, "pck": PckConfig,
                                        "match": MatchConfig}
 
 

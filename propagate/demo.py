@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from propagate.config import load_config
 from propagate.errors import PropagateError
-from propagate.features.fallback import dift_or_baseline
+from propagate.features.fallback import dift_or_baseline, overlay_label
 from propagate.labels import write_mask
 from propagate.render import OverlayWriter
 from propagate.runs import run_video
@@ -132,10 +132,10 @@ def run_demo(out: str | Path = "demo_out", overwrite: bool = True, model: str | 
     config = load_config("davis_sd", {"resize.short_side": 288})
     if model:
         config.extractor["model"] = model
-    config, extractor, label = dift_or_baseline(config)
-    print(f"features: {label or extractor.describe()}", flush=True)
-    summary = run_video(video, keyframes, out / "result", config, extractor=extractor, overwrite=overwrite, label=label,
-                        formats=("png", "coco"))
+    config, extractor, _ = dift_or_baseline(config)
+    print(f"features: {overlay_label(extractor)}", flush=True)
+    summary = run_video(video, keyframes, out / "result", config, extractor=extractor, overwrite=overwrite,
+                        formats=("png", "coco"))  # the overlay's caption is overlay_label's, as in run and the app
     print(f"demo: {summary['frames']} masks in {summary['out']}, overlay {summary['overlay']}, keyframes "
           f"{summary['keyframes']}; least confident frames: "
           + ", ".join(f"{name} ({value:.2f})" for name, value in summary["check_first"]))  # type: ignore[union-attr]

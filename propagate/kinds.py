@@ -16,18 +16,20 @@ A codec is made for one video (it knows the frames' native size, and for points 
 ``MaskKind.of(config, (W, H))``, ``PointKind.of(config, (W, H), points)``. :data:`KINDS` maps a kind's name (a
 ``Unit``'s or a manifest row's ``kind``) to its class.
 
-A per-object rule (an annotation that names the objects it gives, objects absent from a frame) belongs here too: the
-annotation :meth:`LabelKind.check` returns, the labels :meth:`LabelKind.encode` makes of it, the confidences
-:meth:`LabelKind.decode` reports, and one more step the keyframe sweep would ask of the codec (a partial keyframe's
-labels merged with the propagated labels of the objects it does not give); the session, the jobs and the writers
-only pass the annotation through.
+Per-object rules live here too (masks: :meth:`MaskKind.rules`): a partial keyframe (a mask that annotates some
+objects only) and objects marked absent from a frame on. The keyframe sweeps ask the rules two things
+(:class:`KeyframeRules`): a partial keyframe's labels, its objects merged into the sweep's own propagated labels
+there (:meth:`KeyframeRules.merge`), and a frame's labels with its absent objects cleared
+(:meth:`KeyframeRules.clear`); the frame's reported result is the same merge of its decoded result
+(:meth:`MaskKind.merged_result`), absent objects reported apart (:attr:`FrameResult.absent`). The session, the jobs
+and the writers only pass the annotation through.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -44,7 +46,17 @@ from propagate.keypoints import (
     pixels_to_grid,
     read_point_keyframes,
 )
-from propagate.labels import check_mask, decode_mask, mask_to_labels, object_ids, read_keyframes, require_objects
+from propagate.labels import (
+    KeyframeFile,
+    check_mask,
+    decode_mask,
+    mask_to_labels,
+    object_ids,
+    read_keyframe_file,
+    read_keyframes,
+    remove_small_regions,
+    require_objects,
+)
 from propagate.render import caption, draw_points, overlay_mask
 from propagate.video import VideoSource, processing_size
 
@@ -60,7 +72,8 @@ class FrameResult:
     """One frame's result: a mask (masks) or points (points), with confidences.
 
     ``confidence``: per object id (masks; see :func:`propagate.labels.decode_mask`) or per point name (points: the
-    peak of its map), 1 on keyframes.
+    peak of its map), 1 on keyframes. ``absent``: the objects marked absent on this frame (no pixel, and no
+    confidence: they are not in ``confidence``).
     """
 
     index: int
@@ -69,10 +82,68 @@ class FrameResult:
     mask: np.ndarray | None = None  # [H, W] uint8
     xy: np.ndarray | None = None  # [J, 2] native pixels, NaN where lost
     confidence: dict[int | str, float] = field(default_factory=dict)
+    absent: frozenset[int] = frozenset()
 
     def least_confidence(self) -> float:
-        """The lowest confidence of any object or point (1 if there is none)."""
-        return min(self.confidence.values(), default=1.0)
+        """The lowest confidence of any present object or point (1 if there is none)."""
+        return min((v for k, v in self.confidence.items() if k not in self.absent), default=1.0)
+
+    def without(self, absent: frozenset[int]) -> FrameResult:
+        """This result with the objects ``absent`` marked absent: no pixel (made background), no confidence."""
+        if not absent:
+            return self
+        mask = self.mask
+        if mask is not None and np.isin(mask, list(absent)).any():
+            mask = np.where(np.isin(mask, list(absent)), 0, mask).astype(np.uint8)
+        confidence = {k: v for k, v in self.confidence.items() if k not in absent}
+        return FrameResult(self.index, self.name, self.keyframe, mask, self.xy, confidence, self.absent | absent)
+
+
+@dataclass(frozen=True)
+class KeyframeRules:
+    """The per-object rules of a set of keyframes, as the keyframe sweeps follow them
+    (:class:`propagate.pipeline.Sweep`), made by the codec (:meth:`MaskKind.rules`).
+
+    ``partial``: each partial keyframe -> the objects it gives (the other objects there go on being propagated).
+    ``absent``: each frame -> the objects absent from it (a mark's frame up to the next keyframe that gives them).
+    Two rules are the same on a frame (:meth:`same_at`) when both say the same there; what a rule does is
+    :meth:`merge` and :meth:`clear`.
+    """
+
+    partial: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    absent: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    merger: Callable[[int, torch.Tensor | None], torch.Tensor] | None = None
+
+    def merge(self, index: int, soft: torch.Tensor | None) -> torch.Tensor:
+        """Partial keyframe ``index``'s labels ``[K, h, w]``: the objects it gives painted over ``soft [K, h, w]``
+        (a sweep's own propagated labels there, decoded; None: nothing propagated, its objects alone)."""
+        assert self.merger is not None
+        return self.merger(index, soft)
+
+    def clear(self, index: int, soft: torch.Tensor) -> torch.Tensor:
+        """``soft [K, h, w]`` with the objects absent from frame ``index`` cleared (their share moved to the
+        background label 0, so each cell still sums to what it did); ``soft`` itself if none is absent."""
+        gone = self.absent.get(index)
+        if not gone:
+            return soft
+        out = soft.clone()
+        rows = sorted(gone)
+        out[0] += out[rows].sum(0)
+        out[rows] = 0
+        return out
+
+    def same_at(self, index: int, other: KeyframeRules | None) -> bool:
+        """Whether ``other`` (None: no rules) says the same about frame ``index``."""
+        other = other or NO_RULES
+        return (self.partial.get(index) == other.partial.get(index)
+                and self.absent.get(index, frozenset()) == other.absent.get(index, frozenset()))
+
+    @property
+    def empty(self) -> bool:
+        return not self.partial and not self.absent
+
+
+NO_RULES = KeyframeRules()
 
 
 @dataclass
@@ -83,6 +154,7 @@ class Keyframes:
     kind: "LabelKind"
     frames: dict[int, np.ndarray]
     path: str | Path | None
+    file: KeyframeFile | None = None  # masks: what the folder's keyframe file says (partial keyframes, absences)
 
 
 class LabelKind(ABC):
@@ -162,15 +234,18 @@ class MaskKind(LabelKind):
     noun = "mask"
     task = "davis"
 
-    def __init__(self, propagation: PropagationConfig, native_size: tuple[int, int], proc_size: tuple[int, int]):
+    def __init__(self, propagation: PropagationConfig, native_size: tuple[int, int], proc_size: tuple[int, int],
+                 min_area: int = 0):
         super().__init__(native_size)
         self.label_downsample = propagation.label_downsample
         self.minmax_norm = propagation.minmax_norm
         self.proc_size = (int(proc_size[0]), int(proc_size[1]))  # (W, H) the frames are resized to
+        self.min_area = int(min_area)  # propagated regions smaller than this (native pixels) are removed (0: off)
 
     @classmethod
     def of(cls, config: Config, native_size: tuple[int, int]) -> MaskKind:
-        return cls(config.propagation, native_size, processing_size(native_size, config.resize))
+        return cls(config.propagation, native_size, processing_size(native_size, config.resize),
+                   config.postprocess.min_area)
 
     def check(self, index: int, annotation: np.ndarray) -> np.ndarray:
         return check_mask(annotation, self.native_size, f"keyframe {index}")  # a uint8 copy
@@ -192,9 +267,82 @@ class MaskKind(LabelKind):
         return FrameResult(index, name, True, mask=annotation, confidence={o: 1.0 for o in range(1, labels.shape[0])})
 
     def decode(self, index: int, name: str, soft: torch.Tensor) -> FrameResult:
+        """The propagated mask, its regions smaller than ``postprocess.min_area`` removed (an object left with no
+        pixel has confidence 0)."""
         (proc_w, proc_h), (w, h) = self.proc_size, self.native_size
         mask, confidence = decode_mask(soft, (proc_h, proc_w), (h, w), self.minmax_norm)
-        return FrameResult(index, name, False, mask=mask, confidence=dict(confidence))
+        cleaned = remove_small_regions(mask, self.min_area)
+        if cleaned is not mask:
+            kept = set(object_ids(cleaned))
+            confidence = {o: (c if o in kept else 0.0) for o, c in confidence.items()}
+        return FrameResult(index, name, False, mask=cleaned, confidence=dict(confidence))
+
+    # -------------------------------------------------------------------------------------------- per object
+
+    def given(self, annotation: np.ndarray, objects: frozenset[int] | None) -> list[int]:
+        """The objects a keyframe gives: those of its mask (a full keyframe), or ``objects`` (a partial one)."""
+        return object_ids(annotation) if objects is None else sorted(objects)
+
+    def rules(self, keyframes: Mapping[int, np.ndarray], partial: Mapping[int, frozenset[int]],
+              absent: Mapping[int, frozenset[int]], grid_hw: tuple[int, int], num_frames: int) -> KeyframeRules:
+        """The sweeps' rules (:class:`KeyframeRules`) of ``keyframes`` (``{frame: mask}``; a partial keyframe's mask
+        holds its objects only), the partial ones ``partial`` (``{frame: objects}``) and the absence marks ``absent``
+        (``{frame: objects absent from there}``): an object marked absent on frame t is absent from t up to its
+        next keyframe that gives it (a full keyframe holding it, or a partial one naming it), or to the last of
+        ``num_frames``."""
+        top = int(max(self.tracks(keyframes), default=0))
+        frames = sorted(keyframes)
+        gone: dict[int, set[int]] = {}
+        for start, objects in absent.items():
+            for obj in objects:
+                ends = [k for k in frames if k > start and obj in self.given(keyframes[k], partial.get(k))]
+                for t in range(start, ends[0] if ends else num_frames):
+                    gone.setdefault(t, set()).add(obj)
+        absent_at = {t: frozenset(v) for t, v in sorted(gone.items())}
+
+        def merger(index: int, soft: torch.Tensor | None) -> torch.Tensor:
+            merged = self.merge_masks(index, keyframes[index], partial[index], soft, absent_at.get(index, frozenset()))
+            return mask_to_labels(merged, top, grid_hw, self.label_downsample)
+
+        return KeyframeRules(dict(partial), absent_at, merger)
+
+    def merge_masks(self, index: int, annotation: np.ndarray, objects: frozenset[int], soft: torch.Tensor | None,
+                    absent: frozenset[int]) -> np.ndarray:
+        """A partial keyframe's mask ``[H, W]`` uint8: ``soft [K, h, w]`` decoded (None: empty), the objects it
+        gives and those absent removed from it (made background), then the given objects painted from
+        ``annotation``."""
+        w, h = self.native_size
+        if soft is None:
+            base = np.zeros((h, w), np.uint8)
+        else:
+            proc_w, proc_h = self.proc_size
+            base = decode_mask(soft, (proc_h, proc_w), (h, w), self.minmax_norm)[0]
+        return self._painted(base, annotation, objects, absent)
+
+    @staticmethod
+    def _painted(base: np.ndarray, annotation: np.ndarray, objects: frozenset[int],
+                 absent: frozenset[int]) -> np.ndarray:
+        gone = sorted(objects | absent)
+        out = np.where(np.isin(base, gone), 0, base).astype(np.uint8)
+        given = np.isin(annotation, sorted(objects))
+        out[given] = annotation[given]
+        return out
+
+    def merged_result(self, index: int, name: str, annotation: np.ndarray, objects: frozenset[int],
+                      soft: torch.Tensor | None, absent: frozenset[int]) -> FrameResult:
+        """A partial keyframe's reported result: its decoded (blended) propagated result ``soft [K, h, w]`` (None:
+        nothing propagated reaches it) merged as :meth:`merge_masks` merges, the given objects with confidence 1."""
+        w, h = self.native_size
+        if soft is None:
+            decoded = FrameResult(index, name, True, mask=np.zeros((h, w), np.uint8))
+        else:
+            decoded = self.decode(index, name, soft)
+        assert decoded.mask is not None
+        mask = self._painted(decoded.mask, annotation, objects, absent)
+        confidence: dict[int | str, float] = {o: c for o, c in decoded.confidence.items() if o not in objects}
+        confidence.update({o: 1.0 for o in objects})
+        result = FrameResult(index, name, True, mask=mask, confidence=dict(sorted(confidence.items())))
+        return result.without(absent)
 
     def draw(self, image: np.ndarray, result: FrameResult, text: str) -> np.ndarray:
         assert result.mask is not None
@@ -204,11 +352,15 @@ class MaskKind(LabelKind):
     @classmethod
     def read(cls, given: Given, source: VideoSource, config: Config) -> Keyframes:
         """A mask file (frame 0), a folder of keyframe masks named like frames
-        (:func:`propagate.labels.read_keyframes`), the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``."""
+        (:func:`propagate.labels.read_keyframes`, with its keyframe file: :func:`propagate.labels.read_keyframe_file`),
+        the first frame's ``[H, W]`` uint8 indices, or ``{frame: mask}``."""
         if isinstance(given, PointSet):
             raise PropagateError("points were given where a mask was expected: give a mask PNG or a folder of them")
         if isinstance(given, (str, Path)):
             frames = read_keyframes(given, source.names, source.native_size)
+            read = read_keyframe_file(given, source.names, frames) if Path(given).is_dir() else None
+            if read is not None:
+                return Keyframes(cls.of(config, source.native_size), read[0], given, read[1])
             return Keyframes(cls.of(config, source.native_size), frames, given)
         frames = {0: given} if isinstance(given, np.ndarray) else dict(sorted(given.items()))
         require_objects(np.concatenate([m.ravel() for m in frames.values()]), "first mask")

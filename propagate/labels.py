@@ -7,6 +7,7 @@ become a mask at native size again (:func:`labels_to_mask`).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -90,23 +91,85 @@ def read_mask(path: str | Path, size_wh: tuple[int, int] | None = None) -> np.nd
     return mask
 
 
+MAX_FLAT_COLOURS = 32  # colours outside the DAVIS palette read as objects (a paint tool's flat fills)
+
+
 def _rgb_to_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Map DAVIS palette colours ``[H, W, 3]`` to indices; any other colour is an error."""
+    """Map the colours of ``[H, W, 3]`` to indices: DAVIS palette colours to their index; flat colours outside the
+    palette (a paint tool's fills) each to the lowest free object id, black staying background, with one ``note:``
+    line giving the mapping. Colours that look anti-aliased (too many, or a colour on no 3x3 patch of its own: an
+    edge shade) are an error: turned into objects they would be stray objects along every edge."""
     code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
     pal = DAVIS_PALETTE.astype(np.int32)
     pal_code = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
     lookup = {int(c): i for i, c in reversed(list(enumerate(pal_code)))}  # first index wins for duplicate colours
-    values, inverse = np.unique(code, return_inverse=True)
-    unknown = [int(v) for v in values if int(v) not in lookup]
+    values, first, inverse = np.unique(code.ravel(), return_index=True, return_inverse=True)
+    unknown = [(int(at), int(v)) for v, at in zip(values, first) if int(v) not in lookup]
     if unknown:
-        v = unknown[0]
-        raise PropagateError(
-            f"mask {path} is RGB with colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) "
-            "that is not in the DAVIS palette: "
-            "save the mask as an indexed PNG (0 = background, 1..N = objects)"
-        )
+        unknown.sort()  # in order of first appearance (row by row)
+        edges = [v for _, v in unknown if not _has_patch(code == v)]
+        if len(unknown) > MAX_FLAT_COLOURS or edges:
+            v = edges[0] if edges else unknown[0][1]
+            raise PropagateError(
+                f"mask {path} is RGB with {len(unknown)} colour(s) outside the DAVIS palette, e.g. "
+                f"({v >> 16}, {(v >> 8) & 255}, {v & 255}), that look anti-aliased (shades along edges): paint with "
+                "anti-aliasing off (a hard pencil, flat colours, black background) or save the mask as an indexed "
+                "PNG (0 = background, 1..N = objects)"
+            )
+        used = {lookup[int(v)] for v in values if int(v) in lookup}
+        free = iter(i for i in range(1, VOID) if i not in used)
+        for _, v in unknown:
+            lookup[v] = next(free, VOID)
+        if VOID in (lookup[v] for _, v in unknown):
+            raise PropagateError(f"mask {path} has {len(unknown) + len(used)} colours: at most 254 objects fit")
+        mapping = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) -> {lookup[v]}" for _, v in unknown)
+        print(f"note: mask {path} is RGB with flat colours outside the DAVIS palette, read as objects: {mapping}",
+              file=sys.stderr)
     table = np.array([lookup[int(v)] for v in values], dtype=np.uint8)
     return table[inverse].reshape(code.shape)
+
+
+def _has_patch(where: np.ndarray) -> bool:
+    """Whether ``where [H, W]`` bool holds a full 3x3 patch somewhere (a fill, not an edge shade)."""
+    if where.shape[0] < 3 or where.shape[1] < 3:
+        return bool(where.any())
+    inner = where[1:-1, 1:-1].copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= where[dy:dy + where.shape[0] - 2, dx:dx + where.shape[1] - 2]
+    return bool(inner.any())
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object's name and category (COCO ``categories``); default ``object N`` and ``object``."""
+
+    name: str
+    category: str = "object"
+
+
+def default_object(obj: int) -> ObjectInfo:
+    """The info of an object nobody named: ``object N``, category ``object``."""
+    return ObjectInfo(f"object {obj}", "object")
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int, keep: Sequence[int] = ()) -> np.ndarray:
+    """``mask [H, W]`` uint8 with every connected region (8-connected) of an object smaller than ``min_area`` pixels
+    made background, per object; objects in ``keep`` are left whole. Returns ``mask`` itself when nothing changes."""
+    import cv2
+
+    if min_area <= 0:
+        return mask
+    out = mask
+    for obj in object_ids(mask):
+        if obj in keep:
+            continue
+        count, regions, stats, _ = cv2.connectedComponentsWithStats((mask == obj).astype(np.uint8), connectivity=8)
+        small = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] < min_area]
+        if small:
+            out = out.copy() if out is mask else out
+            out[np.isin(regions, small)] = 0
+    return out
 
 
 def object_ids(mask: np.ndarray) -> list[int]:
@@ -121,11 +184,12 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
     ``00001``, ... for a video file); any frames, sparse. Any other file (a JPEG, a note; hidden files aside) is an
     error: silently skipping a keyframe the user meant to give would change the results without a word. A ``.xml``
     or ``.zip`` file is a CVAT for video 1.1 export (:func:`propagate.cvat.read_cvat_keyframes`). Every mask must
-    have the frames' size; together they must label at least one object.
+    have the frames' size; together they must label at least one object. A keyframe file beside the PNGs
+    (``keyframes.yaml``: partial keyframes, absences, object names) is read by :func:`read_keyframe_file`.
     """
     path = Path(path)
     if path.is_dir():
-        visible = [p for p in path.iterdir() if not p.name.startswith(".")]
+        visible = [p for p in path.iterdir() if not p.name.startswith(".") and p.name not in KEYFRAME_FILES]
         files = sorted((p for p in visible if p.is_file() and p.suffix.lower() == ".png"), key=lambda p: p.name)
         if not files:
             raise PropagateError(f"mask {path} is a folder with no PNG in it: give a mask PNG, or a folder of keyframe "
@@ -148,6 +212,140 @@ def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, i
         masks = {0: read_mask(path, size_wh)}
     require_objects(np.concatenate([m.ravel() for m in masks.values()]), path)
     return dict(sorted(masks.items()))
+
+
+KEYFRAME_FILES = ("keyframes.yaml", "keyframes.yml", "keyframes.json")  # the keyframe folder's file form
+
+
+@dataclass
+class KeyframeFile:
+    """What a keyframe folder's ``keyframes.yaml`` says (:func:`read_keyframe_file`): the partial keyframes
+    (``{frame: objects its PNG gives}``), the absence marks (``{frame: objects absent from it on}``) and the objects'
+    names and categories."""
+
+    partial: dict[int, frozenset[int]]
+    absent: dict[int, frozenset[int]]
+    objects: dict[int, ObjectInfo]
+
+
+def read_keyframe_file(folder: str | Path, names: Sequence[str],
+                       masks: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], KeyframeFile] | None:
+    """The keyframe file of a ``--mask`` folder, if it holds one, checked against the video's frame ``names`` and
+    the folder's masks ``{frame: [H, W] uint8}``; returns the masks (a partial keyframe's holding its objects only)
+    and what the file says. None if there is no keyframe file. The form (YAML or JSON)::
+
+        frames:                    # by frame name, quoted
+          "00040": {objects: [2]}  # 00040.png annotates object 2 only (the others go on being propagated)
+          "00075": {absent: [1]}   # object 1 is not in the frame from 00075 until a keyframe gives it again
+        objects:                   # optional: names and categories (COCO categories)
+          1: {name: left bottle, category: bottle}
+          2: cup                   # a name alone: category "object"
+
+    Anything ambiguous is an error naming the file: an object both given and absent on a frame, a frame name the
+    video does not have, ``objects`` on a frame with no PNG or naming an object its PNG does not hold, an object
+    marked absent that no keyframe gives, unknown keys.
+    """
+    from propagate.config import read_yaml
+
+    folder = Path(folder)
+    found = [folder / n for n in KEYFRAME_FILES if (folder / n).is_file()]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise PropagateError(f"mask folder {folder} holds {found[0].name} and {found[1].name}: keep one keyframe file")
+    path = found[0]
+    try:
+        data = read_yaml(path.read_text(encoding="utf-8"))  # JSON is YAML
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        raise PropagateError(f"keyframe file {path} is not readable YAML/JSON ({exc.__class__.__name__}): fix its "
+                             "syntax (see the README, Keyframes)") from None
+    example = '(e.g. frames: {"00040": {objects: [2]}, "00075": {absent: [1]}})'
+    if data is None:
+        data = {}
+    if not isinstance(data, dict) or set(data) - {"frames", "objects"}:
+        extra = sorted(map(str, set(data) - {"frames", "objects"})) if isinstance(data, dict) else []
+        raise PropagateError(f"keyframe file {path}: {'unknown key ' + repr(extra[0]) if extra else 'not a mapping'}:"
+                             f" give 'frames' and optionally 'objects' {example}")
+    index = {name: i for i, name in enumerate(names)}
+    frames = data.get("frames") or {}
+    if not isinstance(frames, dict):
+        raise PropagateError(f"keyframe file {path}: 'frames' must map frame names to entries {example}")
+    partial: dict[int, frozenset[int]] = {}
+    absent: dict[int, frozenset[int]] = {}
+    out = dict(masks)
+    for name, entry in frames.items():
+        if not isinstance(name, str):
+            raise PropagateError(f"keyframe file {path}: frame {name!r} is not a quoted frame name: quote it "
+                                 f"(\"{names[0]}\": ...; YAML reads 00040 unquoted as a number)")
+        if name not in index:
+            raise PropagateError(f"keyframe file {path}: frame {name!r} is no frame of the video (frames are "
+                                 f"{names[0]} .. {names[-1]})")
+        t = index[name]
+        if not isinstance(entry, dict) or not entry or set(entry) - {"objects", "absent"}:
+            raise PropagateError(f"keyframe file {path}: frame {name!r}: give objects: [ids] and/or absent: [ids] "
+                                 f"{example}")
+        given = _ids(entry.get("objects"), path, name, "objects") if "objects" in entry else None
+        gone = _ids(entry.get("absent"), path, name, "absent") if "absent" in entry else []
+        if given is not None:
+            if t not in masks:
+                raise PropagateError(f"keyframe file {path}: frame {name!r} lists objects {given} but the folder has "
+                                     f"no {name}.png: add the PNG, or list the frame's absences only")
+            missing = [o for o in given if not (masks[t] == o).any()]
+            if missing:
+                raise PropagateError(f"keyframe file {path}: frame {name!r} lists object {missing[0]}, which "
+                                     f"{name}.png does not hold (it holds {object_ids(masks[t]) or 'none'})")
+            both = sorted(set(given) & set(gone))
+            if both:
+                raise PropagateError(f"keyframe file {path}: frame {name!r} gives object {both[0]} and marks it "
+                                     "absent: keep one")
+            partial[t] = frozenset(given)
+            out[t] = np.where(np.isin(masks[t], given), masks[t], 0).astype(np.uint8)
+        elif t in masks and gone:
+            both = [o for o in gone if (masks[t] == o).any()]
+            if both:
+                raise PropagateError(f"keyframe file {path}: frame {name!r} marks object {both[0]} absent but "
+                                     f"{name}.png holds it: erase it from the PNG, or drop the absence")
+        if gone:
+            absent[t] = frozenset(gone)
+    known = {o for t, m in out.items() for o in object_ids(m)}
+    for t, gone in sorted(absent.items()):
+        stray = sorted(gone - known)
+        if stray:
+            raise PropagateError(f"keyframe file {path}: frame {names[t]!r} marks object {stray[0]} absent, but no "
+                                 "keyframe PNG gives it")
+    return dict(sorted(out.items())), KeyframeFile(partial, absent, _object_infos(data.get("objects"), path))
+
+
+def _ids(value: object, path: Path, name: str, key: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v < VOID for v in value):
+        raise PropagateError(f"keyframe file {path}: frame {name!r}: {key} must be a list of object ids 1..254, "
+                             f"got {value!r}")
+    return sorted(set(value))
+
+
+def _object_infos(value: object, path: Path) -> dict[int, ObjectInfo]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PropagateError(f"keyframe file {path}: 'objects' must map object ids to names "
+                             "(e.g. objects: {1: {name: bottle, category: bottle}})")
+    infos = {}
+    for key, info in value.items():
+        obj = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not isinstance(obj, int) or isinstance(obj, bool) or not 0 < obj < VOID:
+            raise PropagateError(f"keyframe file {path}: objects: {key!r} is not an object id 1..254")
+        if isinstance(info, str) and info.strip():
+            infos[obj] = ObjectInfo(info.strip())
+        elif (isinstance(info, dict) and not set(info) - {"name", "category"}
+              and all(isinstance(v, str) and v.strip() for v in info.values())):
+            base = default_object(obj)
+            infos[obj] = ObjectInfo(str(info.get("name", base.name)).strip(),
+                                    str(info.get("category", base.category)).strip())
+        else:
+            raise PropagateError(f"keyframe file {path}: objects: {obj}: give a name, or {{name: ..., category: ...}}"
+                                 f" (non-empty strings), not {info!r}")
+    return dict(sorted(infos.items()))
 
 
 def check_mask(mask: np.ndarray, size_wh: tuple[int, int], where: str) -> np.ndarray:

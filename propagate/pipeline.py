@@ -24,7 +24,7 @@ from propagate.config import Config, KeypointConfig, PropagationConfig
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
-from propagate.kinds import FrameResult, LabelKind, MaskKind, PointKind
+from propagate.kinds import NO_RULES, FrameResult, KeyframeRules, LabelKind, MaskKind, PointKind
 from propagate.labels import require_objects
 from propagate.progress import Progress
 from propagate.propagation import LabelPropagator
@@ -264,6 +264,9 @@ class Sweep:
         self.store = store
         self.soft: dict[int, torch.Tensor] = {}  # frame -> [K, h, w] soft labels of the last pass (CPU)
         self._keys: dict[int, torch.Tensor] = {}  # the keyframes of the last pass
+        self._rules: KeyframeRules = NO_RULES  # its per-object rules
+        self.used: dict[int, torch.Tensor] = {}  # the labels each keyframe of the last pass joined the context with
+        self.predicted: dict[int, torch.Tensor] = {}  # the last pass's propagated labels on its partial keyframes
         self._order: list[int] = []
         self.propagated = 0  # frames propagated by the last pass (not replayed)
         self.affinities = 0  # (frame, context frame) affinities the last pass computed (not taken from the store)
@@ -274,16 +277,30 @@ class Sweep:
         return LabelPropagator(self.cfg, device=self.device)
 
     def run(self, order: Sequence[int], features: Callable[[int], torch.Tensor],
-            keyframes: Mapping[int, torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(frame, soft labels [K, h, w])`` along ``order`` (which starts on a keyframe)."""
+            keyframes: Mapping[int, torch.Tensor], rules: KeyframeRules | None = None,
+            start: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(frame, soft labels [K, h, w])`` along ``order`` (which starts on a keyframe).
+
+        ``rules`` (:class:`propagate.kinds.KeyframeRules`): a partial keyframe joins the context with its objects
+        merged into this sweep's propagated labels there (:meth:`~propagate.kinds.KeyframeRules.merge`; what it
+        yields is those merged labels, its propagated labels are kept in :attr:`predicted`), and every frame's
+        labels have its absent objects cleared before they are yielded or join the context. A partial keyframe
+        that starts the sweep joins with ``start`` (another sweep's merged labels there) or, if None, its
+        objects alone. Without rules (or with none that apply) the pass is exactly the plain one.
+        """
         order = list(order)
         if not order or order[0] not in keyframes:
             raise ValueError("a sweep starts on a keyframe")
+        rules = rules or NO_RULES
         same_order, earlier = order == self._order, self._keys
+        earlier_rules, earlier_used, earlier_predicted = self._rules, self.used, self.predicted
         same = same_order
         segment = self.cfg.scope == "segment"
         following, followed = _next_keyframes(order, keyframes), _next_keyframes(order, earlier)
-        self._order, self._keys = [], {}  # a pass stopped midway leaves a mix: the next one recomputes everything
+        # a pass stopped midway leaves a mix: the next one recomputes everything
+        used: dict[int, torch.Tensor] = {}  # the labels each keyframe joined the context with
+        predicted: dict[int, torch.Tensor] = {}
+        self._order, self._keys, self._rules, self.used, self.predicted = [], {}, NO_RULES, used, predicted
         propagator = self._propagator()
         frame_of = (lambda t: {"frame": t}) if self.store is not None else (lambda t: {})
 
@@ -300,41 +317,65 @@ class Sweep:
             return {"ahead": ahead, "features": features}
 
         self.propagated = self.affinities = 0
+
+        def ruled(t: int) -> bool:  # the keyframe and the rules on frame t are as in the last pass
+            return _same_keyframe(keyframes.get(t), earlier.get(t)) and rules.same_at(t, earlier_rules)
+
         for index, t in enumerate(order):
-            if segment and t in keyframes:  # a segment is unchanged if both its keyframes are
-                after = following[t]
-                same = (same_order and _same_keyframe(keyframes[t], earlier.get(t))
-                        and followed.get(t, -1) == after
-                        and (after is None or _same_keyframe(keyframes[after], earlier.get(after))))
-            elif not segment:
-                same = same and _same_keyframe(keyframes.get(t), earlier.get(t))
             feats = features(t)
             if t in keyframes:
-                labels = keyframes[t]
+                if t not in rules.partial:
+                    labels = keyframes[t]
+                elif t == order[0]:
+                    labels = start if start is not None else rules.merge(t, None)
+                elif same and ruled(t) and t in earlier_used and t in earlier_predicted:  # nothing before it changed
+                    labels, predicted[t] = earlier_used[t], earlier_predicted[t]
+                else:
+                    predicted[t] = rules.clear(t, propagator.step(feats, push=False, **frame_of(t)).cpu())
+                    labels = rules.merge(t, predicted[t])
+                    self.propagated += 1
+                used[t] = labels
+                if segment:  # a segment is unchanged if both its keyframes and the rules between them are
+                    after = following[t]
+                    between = order[order.index(t):order.index(after) if after is not None else len(order)]
+                    same = (same_order and ruled(t) and _same_keyframe(labels, earlier_used.get(t))
+                            and followed.get(t, -1) == after
+                            and (after is None or ruled(after))
+                            and all(rules.same_at(u, earlier_rules) for u in between))
+                else:
+                    same = same and ruled(t) and _same_keyframe(labels, earlier_used.get(t))
                 if segment:
                     propagator = self._propagator()
                     propagator.start(feats, labels, **frame_of(t))
-                    if following[t] is not None:
-                        after = following[t]
+                    after = following[t]
+                    if after is not None and after not in rules.partial:  # a partial one's labels come when reached
                         propagator.add_keyframe(features(after), keyframes[after], **frame_of(after))
                 elif propagator.queue is None:
                     propagator.start(feats, labels, **frame_of(t))
                 else:
                     propagator.add_keyframe(feats, labels, **frame_of(t))
                 soft = labels
-            elif same:
-                soft = self.soft[t]
-                propagator.replay(feats, soft, **frame_of(t))
             else:
-                assert propagator.queue is not None
-                scored = self.store.computed if self.store is not None else 0
-                context = propagator.queue.fixed + propagator.queue.count
-                soft = propagator.step(feats, **frame_of(t), **ahead_of(index)).cpu()
-                self.propagated += 1
-                self.affinities += self.store.computed - scored if self.store is not None else context
+                if not segment:
+                    same = same and ruled(t)
+                if same:
+                    soft = self.soft[t]
+                    propagator.replay(feats, soft, **frame_of(t))
+                else:
+                    assert propagator.queue is not None
+                    scored = self.store.computed if self.store is not None else 0
+                    context = propagator.queue.fixed + propagator.queue.count
+                    if rules.absent.get(t):
+                        soft = rules.clear(t, propagator.step(feats, push=False, **frame_of(t),
+                                                              **ahead_of(index)).cpu())
+                        propagator.replay(feats, soft, **frame_of(t))
+                    else:
+                        soft = propagator.step(feats, **frame_of(t), **ahead_of(index)).cpu()
+                    self.propagated += 1
+                    self.affinities += self.store.computed - scored if self.store is not None else context
             self.soft[t] = soft
             yield t, soft
-        self._order, self._keys = order, dict(keyframes)
+        self._order, self._keys, self._rules = order, dict(keyframes), rules
 
 
 def _same_keyframe(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -355,6 +396,7 @@ def propagate_keyframes(
     direction: str = "auto",
     blend: str = "linear",
     sweeps: tuple[Sweep, Sweep] | None = None,
+    rules: KeyframeRules | None = None,
     progress: Progress | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, bool]]:
     """Soft labels of every frame from annotated keyframes, in frame order: ``(frame, labels [K, h, w], keyframe)``.
@@ -365,31 +407,71 @@ def propagate_keyframes(
     gives frame ``t``'s features ``[C, h, w]``; pass ``sweeps`` (forward, backward) kept from an earlier call to
     recompute only what the new keyframes can change.
 
-    ``progress(phase, done, total)`` (:mod:`propagate.progress`) is called after each frame of the backward sweep
-    (``backward``, run whole before the first frame is yielded) and after each frame yielded (``forward``, or
-    ``decode`` when only the backward sweep runs).
+    ``rules`` (:class:`propagate.kinds.KeyframeRules`; see :meth:`Sweep.run`): a partial keyframe yields its
+    propagated labels, blended as any frame's (to be merged with its objects by the caller:
+    :meth:`propagate.kinds.MaskKind.merged_result`), or its merged labels where no sweep propagates to it. A sweep
+    that starts on a partial keyframe takes the other objects from the other sweep's merged labels there: the
+    forward sweep runs first when the last keyframe is partial and the first is not (then every frame is yielded
+    once both sweeps are done); where the first and the last keyframes are both partial, the backward sweep starts
+    from the last one's objects alone.
+
+    ``progress(phase, done, total)`` (:mod:`propagate.progress`) is called after each frame of a sweep run whole
+    before the first frame is yielded (``backward``; ``forward`` when it runs first), and after each frame yielded
+    (``forward``, or ``decode`` when no forward sweep runs along with the yielding).
     """
     keys = sorted(keyframes)
     forward, backward = resolve_direction(direction, keys, num_frames)
     fwd_sweep, bwd_sweep = sweeps or (Sweep(cfg), Sweep(cfg))
     report = progress or (lambda phase, done, total: None)
+
+    def whole(phase: str, run: Iterator[tuple[int, torch.Tensor]], total: int) -> list[tuple[int, torch.Tensor]]:
+        """A sweep run to its end, reported frame by frame."""
+        done = []
+        for item in run:
+            done.append(item)
+            report(phase, len(done), total)
+        return done
+
+    rules = rules or NO_RULES
+    partial = rules.partial
+    forward_first = forward and backward and keys[-1] in partial and keys[0] not in partial
+    fwd_run: Iterator[tuple[int, torch.Tensor]] | None = None
+    if forward_first:
+        fwd_run = iter(whole("forward", fwd_sweep.run(range(keys[0], num_frames), features, keyframes, rules),
+                             num_frames - keys[0]))
     back: dict[int, torch.Tensor] = {}
     if backward:
-        for t, soft in bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes):
-            back[t] = soft
-            report("backward", len(back), keys[-1] + 1)
-    phase = "forward" if forward else "decode"
+        start = fwd_sweep.used.get(keys[-1]) if forward_first else None
+        back = dict(whole("backward", bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes, rules, start),
+                          keys[-1] + 1))
+    phase = "forward" if forward and not forward_first else "decode"
+
+    def at_partial(t: int, soft: torch.Tensor) -> torch.Tensor:
+        """What a partial keyframe yields: the sweeps' propagated labels there, blended (``soft``: none reach it)."""
+        fwd = fwd_sweep.predicted.get(t) if forward else None
+        bwd = bwd_sweep.predicted.get(t) if backward else None
+        if fwd is not None and bwd is not None:
+            w_fwd, w_bwd = blend_weights(t, max(k for k in keys if k < t), min(k for k in keys if k > t), blend)
+            return w_fwd * fwd + w_bwd * bwd
+        return fwd if fwd is not None else bwd if bwd is not None else soft
+
     if not forward:
         for t in range(num_frames):
-            yield t, back[t], t in keyframes
+            is_key = t in keyframes
+            yield t, at_partial(t, back[t]) if is_key and t in partial else back[t], is_key
             report(phase, t + 1, num_frames)
         return
     for t in range(keys[0]):
         yield t, back[t], False
         report(phase, t + 1, num_frames)
-    for t, soft in fwd_sweep.run(range(keys[0], num_frames), features, keyframes):
-        if t in keyframes or not backward or t > keys[-1]:
-            yield t, soft, t in keyframes
+    if fwd_run is None:
+        start = bwd_sweep.used.get(keys[0]) if backward and keys[0] in partial else None
+        fwd_run = fwd_sweep.run(range(keys[0], num_frames), features, keyframes, rules, start)
+    for t, soft in fwd_run:
+        if t in keyframes:
+            yield t, at_partial(t, soft) if t in partial else soft, True
+        elif not backward or t > keys[-1]:
+            yield t, soft, False
         else:
             before = max(k for k in keys if k < t)
             after = min(k for k in keys if k > t)

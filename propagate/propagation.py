@@ -533,8 +533,9 @@ class LabelPropagator:
             raise RuntimeError("call start() with frame 0 before replay()")
         self.queue.push(self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0))
 
-    def step(self, feats: torch.Tensor) -> torch.Tensor:
-        """Soft labels ``[K, h, w]`` of the next frame from its features ``[C, h, w]``; the frame joins the context."""
+    def step(self, feats: torch.Tensor, push: bool = True) -> torch.Tensor:
+        """Soft labels ``[K, h, w]`` of the next frame from its features ``[C, h, w]``; the frame joins the context
+        (``push=False``: it does not; a caller that changes the labels pushes them with :meth:`replay`)."""
         if self.queue is None:
             raise RuntimeError("call start() with frame 0 before step()")
         query = self._hwc(feats.to(self.device))
@@ -549,5 +550,6 @@ class LabelPropagator:
                 self._frames_unscreened = 1  # features too alike for the bf16 screen: fp32 is faster
         elif self._frames_unscreened:
             self._frames_unscreened = (self._frames_unscreened + 1) % SCREEN_RETRY
-        self.queue.push(query, labels)
+        if push:
+            self.queue.push(query, labels)
         return labels.permute(2, 0, 1)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
+from propagate.features.fallback import overlay_label
 from propagate.features.stream import FeatureStore, check_processing_size
 from propagate.io import atomic_write_json
 from propagate.keypoints import PointSet
@@ -60,8 +61,9 @@ def write_results(run: Run, results: Iterable[tuple[Frame, FrameResult]], format
                 for each in write:
                     each(frame, result)
                 count, last = count + 1, result
-                if not result.keyframe:
-                    value = min((float(f"{result.confidence.get(t, 0.0):.4f}") for t in run.tracks), default=1.0)
+                if not result.keyframe:  # absent objects are not ranked
+                    value = min((float(f"{result.confidence.get(t, 0.0):.4f}") for t in run.tracks
+                                 if t not in result.absent), default=1.0)
                     scored.append((value, frame.index, frame.name))
     return count, last, [(name, value) for value, _, name in sorted(scored)[:3]]
 
@@ -93,9 +95,9 @@ def run_labels(
     ``annotation`` is read by ``kind.read`` (a file or folder, or arrays: :meth:`LabelKind.read`). One keyframe on
     frame 0 streams frame by frame (:func:`propagate.pipeline.iter_results`); other keyframes go through a
     :class:`propagate.session.Session` (``direction`` default ``config.keyframes.direction``). ``inputs`` are more
-    paths the output must stay clear of (a dataset root, a cache); ``label`` captions the overlay (default: the
-    extractor's description); ``extra`` adds keys to the kind's record (``points.json``). Everything is checked
-    before anything is written.
+    paths the output must stay clear of (a dataset root, a cache); ``label`` captions the overlay (default:
+    :func:`propagate.features.fallback.overlay_label`); ``extra`` adds keys to the kind's record (``points.json``).
+    Everything is checked before anything is written.
 
     Returns a summary: frames written, the kind's facts (:meth:`LabelKind.summary`), output folder, overlay path,
     extractor description, keyframes, and the least confident frames (``check_first``: ``[(frame name, confidence)]``).
@@ -117,22 +119,36 @@ def run_labels(
     folder = ResultsFolder(out_dir, inputs=paths, overwrite=overwrite)
     extractor = extractor or build_extractor(config.features, config.extractor)
     check_processing_size(source, extractor, config.resize)
-    text = label or extractor.describe()
-    if list(keyframes) == [0] and not backward:
+    text = label or overlay_label(extractor)
+    spec = given.file
+    per_object = spec is not None and bool(spec.partial or spec.absent)
+    if list(keyframes) == [0] and not backward and not per_object:
         results: Iterable[tuple[Frame, FrameResult]] = iter_results(source, codec, keyframes[0], config,
                                                                    extractor=extractor, cache=cache, progress=progress)
     else:
         session = Session(source, config, extractor=extractor, cache=cache, progress=progress)
         for index, keyframe in keyframes.items():
-            session.add(index, keyframe, codec)
+            if spec is not None and index in spec.partial:
+                session.add_mask(index, keyframe, sorted(spec.partial[index]))
+            else:
+                session.add(index, keyframe, codec)
+        for index, objects in (spec.absent.items() if spec is not None else ()):
+            for obj in sorted(objects):
+                session.set_absent(index, obj)
         results = ((frame, r) for frame, (_, r) in zip(source, session.propagate(direction)))
+    more: dict[str, object] = {}
+    if per_object:
+        assert spec is not None
+        more = {"partial": {source.names[t]: sorted(o) for t, o in spec.partial.items()},
+                "absent": {source.names[t]: sorted(o) for t, o in spec.absent.items()}}
     run = Run(Path(), source, codec, codec.tracks(keyframes), text,
-              {"keyframes": [source.names[i] for i in keyframes], **(extra or {})})
+              {"keyframes": [source.names[i] for i in keyframes], **(extra or {})},
+              spec.objects if spec is not None else {})
     span = [source.start, source.stop] if isinstance(source, FrameSelection) else [0, len(source)]  # --frames A:B
     count, last, check_first = _write_folder(folder, run, results, formats, render, config, extractor,
                                              **{codec.noun: str(given.path) if given.path is not None else None},
                                              keyframes=[source.source_index(i) for i in keyframes],
-                                             direction=direction, frame_range=span, stride=stride)
+                                             direction=direction, frame_range=span, stride=stride, **more)
     assert last is not None
     out = Path(out_dir)
     return {"frames": count, **codec.summary(last), "out": str(out),
@@ -177,7 +193,15 @@ def _read_chosen(kind: type[LabelKind], annotation: Given, chosen: VideoSource, 
         raise PropagateError(f"keyframe {skipped[0]} is not one of the frames read (--frames {frames or ':'} "
                              f"--stride {stride} reads {shown}): choose a range and stride that include every "
                              "keyframe")
-    return replace(given, frames={position[p]: a for p, a in given.frames.items()})
+    spec = given.file
+    if spec is not None:  # partial keyframes are keyframes (checked above); an absence mark holds from the first
+        absent: dict[int, frozenset[int]] = {}  # chosen frame at or after it on
+        for p, objects in sorted(spec.absent.items()):
+            later = [i for q, i in position.items() if q >= p]
+            if later:
+                absent[min(later)] = absent.get(min(later), frozenset()) | objects
+        spec = replace(spec, partial={position[p]: o for p, o in spec.partial.items()}, absent=absent)
+    return replace(given, frames={position[p]: a for p, a in given.frames.items()}, file=spec)
 
 
 def _write_folder(folder: ResultsFolder, run: Run, results: Iterable[tuple[Frame, FrameResult]],
@@ -215,15 +239,16 @@ def run_video(video: str | Path, mask: str | Path | np.ndarray | Mapping[int, np
 
 
 def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[str] = ("png",), render: bool = True,
-                   overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> JSON:
-    """Write a session's latest results as ``propagate run`` does, into ``out_dir`` (whole or not at all)."""
+                   overwrite: bool = False, inputs: Sequence[str | Path] = (), label: str | None = None) -> JSON:
+    """Write a session's latest results as ``propagate run`` does, into ``out_dir`` (whole or not at all); ``label``
+    captions the overlay (default: :func:`propagate.features.fallback.overlay_label`, as ``run`` and ``demo``)."""
     codec = session.codec
     if codec is None or len(session.results) != session.num_frames:
         raise PropagateError("nothing to export: add a keyframe and propagate first")
     formats = check_formats(formats)
     folder = ResultsFolder(out_dir, inputs=[session.source.path, *inputs], overwrite=overwrite)
-    run = Run(Path(), session.source, codec, session.tracks(), session.extractor.describe(),
-              {"keyframes": [session.names[i] for i in session.keyframes]})
+    run = Run(Path(), session.source, codec, session.tracks(), label or overlay_label(session.extractor),
+              {"keyframes": [session.names[i] for i in session.keyframes]}, session.objects)
     results = ((frame, session.results[frame.index]) for frame in session.source)
     count, _, check_first = _write_folder(folder, run, results, formats, render, session.config, session.extractor,
                                           keyframes=session.keyframes)

@@ -7,12 +7,22 @@ frame, results streamed; a correction costs propagation only.
 ...     write_mask(f"out/{result.name}.png", result.mask)
 >>> s.add_mask(40, corrected)                       # a correction (or an object entering) at frame 40
 >>> for index, result in s.propagate(): ...         # no extraction; frames that cannot change are not recomputed
+>>> s.add_mask(60, fixed, objects=[2])              # object 2 only: the other objects go on being propagated there
+>>> s.set_absent(75, 1)                             # object 1 leaves: no pixel from frame 75 to its next keyframe
 
 Keyframes (DESIGN section 9): each keyframe's annotation is its own result and joins the permanent context when a
 sweep reaches it; frames before the first keyframe are propagated backward from it, frames after the last forward,
 and a frame between two keyframes gets both directions' soft labels blended by temporal distance
 (:func:`propagate.pipeline.blend_weights`), then decoded. One keyframe on frame 0 gives exactly the single-mask
 results of :func:`propagate.pipeline.run_masks`.
+
+Per object (masks): a keyframe is the whole frame's truth unless it names its objects (``add_mask(t, mask,
+objects=[2])``, a partial keyframe): then, where a sweep reaches it, its propagated labels are decoded, the named
+objects' old pixels made background, and the named objects painted from the mask; that merge joins the context, and
+the frame's result is the same merge of its (blended) propagated result (:class:`propagate.kinds.KeyframeRules`).
+``set_absent(t, obj)``: the object has no pixel from frame t up to its next keyframe that gives it, in both sweeps
+and in the labels that join the context; its results report it absent (:attr:`FrameResult.absent`), not as a
+confidence. Objects have names and categories (:attr:`Session.objects`, :meth:`Session.name_object`).
 
 Features are kept in memory up to ``memory_bytes`` (float32, exact); beyond that they go to a scratch folder the
 session creates and removes (:meth:`Session.close`), so results never depend on where features were kept. The frames
@@ -35,7 +45,8 @@ from propagate.errors import PropagateError
 from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
 from propagate.keypoints import PointSet
-from propagate.kinds import FrameResult, LabelKind, MaskKind, PointKind, Track
+from propagate.kinds import NO_RULES, FrameResult, KeyframeRules, LabelKind, MaskKind, PointKind, Track
+from propagate.labels import VOID, ObjectInfo, default_object, object_ids
 from propagate.pipeline import Sweep, as_source, check_length, propagate_keyframes
 from propagate.progress import Bars, Progress
 from propagate.video import VideoSource, processing_size
@@ -107,6 +118,10 @@ class Session:
         self.codec: LabelKind | None = None  # the label kind of the keyframes (propagate.kinds), set by the first
         self._annotations: dict[int, np.ndarray] = {}  # frame -> its annotation, as the codec checked it
         self._propagated: dict[int, np.ndarray] = {}  # the keyframes of the latest results
+        self._partial: dict[int, frozenset[int]] = {}  # partial keyframe -> the objects it gives (masks)
+        self._absent: dict[int, set[int]] = {}  # frame -> the objects marked absent from it on
+        self._names: dict[int, ObjectInfo] = {}  # objects named by name_object
+        self._rules: KeyframeRules = NO_RULES  # the per-object rules of the latest results
         self._features = _FeatureMemory(memory_bytes)
         self._frames = _FeatureMemory(frame_bytes, "propagate-frames-")  # [H, W, 3] uint8 as read, for image()
         # with propagation.reuse, both directions keep each frame's top-k candidates (a correction costs a gather)
@@ -198,9 +213,37 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ keyframes
 
-    def add_mask(self, index: int, mask: np.ndarray) -> None:
-        """Make frame ``index`` a keyframe with ``mask [H, W]`` uint8 (0 background, 1..N objects, 255 void)."""
-        self.add(index, mask, MaskKind.of(self.config, self.native_size))
+    def add_mask(self, index: int, mask: np.ndarray, objects: Sequence[int] | None = None) -> None:
+        """Make frame ``index`` a keyframe with ``mask [H, W]`` uint8 (0 background, 1..N objects, 255 void).
+
+        ``objects`` None: the mask is the whole frame's truth (a full keyframe, replacing any keyframe there). A list:
+        the mask annotates those objects only (each must have pixels in it); the frame's other objects go on being
+        propagated. On a frame that is a keyframe already, the named objects replace theirs there (a full keyframe
+        stays full). Giving an object drops its absence mark on this frame.
+        """
+        codec = MaskKind.of(self.config, self.native_size)
+        if objects is None:
+            self.add(index, mask, codec)
+            self._drop_marks(index, object_ids(self._annotations[index]))
+            return
+        self._check_index(index)
+        checked = codec.check(index, mask)
+        named = self._object_list(objects, f"keyframe {index}")
+        missing = [o for o in named if not (checked == o).any()]
+        if missing:
+            raise PropagateError(f"keyframe {index}: object {missing[0]} has no pixel in the mask: paint it, or say "
+                                 "it is not in the frame with set_absent")
+        if self.codec is not None:
+            self.codec.joins(codec, index)
+        given = np.isin(checked, named)
+        old = self._annotations.get(index)
+        base = np.zeros_like(checked) if old is None else np.where(np.isin(old, named), 0, old).astype(np.uint8)
+        base[given] = checked[given]
+        if old is None or index in self._partial:  # a full keyframe stays full
+            self._partial[index] = self._partial.get(index, frozenset()) | frozenset(named)
+        self._annotations[index] = base
+        self.codec = self.codec or codec
+        self._drop_marks(index, named)
 
     def add_points(self, index: int, xy: np.ndarray, names: Sequence[str] | None = None) -> None:
         """Make frame ``index`` a keyframe with points ``xy [J, 2]`` (native pixels). Every keyframe gives the same
@@ -218,15 +261,110 @@ class Session:
             self.codec.joins(kind, index)
         codec = self.codec or kind
         self._annotations[index] = codec.check(index, annotation)
+        self._partial.pop(index, None)
         self.codec = codec
 
-    def remove(self, index: int) -> None:
-        """Frame ``index`` is a keyframe no more."""
-        if index not in self._annotations:
-            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
-        del self._annotations[index]
+    def remove(self, index: int, objects: Sequence[int] | None = None) -> None:
+        """Frame ``index`` is a keyframe no more (``objects`` None: the keyframe and its absence marks go), or it no
+        longer says anything about ``objects``: they leave its keyframe (which becomes a partial keyframe of the
+        others, or goes when none is left) and their absence marks there go."""
+        if objects is None:
+            if index not in self._annotations and index not in self._absent:
+                raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+            self._annotations.pop(index, None)
+            self._partial.pop(index, None)
+            self._absent.pop(index, None)
+        else:
+            named = self._object_list(objects, f"frame {index}")
+            old = self._annotations.get(index)
+            gives = set(object_ids(old)) if old is not None and index not in self._partial else set()
+            gives |= set(self._partial.get(index, ()))
+            unknown = [o for o in named if o not in gives and o not in self._absent.get(index, ())]
+            if unknown:
+                raise PropagateError(f"frame {index} neither gives object {unknown[0]} nor marks it absent "
+                                     f"(keyframes: {self.keyframes}; absence marks: {self.absent_marks()})")
+            if old is not None and gives & set(named):
+                left = sorted(gives - set(named))
+                if left:
+                    self._annotations[index] = np.where(np.isin(old, named), 0, old).astype(np.uint8)
+                    self._partial[index] = frozenset(left)
+                else:
+                    del self._annotations[index]
+                    self._partial.pop(index, None)
+            self._drop_marks(index, named)
         if not self._annotations:
             self.codec = None
+
+    def set_absent(self, index: int, obj: int) -> None:
+        """Object ``obj`` is not in the frame from ``index`` up to its next keyframe that gives it: no pixel there
+        (in both sweeps, and in the labels that join the context), no COCO segment, reported absent
+        (:attr:`FrameResult.absent`). On a keyframe that gives it, it leaves that keyframe (the latest word wins)."""
+        self._check_index(index)
+        if self.codec is not None and not isinstance(self.codec, MaskKind):
+            raise PropagateError("absence marks are for masks: this session tracks points")
+        (obj,) = self._object_list([obj], f"frame {index}")
+        if index in self._annotations:
+            old = self._annotations[index]
+            if index in self._partial and obj in self._partial[index]:
+                self.remove(index, [obj])
+            elif index not in self._partial and (old == obj).any():
+                left = np.where(old == obj, 0, old).astype(np.uint8)  # a full keyframe stays full
+                if object_ids(left):
+                    self._annotations[index] = left
+                else:  # nothing left on it: the keyframe goes
+                    del self._annotations[index]
+                    self.codec = self.codec if self._annotations else None
+        self._absent.setdefault(index, set()).add(obj)
+
+    def keyframe_objects(self, index: int) -> list[int] | None:
+        """The objects keyframe ``index`` gives if it is a partial keyframe; None for a full keyframe."""
+        if index not in self._annotations:
+            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+        return sorted(self._partial[index]) if index in self._partial else None
+
+    def absent_marks(self) -> dict[int, list[int]]:
+        """``{frame: objects marked absent from it on}``, in frame order."""
+        return {t: sorted(objs) for t, objs in sorted(self._absent.items()) if objs}
+
+    def is_absent(self, index: int, obj: int) -> bool:
+        """Whether the latest results report object ``obj`` absent from frame ``index``."""
+        result = self.results.get(index)
+        return result is not None and obj in result.absent
+
+    @property
+    def objects(self) -> dict[int, ObjectInfo]:
+        """Every object of the keyframes (and every named one): ``{id: ObjectInfo(name, category)}``; an object
+        nobody named is ``object N`` of category ``object``."""
+        ids = set(self._names)
+        if isinstance(self.codec, MaskKind):
+            ids |= {int(o) for o in self.codec.tracks(self._annotations)}
+        return {o: self._names.get(o, default_object(o)) for o in sorted(ids)}
+
+    def name_object(self, obj: int, name: str, category: str | None = None) -> None:
+        """Name object ``obj`` (and set its category; None keeps the one it has, ``object`` by default)."""
+        (obj,) = self._object_list([obj], "name_object")
+        if not isinstance(name, str) or not name.strip():
+            raise PropagateError(f"object {obj}: give a name (a non-empty string), not {name!r}")
+        if category is not None and (not isinstance(category, str) or not category.strip()):
+            raise PropagateError(f"object {obj}: give a category (a non-empty string), not {category!r}")
+        old = self._names.get(obj, default_object(obj))
+        self._names[obj] = ObjectInfo(name.strip(), category.strip() if category is not None else old.category)
+
+    def _drop_marks(self, index: int, objects: Sequence[int]) -> None:
+        marks = self._absent.get(index)
+        if marks:
+            marks.difference_update(objects)
+            if not marks:
+                del self._absent[index]
+
+    @staticmethod
+    def _object_list(objects: Sequence[int], where: str) -> list[int]:
+        ids = [objects] if isinstance(objects, (int, np.integer)) else list(objects)
+        bad = [o for o in ids if not isinstance(o, (int, np.integer)) or isinstance(o, bool) or not 0 < o < VOID]
+        if bad or not ids:
+            raise PropagateError(f"{where}: object {bad[0] if bad else '(none)'!r} is not an object id: give ids "
+                                 "1..254")
+        return sorted({int(o) for o in ids})
 
     # ------------------------------------------------------------------------------------------ propagation
 
@@ -250,9 +388,10 @@ class Session:
         assert self.codec is not None
         grid_hw = tuple(self.features(self.keyframes[0]).shape[1:])
         labels = self.codec.encode(self._annotations, grid_hw)
+        self._rules = self._make_rules(grid_hw)
         report, bars = self._reporter(callback)
         stream = propagate_keyframes(self.features, self.num_frames, labels, self.config.propagation, direction,
-                                     self.config.keyframes.blend, self._sweeps, progress=report)
+                                     self.config.keyframes.blend, self._sweeps, self._rules, progress=report)
         self.results, self._propagated = {}, dict(self._annotations)
         decoded, self._decoded = self._decoded, {}
         try:
@@ -273,11 +412,30 @@ class Session:
             self.stats["affinities_reused"] += self._candidates.reused
             self._candidates.reset_counts()
 
+    def _make_rules(self, grid_hw: tuple[int, int]) -> KeyframeRules:
+        """The per-object rules of the keyframes and absence marks (:meth:`MaskKind.rules`); none for plain ones."""
+        marks = {t: frozenset(objs) for t, objs in self._absent.items() if objs}
+        if not self._partial and not marks:
+            return NO_RULES
+        assert isinstance(self.codec, MaskKind)
+        known = set(self.codec.tracks(self._annotations))
+        for t, objs in sorted(marks.items()):
+            stray = sorted(objs - known)
+            if stray:
+                raise PropagateError(f"frame {t} marks object {stray[0]} absent, but no keyframe gives it: remove the "
+                                     f"mark (remove({t}, objects=[{stray[0]}])) or add a keyframe with it")
+        return self.codec.rules(self._annotations, self._partial, marks, grid_hw, self.num_frames)
+
     def _decode(self, index: int, soft: torch.Tensor, is_key: bool) -> FrameResult:
         assert self.codec is not None
+        absent = self._rules.absent.get(index, frozenset())
+        if is_key and index in self._partial:
+            assert isinstance(self.codec, MaskKind)
+            return self.codec.merged_result(index, self.names[index], self._annotations[index],
+                                            self._partial[index], soft, absent)
         if is_key:
-            return self.codec.keyframe_result(index, self.names[index], self._annotations[index], soft)
-        return self.codec.decode(index, self.names[index], soft)
+            return self.codec.keyframe_result(index, self.names[index], self._annotations[index], soft).without(absent)
+        return self.codec.decode(index, self.names[index], soft).without(absent)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -286,7 +444,8 @@ class Session:
         return self.codec.tracks(self._propagated) if self.codec is not None and self._propagated else []
 
     def least_confident(self, count: int = 3) -> list[FrameResult]:
-        """The ``count`` propagated frames (not keyframes) of the last pass with the lowest confidence."""
+        """The ``count`` propagated frames (not keyframes) of the last pass with the lowest confidence of a present
+        object (absent objects are not ranked)."""
         ranked = sorted((r for r in self.results.values() if not r.keyframe),
                         key=lambda r: (r.least_confidence(), r.index))
         return ranked[:count]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from propagate.kinds import FrameResult, LabelKind, Track
+    from propagate.labels import ObjectInfo
     from propagate.video import Frame, VideoSource
 
 CONFIDENCE_CSV = "confidence.csv"
@@ -63,6 +64,7 @@ class Run:
     tracks: Sequence[Track]  # what confidences are reported for: object ids (masks), point names (points)
     text: str  # the features' description: the overlay's caption, points.json's "features"
     record: Mapping[str, object] = field(default_factory=dict)  # more keys for points.json: keyframes, extra
+    objects: Mapping[int, ObjectInfo] = field(default_factory=dict)  # names and categories (default: object N)
 
 
 FrameWriter = Callable[["Frame", "FrameResult"], None]  # what a writer does with one frame's result
@@ -99,17 +101,22 @@ def write_png(run: Run) -> Iterator[FrameWriter]:
 @contextlib.contextmanager
 def write_confidence(run: Run) -> Iterator[FrameWriter]:
     """``confidence.csv``: per frame its index (in the whole video), name, whether it is a keyframe, and each
-    track's confidence."""
+    track's confidence (``absent`` for an object marked absent from the frame)."""
     from propagate.io import atomic_write_text
 
     rows = [["frame", "name", "keyframe", *[f"object_{t}" for t in run.tracks]]]
 
     def write(frame: Frame, result: FrameResult) -> None:
         rows.append([str(run.source.source_index(frame.index)), frame.name, str(int(result.keyframe)),
-                     *[f"{result.confidence.get(t, 0.0):.4f}" for t in run.tracks]])
+                     *[confidence_cell(result, t) for t in run.tracks]])
 
     yield write
     atomic_write_text(run.out / CONFIDENCE_CSV, "\n".join(",".join(r) for r in rows) + "\n")
+
+
+def confidence_cell(result: FrameResult, track: Track) -> str:
+    """A track's cell of ``confidence.csv``: ``absent``, or the confidence to 4 decimals (0 if it has none)."""
+    return "absent" if track in result.absent else f"{result.confidence.get(track, 0.0):.4f}"
 
 
 @contextlib.contextmanager
@@ -120,7 +127,8 @@ def write_coco(run: Run) -> Iterator[FrameWriter]:
 
     path = Path(run.source.path)
     objects = [int(t) for t in run.tracks]
-    coco = CocoVideoWriter(path.stem if path.suffix else path.name, run.source.native_size, objects)
+    categories = {o: run.objects[o].category for o in objects if o in run.objects}
+    coco = CocoVideoWriter(path.stem if path.suffix else path.name, run.source.native_size, objects, categories)
 
     def write(frame: Frame, result: FrameResult) -> None:
         assert result.mask is not None

@@ -49,6 +49,54 @@ def test_run_baseline_end_to_end(clip, tmp_path, capsys):
     assert info["config"]["features"] == "baseline" and info["processing_size"] == [192, 128]
 
 
+def test_run_reads_the_keyframe_file_beside_the_pngs(clip, tmp_path, capsys):
+    """keyframes.yaml says that 00004.png gives object 1 only and that object 2 is gone from 00002 on, and names
+    the objects: object 2 has no pixel on frames 2..5 and is ``absent`` in confidence.csv (not 0), its COCO track
+    ends there, frame 4's object 1 is the PNG's, and COCO categories carry the objects' categories."""
+    frames, _, truth = clip
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    write_mask(keys / "00000.png", truth[0])
+    write_mask(keys / "00004.png", truth[4])  # its object 2 is not given: ignored
+    (keys / "keyframes.yaml").write_text('frames:\n  "00004": {objects: [1]}\n  "00002": {absent: [2]}\n'
+                                         "objects:\n  1: {name: disk, category: ball}\n  2: square\n")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["run", frames, "--mask", keys, "--out", out, "--features", "baseline", *SMALL,
+                                 "--format", "png,coco", "--no-video"], capsys)
+    assert code == 0, err
+    masks = [read_mask(out / f"{t:05d}.png") for t in range(6)]
+    assert [bool((m == 2).any()) for m in masks] == [True, True, False, False, False, False]
+    assert np.array_equal(masks[4] == 1, truth[4] == 1)
+    rows = [line.split(",") for line in (out / "confidence.csv").read_text().splitlines()]
+    assert rows[0] == ["frame", "name", "keyframe", "object_1", "object_2"]
+    assert [r[4] for r in rows[1:]] == ["1.0000", rows[2][4], "absent", "absent", "absent", "absent"]
+    assert rows[2][4] != "absent" and [r[2] for r in rows[1:]] == ["1", "0", "0", "0", "1", "0"]
+    coco = json.loads((out / "coco.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "ball", "supercategory": "ball"},
+                                  {"id": 2, "name": "object", "supercategory": "object"}]
+    tracks = {a["id"]: a for a in coco["annotations"]}
+    assert tracks[1]["category_id"] == 1 and tracks[2]["category_id"] == 2
+    assert [s is None for s in tracks[2]["segmentations"]] == [False, False, True, True, True, True]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["partial"] == {"00004": [1]} and info["absent"] == {"00002": [2]}
+
+
+def test_an_rgb_mask_with_flat_colours_maps_each_colour_to_an_object(clip, tmp_path, capsys):
+    frames, _, truth = clip
+    rgb = np.zeros((*truth[0].shape, 3), np.uint8)
+    rgb[truth[0] == 1], rgb[truth[0] == 2] = (250, 200, 10), (20, 90, 250)  # paint-tool colours, not DAVIS ones
+    Image.fromarray(rgb).save(tmp_path / "painted.png")
+    code, _, err = run_cli(["run", frames, "--mask", tmp_path / "painted.png", "--out", tmp_path / "out",
+                            "--features", "baseline", *SMALL, "--no-video"], capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    # ids in order of first appearance, row by row: the square (higher in the frame) comes first
+    assert len(notes) == 1 and notes[0].endswith("read as objects: (20, 90, 250) -> 1, (250, 200, 10) -> 2")
+    first = read_mask(tmp_path / "out" / "00000.png")
+    assert np.array_equal(first, np.choose(truth[0], [0, 2, 1]))
+    assert set(np.unique(read_mask(tmp_path / "out" / "00005.png"))) <= {0, 1, 2}  # no stray objects
+
+
 def test_run_tiny_dift_model_and_no_video(clip, tmp_path, capsys, tiny_sd_dir):
     frames, mask, _ = clip
     out = tmp_path / "out"

@@ -192,6 +192,12 @@ def points(w: World, *extra: object, file: object = None, out: object = None) ->
             *BASE, *extra]
 
 
+def setting(name: str, key_value: str, expect: str | None = None, job: Callable[..., list] = run) -> Case:
+    """The case of ``job`` (``run`` or ``points``) given ``--set key_value``: one line naming ``expect`` (default the
+    ``key=value`` itself)."""
+    return Case(name, lambda w: job(w, "--set", key_value), expect or key_value)
+
+
 def eval_davis(w: World, *extra: object, out: object = None) -> list:
     return ["eval", "davis", "--root", w.davis, "--out", w.out if out is None else out, "--features", "baseline",
             *SMALL, *extra]
@@ -262,6 +268,29 @@ def keyframe_folder_with_jpeg(w: World) -> None:
     """A keyframe folder: frame 0's PNG mask, and frame 2's mask saved as JPEG (which used to be skipped)."""
     shutil.copy(w.mask, w.file("keys/00000.png", b""))
     Image.fromarray(read_mask(w.mask) * 100).save(w.root / "keys" / "00002.jpg", quality=90)
+
+
+def keyframe_file(text: str, pngs: tuple[int, ...] = (0,), name: str = "keyframes.yaml") -> Callable[[World], None]:
+    """A keyframe folder: the clip's first mask as each frame's PNG of ``pngs``, and the keyframe file ``text``."""
+    def setup(w: World) -> None:
+        for index in pngs:
+            shutil.copy(w.mask, w.file(f"keys/{index:05d}.png", b""))
+        w.file(f"keys/{name}", text.encode())
+    return setup
+
+
+def keys_run(w: World) -> list:
+    return ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE]
+
+
+def antialiased_rgb(w: World) -> None:
+    """An RGB mask painted with a soft brush: a red disk whose edge fades into black over many shades."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    fade = np.clip(14 - np.hypot(xx - 30, yy - 24), 0, 4) / 4  # 1 inside, a 4-pixel ramp at the edge
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0] = (fade * 230).astype(np.uint8)
+    rgb[..., 1] = (fade * 40).astype(np.uint8)
+    Image.fromarray(rgb).save(w.root / "painted.png")
 
 
 # YAML whose aliases expand to 10^6 values (a "billion laughs" in small): refused before anything expands it.
@@ -360,22 +389,22 @@ CASES: list[Case] = [
     Case("temperature-nan", lambda w: run(w, "--temperature", "nan"), "temperature"),
     Case("temperature-inf", lambda w: run(w, "--temperature", "inf"), "temperature"),
     Case("temperature-negative", lambda w: run(w, "--temperature=-1"), "temperature"),
-    Case("set-topk-abc", lambda w: run(w, "--set", "propagation.topk=abc"), "propagation.topk"),
-    Case("set-multiple-0", lambda w: run(w, "--set", "resize.multiple=0"), "resize.multiple"),
-    Case("set-size-0-0", lambda w: run(w, "--set", "resize.size=[0,0]"), "resize.size"),
-    Case("set-size-text", lambda w: run(w, "--set", "resize.size=big"), "resize.size"),
-    Case("set-short-side-float", lambda w: run(w, "--set", "resize.short_side=4.5"), "resize.short_side"),
-    Case("set-unknown-key", lambda w: run(w, "--set", "propagation.topkk=3"), "propagation.topkk"),
-    Case("set-section-not-mapping", lambda w: run(w, "--set", "propagation=3"), "propagation"),
-    Case("set-no-equals", lambda w: run(w, "--set", "topk"), "KEY=VALUE"),
-    Case("set-bad-yaml", lambda w: run(w, "--set", "resize.size=[1,"), "not valid YAML"),
-    Case("set-window-bool", lambda w: run(w, "--set", "propagation.minmax_norm=maybe"), "minmax_norm"),
+    setting("set-topk-abc", "propagation.topk=abc", "propagation.topk"),
+    setting("set-multiple-0", "resize.multiple=0", "resize.multiple"),
+    setting("set-size-0-0", "resize.size=[0,0]", "resize.size"),
+    setting("set-size-text", "resize.size=big", "resize.size"),
+    setting("set-short-side-float", "resize.short_side=4.5", "resize.short_side"),
+    setting("set-unknown-key", "propagation.topkk=3", "propagation.topkk"),
+    setting("set-section-not-mapping", "propagation=3", "propagation"),
+    setting("set-no-equals", "topk", "KEY=VALUE"),
+    setting("set-bad-yaml", "resize.size=[1,", "not valid YAML"),
+    setting("set-window-bool", "propagation.minmax_norm=maybe", "minmax_norm"),
     Case("batch-frames-0", lambda w: run(w, "--batch-frames", "0"), "batch_frames"),
     Case("seed-negative", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
                                      *SMALL, "--seed=-1"], "seed=-1"),
     Case("seed-for-baseline", lambda w: run(w, "--seed=1"), "no option(s) seed"),
-    Case("sigma-nan", lambda w: points(w, "--set", "keypoints.sigma=.nan"), "keypoints.sigma"),
-    Case("set-device-typo", lambda w: run(w, "--set", "extractor.device=cdua"), "cdua"),
+    setting("sigma-nan", "keypoints.sigma=.nan", "keypoints.sigma", job=points),
+    setting("set-device-typo", "extractor.device=cdua", "cdua"),
     Case("features-unknown", lambda w: run(w, "--features", "nope"), "nope"),
     Case("preset-unknown", lambda w: run(w, "--config", "davis_nope"), "davis_nope"),
     # --- config files
@@ -391,8 +420,8 @@ CASES: list[Case] = [
     # --- devices this machine lacks, for every extractor
     Case("cuda-baseline", lambda w: run(w, "--device", "cuda"), "cuda", missing="cuda"),
     Case("mps-baseline", lambda w: run(w, "--device", "mps"), "mps", missing="mps"),
-    Case("cuda-index-baseline", lambda w: run(w, "--set", "extractor.device=cuda:9"), "cuda:9"),
-    Case("cuda-propagation-only", lambda w: run(w, "--set", "propagation.device=cuda:9"), "cuda:9"),
+    setting("cuda-index-baseline", "extractor.device=cuda:9", "cuda:9"),
+    setting("cuda-propagation-only", "propagation.device=cuda:9", "cuda:9"),
     Case("cuda-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
                                     *SMALL, "--device", "cuda"], "cuda", missing="cuda"),
     Case("mps-dift-sd", lambda w: ["run", w.frames, "--mask", w.mask, "--out", w.out, "--model", w.shared["tiny_sd"],
@@ -467,19 +496,19 @@ CASES: list[Case] = [
                                               "--set", "resize.short_side=40"], "other feature settings",
          setup=make_cache),
     # --- issue 22: every numeric option in range, bounded reads, degenerate results, names confined to --out
-    Case("set-bins-0", lambda w: run(w, "--set", "extractor.bins=0"), "extractor.bins=0"),
-    Case("set-scales-0", lambda w: run(w, "--set", "extractor.scales=[0]"), "extractor.scales=[0]"),
-    Case("set-scales-even", lambda w: run(w, "--set", "extractor.scales=[1,2]"), "each odd"),
-    Case("set-scales-empty", lambda w: run(w, "--set", "extractor.scales=[]"), "extractor.scales=[]"),
-    Case("set-colour-sigma-0", lambda w: run(w, "--set", "extractor.colour_sigma=0"), "extractor.colour_sigma=0"),
-    Case("set-fourier-dim-0", lambda w: run(w, "--set", "extractor.fourier_dim=0"), "extractor.fourier_dim=0"),
+    setting("set-bins-0", "extractor.bins=0"),
+    setting("set-scales-0", "extractor.scales=[0]"),
+    setting("set-scales-even", "extractor.scales=[1,2]", "each odd"),
+    setting("set-scales-empty", "extractor.scales=[]"),
+    setting("set-colour-sigma-0", "extractor.colour_sigma=0"),
+    setting("set-fourier-dim-0", "extractor.fourier_dim=0"),
     Case("points-open-disk-radius-0", lambda w: points(w, "--set", "propagation.radius=0"),
          "propagation.radius=0 is not valid with propagation.window=open_disk"),
-    Case("points-sigma-underflow", lambda w: points(w, "--set", "keypoints.sigma=1e-200"), "keypoints.sigma=1e-200"),
-    Case("points-sigma-huge", lambda w: points(w, "--set", "keypoints.sigma=1e6"), "keypoints.sigma=1000000.0"),
-    Case("short-side-huge", lambda w: run(w, "--set", "resize.short_side=100000"), "resize.short_side=100000"),
-    Case("size-huge", lambda w: run(w, "--set", "resize.size=[100000,100000]"), "resize.size"),
-    Case("multiple-huge", lambda w: run(w, "--set", "resize.multiple=100000"), "resize.multiple=100000"),
+    setting("points-sigma-underflow", "keypoints.sigma=1e-200", job=points),
+    setting("points-sigma-huge", "keypoints.sigma=1e6", "keypoints.sigma=1000000.0", job=points),
+    setting("short-side-huge", "resize.short_side=100000"),
+    setting("size-huge", "resize.size=[100000,100000]", "resize.size"),
+    setting("multiple-huge", "resize.multiple=100000"),
     Case("n-last-frames-huge", lambda w: run(w, "--n-last-frames", "100000000000000000000"),
          "propagation.n_last_frames=100000000000000000000"),
     Case("temperature-underflow", lambda w: run(w, "--temperature", "1e-300"), "propagation.temperature=1e-300"),
@@ -518,6 +547,30 @@ CASES: list[Case] = [
          setup=lambda w: [shutil.copy(w.mask, w.file(f"keys/{n}.png", b"")) for n in ("00000", "00001")]),
     Case("keyframe-folder-jpeg", lambda w: ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE],
          "'00002.jpg', which is not a PNG mask", setup=keyframe_folder_with_jpeg),
+    # --- the keyframe folder's file form (issue 18): anything ambiguous is an error
+    Case("keyframe-file-given-and-absent", keys_run, "gives object 2 and marks it absent: keep one",
+         setup=keyframe_file('frames: {"00002": {objects: [2], absent: [2]}}', (0, 2))),
+    Case("keyframe-file-unknown-frame", keys_run, "frame '00009' is no frame of the video",
+         setup=keyframe_file('frames: {"00009": {absent: [1]}}')),
+    Case("keyframe-file-unquoted-frame", keys_run, "is not a quoted frame name",
+         setup=keyframe_file("frames:\n  00002: {absent: [1]}\n")),
+    Case("keyframe-file-object-not-in-png", keys_run, "lists object 3, which 00002.png does not hold",
+         setup=keyframe_file('{"frames": {"00002": {"objects": [3]}}}', (0, 2), "keyframes.json")),
+    Case("keyframe-file-objects-without-png", keys_run, "the folder has no 00002.png",
+         setup=keyframe_file('frames: {"00002": {objects: [1]}}')),
+    Case("keyframe-file-absent-but-painted", keys_run, "marks object 1 absent but 00000.png holds it",
+         setup=keyframe_file('frames: {"00000": {absent: [1]}}')),
+    Case("keyframe-file-absent-unknown-object", keys_run, "marks object 7 absent, but no keyframe PNG gives it",
+         setup=keyframe_file('frames: {"00002": {absent: [7]}}')),
+    Case("keyframe-file-unknown-key", keys_run, "give objects: [ids] and/or absent: [ids]",
+         setup=keyframe_file('frames: {"00002": {gone: [1]}}')),
+    Case("keyframe-file-bad-ids", keys_run, "absent must be a list of object ids 1..254",
+         setup=keyframe_file('frames: {"00002": {absent: [0]}}')),
+    Case("keyframe-file-syntax", keys_run, "is not readable YAML/JSON", setup=keyframe_file("frames: [\n")),
+    Case("keyframe-file-bad-name", keys_run, "objects: 1: give a name",
+         setup=keyframe_file('objects: {1: {name: ""}}')),
+    Case("mask-rgb-anti-aliased", lambda w: ["run", w.frames, "--mask", w.root / "painted.png", "--out", w.out, *BASE],
+         "look anti-aliased (shades along edges): paint with anti-aliasing off", setup=antialiased_rgb),
     Case("mask-16-bit-ids", lambda w: ["run", w.frames, "--mask", w.root / "wide.png", "--out", w.out, *BASE],
          "image mode I;16", setup=lambda w: Image.fromarray(np.where(read_mask(w.mask) > 0, 300, 0).astype(np.uint16))
          .save(w.root / "wide.png")),

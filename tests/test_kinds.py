@@ -77,3 +77,71 @@ def test_a_kind_name_maps_to_its_codec_in_one_place():
     assert {name: kind.name for name, kind in KINDS.items()} == {"masks": "masks", "points": "points"}
     with pytest.raises(PropagateError, match="label kind 'boxes': choose one of masks, points"):
         kind_named("boxes")
+
+
+# ---------------------------------------------------------------------------------------------- per object (issue 18)
+
+
+def test_a_partial_keyframe_merge_and_an_absence_by_hand():
+    """On whole grid cells every step is exact: the decoded labels lose the given object's old cells and the absent
+    object's, the given object is painted from the annotation (its other pixels ignored), and clearing moves an
+    absent object's share to the background."""
+    mask = blocky_mask()  # objects 1 (a 2x2 block) and 3 (top right)
+    config = load_config("davis_baseline", {"resize.size": [48, 32]})
+    kind = MaskKind.of(config, (48, 32))
+    soft = kind.encode({0: mask}, (4, 6))[0]
+    annotation = np.zeros_like(mask)
+    annotation[24:32, 0:16] = 1  # object 1 moved to the bottom left
+    annotation[0:8, 0:8] = 3  # object 3 drawn too, but only object 1 is given
+    merged = kind.merge_masks(5, annotation, frozenset({1}), soft, frozenset())
+    decoded = kind.decode(5, "00005", soft).mask  # the mask again, bar the blocks' blurred edges
+    assert (decoded == mask).mean() > 0.9
+    expected = np.where(decoded == 1, 0, decoded)
+    expected[24:32, 0:16] = 1
+    np.testing.assert_array_equal(merged, expected)
+    gone = kind.merge_masks(5, annotation, frozenset({1}), soft, frozenset({3}))
+    np.testing.assert_array_equal(gone, np.where(expected == 3, 0, expected))
+    alone = kind.merge_masks(5, annotation, frozenset({1}), None, frozenset())
+    np.testing.assert_array_equal(alone, np.where(annotation == 1, 1, 0))
+    rules = kind.rules({0: mask, 6: np.where(annotation == 1, 1, 0).astype(np.uint8)}, {6: frozenset({1})},
+                       {2: frozenset({1, 3})}, (4, 6), num_frames=9)
+    # object 1 is absent on 2..5 (frame 6 gives it again), object 3 to the last frame (no keyframe gives it later)
+    assert rules.absent == {2: {1, 3}, 3: {1, 3}, 4: {1, 3}, 5: {1, 3}, 6: {3}, 7: {3}, 8: {3}}
+    cleared = rules.clear(4, soft)
+    assert torch.equal(cleared[1], torch.zeros(4, 6)) and torch.equal(cleared[3], torch.zeros(4, 6))
+    assert torch.equal(cleared.sum(0), soft.sum(0)) and rules.clear(0, soft) is soft
+    centres = merged[4::8, 4::8]
+    assert torch.equal(rules.merge(6, soft).argmax(0), torch.from_numpy(centres * (centres != 3)).long())
+    result = kind.merged_result(6, "00006", annotation * (annotation == 1), frozenset({1}), soft, frozenset({3}))
+    assert result.keyframe and result.absent == {3} and 3 not in result.confidence and result.confidence[1] == 1.0
+    assert result.least_confidence() == min(result.confidence.values())
+
+
+def test_min_area_removes_small_propagated_regions_per_object():
+    mask = blocky_mask()
+    speck = mask.copy()
+    speck[30:32, 44:46] = 1  # a 4-pixel speck of object 1 far from it
+    config = load_config("davis_baseline", {"resize.size": [48, 32], "postprocess.min_area": 30})
+    kind = MaskKind.of(config, (48, 32))
+    from propagate.labels import remove_small_regions
+
+    np.testing.assert_array_equal(remove_small_regions(speck, 30), mask)
+    np.testing.assert_array_equal(remove_small_regions(speck, 5, keep=[1]), speck)
+    assert remove_small_regions(speck, 0) is speck
+    soft = kind.encode({0: mask}, (4, 6))[0]
+    assert kind.min_area == 30 and MaskKind.of(load_config("davis_baseline"), (48, 32)).min_area == 0
+    assert kind.decode(1, "00001", soft).confidence[1] > 0
+    tiny = MaskKind.of(load_config("davis_baseline", {"resize.size": [48, 32], "postprocess.min_area": 100}),
+                       (48, 32))
+    result = tiny.decode(1, "00001", soft)  # object 3 (two 8x8 blocks = 128 px) stays, object 1's 256 px too
+    assert set(np.unique(result.mask)) == {0, 1, 3}
+    huge = MaskKind.of(load_config("davis_baseline", {"resize.size": [48, 32], "postprocess.min_area": 200}),
+                       (48, 32)).decode(1, "00001", soft)
+    assert not (huge.mask == 3).any() and huge.confidence[3] == 0.0 and (huge.mask == 1).any()
+
+
+@pytest.mark.parametrize("preset, area", [("davis_sd", 0), ("davis_baseline", 0), ("davis_adm", 0), ("jhmdb_sd", 0),
+                                          ("davis_sd_interactive", 30), ("davis_baseline_interactive", 30),
+                                          ("davis_adm_interactive", 30)])
+def test_min_area_is_off_in_the_paper_presets_and_on_in_the_interactive_ones(preset, area):
+    assert load_config(preset).postprocess.min_area == area

@@ -118,3 +118,34 @@ def test_a_file_that_is_not_a_png_in_a_keyframe_folder_is_an_error(tmp_path):
     Image.fromarray(mask * 100).save(tmp_path / "00001.jpg")
     with pytest.raises(PropagateError, match=r"holds '00001\.jpg', which is not a PNG mask"):
         read_keyframes(tmp_path, ["00000", "00001"], (8, 8))
+
+
+def test_rgb_mask_in_flat_paint_colours_maps_each_colour_to_an_object_with_a_note(tmp_path, capsys):
+    """Issue 18: flat colours outside the DAVIS palette become objects (lowest free ids, in order of first
+    appearance row by row; DAVIS colours keep their index, black is background), said in one note line."""
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[2:8, 2:8] = (255, 0, 255)  # magenta: first from the top
+    rgb[10:16, 3:9] = DAVIS_PALETTE[1]  # a DAVIS colour keeps its index
+    rgb[12:18, 20:28] = (255, 255, 255)  # white
+    Image.fromarray(rgb).save(tmp_path / "paint.png")
+    mask = read_mask(tmp_path / "paint.png")
+    expected = np.zeros((20, 30), np.uint8)
+    expected[2:8, 2:8], expected[10:16, 3:9], expected[12:18, 20:28] = 2, 1, 3
+    assert np.array_equal(mask, expected)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"note: mask {tmp_path / 'paint.png'} is RGB with flat colours outside the DAVIS palette, read as "
+                   "objects: (255, 0, 255) -> 2, (255, 255, 255) -> 3"]
+
+
+def test_rgb_mask_with_anti_aliased_edges_is_refused_not_turned_into_objects(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[4:14, 4:14] = (200, 30, 30)
+    rgb[3, 4:14] = rgb[14, 4:14] = (100, 15, 15)  # a soft brush's half-tone rows above and below
+    Image.fromarray(rgb).save(tmp_path / "soft.png")
+    with pytest.raises(PropagateError, match=r"soft.png is RGB with 2 colour\(s\) outside the DAVIS palette, e\.g\. "
+                                             r"\(100, 15, 15\), that look anti-aliased .*anti-aliasing off"):
+        read_mask(tmp_path / "soft.png")
+    bands = np.array([[(i * 6, 100, 50)] for i in range(40)], np.uint8)  # 40 colours, more than a hand-made mask
+    Image.fromarray(np.repeat(np.repeat(bands, 4, axis=0), 40, axis=1)).save(tmp_path / "many.png")  # flat bands
+    with pytest.raises(PropagateError, match="40 colour"):
+        read_mask(tmp_path / "many.png")

@@ -285,3 +285,168 @@ def test_session_checks_points_as_the_cli_does(clip, baseline, xy, words):
     assert session.keyframes == []
     session.add_points(1, np.array([[0.0, 0.0], [191.0, 127.0]]), names=["a", "b"])  # the corners are inside
     assert session.keyframes == [1] and session.point_names == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------------- per object (issue 18)
+
+
+def test_a_partial_keyframe_changes_the_other_objects_only_where_its_object_now_lies(tmp_path, baseline):
+    """Frame 6 gives object 2 only: its result is the propagated one with object 2's old pixels made background and
+    the new object 2 painted, so object 1 changes only where object 2 now lies (and the mask's object 1 is
+    ignored)."""
+    frames, truth = entering_clip(tmp_path / "clip", frames=10, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    first = {t: r.mask for t, r in session.propagate()}
+    given = truth[6].copy()
+    given[(given == 2)] = 0
+    given[70:115, 40:100] = 2  # object 2 drawn elsewhere, over part of object 1
+    given[0:20, 0:20] = 1  # object 1 where it is not: not given, so ignored
+    session.add_mask(6, given, objects=[2])
+    assert session.keyframes == [0, 6] and session.keyframe_objects(6) == [2] and session.keyframe_objects(0) is None
+    assert set(np.unique(session.annotation(6))) == {0, 2}
+    second = {t: r for t, r in session.propagate()}
+    now = second[6].mask
+    new2 = given == 2
+    assert second[6].keyframe and np.array_equal(now == 2, new2)
+    assert not np.array_equal((now == 1), (first[6] == 1))  # object 1 did change ...
+    assert np.array_equal((now == 1) & ~new2, (first[6] == 1) & ~new2)  # ... but only where object 2 now lies
+    assert np.array_equal(now[~new2], np.where(first[6] == 2, 0, first[6])[~new2])
+    assert second[6].confidence[2] == 1.0 and 0.0 < second[6].confidence[1] <= 1.0
+    for t in range(1, 6):  # frames before it still have object 1 from frame 0
+        assert iou(second[t].mask == 1, truth[t] == 1) > 0.6
+
+
+def test_set_absent_leaves_no_pixel_up_to_the_next_keyframe_that_gives_the_object(tmp_path, baseline):
+    from propagate.coco import CocoVideoWriter
+
+    frames, truth = entering_clip(tmp_path / "clip", frames=10, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    session.set_absent(4, 2)
+    session.add_mask(8, truth[8], objects=[2])
+    assert session.absent_marks() == {4: [2]}
+    results = dict(session.propagate())
+    for t in range(10):
+        gone = 4 <= t < 8
+        assert (results[t].mask == 2).any() != gone, f"frame {t}"
+        assert session.is_absent(t, 2) == gone and (2 in results[t].absent) == gone
+        assert (2 in results[t].confidence) != gone  # absent is not a confidence of 0
+    assert iou(results[9].mask == 2, truth[9] == 2) > 0.6
+    fwd, bwd = session._sweeps  # removed from the labels that join the context, in both sweeps
+    for t in range(4, 8):
+        assert float(fwd.soft[t][2].abs().max()) == 0.0 and float(bwd.soft[t][2].abs().max()) == 0.0
+    # least confident ranks present objects only: frame 5 is not flagged for its absent object
+    assert all(r.least_confidence() > 0 for r in results.values() if r.index in range(4, 8))
+    coco = CocoVideoWriter("clip", session.native_size, [1, 2])
+    for t in range(10):
+        coco.add(results[t].name, results[t].mask)
+    track = next(a for a in coco.to_json()["annotations"] if a["id"] == 2)
+    assert [s is None for s in track["segmentations"]] == [4 <= t < 8 for t in range(10)]
+    session.remove(4, objects=[2])  # the mark goes: object 2 is propagated through again
+    assert session.absent_marks() == {}
+    again = dict(session.propagate())
+    assert all((again[t].mask == 2).any() for t in range(10)) and not any(r.absent for r in again.values())
+
+
+def test_absent_to_the_end_and_the_latest_word_wins(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=8, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    session.add_mask(5, truth[5])
+    session.set_absent(5, 1)  # on a full keyframe that gives it: it leaves the keyframe, which stays full
+    assert session.keyframe_objects(5) is None and not (session.annotation(5) == 1).any()
+    results = dict(session.propagate())
+    assert all(not (results[t].mask == 1).any() and results[t].absent == {1} for t in range(5, 8))
+    session.add_mask(6, truth[6], objects=[1])  # giving it again ends the absence there
+    results = dict(session.propagate())
+    assert results[5].absent == {1} and not results[6].absent and (results[7].mask == 1).any()
+    with pytest.raises(PropagateError, match="neither gives object 2 nor marks it absent"):
+        session.remove(6, objects=[2])
+    with pytest.raises(PropagateError, match="object 2 has no pixel in the mask"):
+        session.add_mask(3, truth[3] * (truth[3] == 1), objects=[2])
+    with pytest.raises(PropagateError, match="is not an object id"):
+        session.set_absent(3, 0)
+    session.remove(6, objects=[1])  # its only object: the keyframe goes
+    assert session.keyframes == [0, 5]
+    session.set_absent(2, 7)
+    with pytest.raises(PropagateError, match="marks object 7 absent, but no keyframe gives it"):
+        dict(session.propagate())
+
+
+def test_removing_an_object_from_a_full_keyframe_leaves_a_partial_one(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=6, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    session.add_mask(3, truth[3])
+    session.remove(3, objects=[2])
+    assert session.keyframe_objects(3) == [1] and np.array_equal(session.annotation(3), (truth[3] == 1) * 1)
+    session.add_mask(3, truth[3], objects=[2])  # and back
+    assert session.keyframe_objects(3) == [1, 2]
+
+
+def test_objects_have_names_and_categories(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=4, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    from propagate.labels import ObjectInfo
+
+    assert session.objects == {1: ObjectInfo("object 1", "object"), 2: ObjectInfo("object 2", "object")}
+    session.name_object(2, "bottle", "bottle")
+    session.name_object(2, "green bottle")  # the category stays
+    session.name_object(5, "cup", "cup")  # named before it is painted
+    assert session.objects[2] == ObjectInfo("green bottle", "bottle") and session.objects[5].name == "cup"
+    with pytest.raises(PropagateError, match="give a name"):
+        session.name_object(1, " ")
+
+
+def _steps(truth):
+    """Keyframe edits in some order: (method, args)."""
+    moved = truth[6].copy()
+    moved[moved == 2] = 0
+    moved[80:110, 30:70] = 2
+    return [("add_mask", (0, truth[0])), ("add_mask", (6, moved, [2])), ("set_absent", (3, 1)),
+            ("add_mask", (8, truth[8], [1])), ("add_mask", (9, truth[9])), ("remove", (6,)),
+            ("add_mask", (4, truth[4], [2])), ("remove", (8, [1])), ("set_absent", (7, 2)), ("remove", (9,))]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"propagation.reuse": True}, {"propagation.scope": "segment"},
+                                       {"propagation.scope": "segment", "propagation.reuse": True}])
+def test_per_object_results_equal_a_fresh_session_whatever_the_order_of_edits(tmp_path, baseline, overrides):
+    """After every edit, the kept sweeps (replay, kept candidates) give exactly what a fresh session with the same
+    keyframes and marks gives."""
+    frames, truth = entering_clip(tmp_path / "clip", frames=10, enter=0)
+    config = load_config("davis_baseline", {**CONFIG, **overrides})
+    kept = Session(frames, config, extractor=baseline)
+    done = []
+    for step in _steps(truth):
+        done.append(step)
+        method, args = step
+        getattr(kept, method)(*args)
+        if not kept.keyframes:
+            continue
+        ours = {t: r for t, r in kept.propagate()}
+        fresh = Session(frames, config, extractor=baseline)
+        for m, a in done:
+            getattr(fresh, m)(*a)
+        theirs = dict(fresh.propagate())
+        assert kept.keyframes == fresh.keyframes and kept.absent_marks() == fresh.absent_marks()
+        for t in range(10):
+            assert np.array_equal(ours[t].mask, theirs[t].mask), f"after {[m for m, _ in done]}: frame {t}"
+            assert ours[t].absent == theirs[t].absent and ours[t].confidence == theirs[t].confidence
+    assert kept.stats["propagated_frames"] < fresh.stats["propagated_frames"] * len(done)  # something was reused
+
+
+def test_marking_the_only_object_of_a_keyframe_absent_removes_the_keyframe_keeps_other_marks(tmp_path, baseline):
+    frames, truth = entering_clip(tmp_path / "clip", frames=6, enter=0)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)
+    session.add_mask(0, truth[0])
+    session.set_absent(3, 1)
+    session.add_mask(3, np.where(truth[3] == 2, 2, 0).astype(np.uint8))  # a full keyframe of object 2 alone
+    session.set_absent(3, 2)
+    assert session.keyframes == [0] and session.absent_marks() == {3: [1, 2]}
+    session.add_mask(4, truth[4], objects=[1])
+    session.set_absent(4, 1)  # its only object: the partial keyframe goes, the mark stays
+    assert session.keyframes == [0] and session.absent_marks() == {3: [1, 2], 4: [1]}
+    results = dict(session.propagate())
+    assert all(results[t].absent == {1, 2} and not results[t].mask.any() for t in range(3, 6))

@@ -78,3 +78,60 @@ def test_a_points_session_exports_what_run_writes_for_the_same_keyframes(clip, t
         assert (tmp_path / "export" / name).read_bytes() == (tmp_path / "run" / name).read_bytes(), name
     ran = json.loads((tmp_path / "run" / "points.json").read_text())
     assert ran["keyframes"] == ["00000", "00005"] and [f["points"]["a"]["x"] for f in ran["frames"]][::5] == [60, 80]
+
+
+def test_a_session_with_absences_and_names_exports_what_run_writes_for_the_same_keyframe_file(clip, tmp_path):
+    """A session's per-object keyframes, absences and object names export exactly what ``run`` writes for a
+    keyframe folder saying the same (PNGs, confidence.csv with ``absent`` cells, COCO with the categories)."""
+    from propagate.labels import write_mask
+
+    frames, _, truth = clip
+    config = load_config("davis_baseline", CONFIG)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    write_mask(keys / "00000.png", truth[0])
+    write_mask(keys / "00003.png", truth[3])
+    (keys / "keyframes.json").write_text(json.dumps({
+        "frames": {"00003": {"objects": [2]}, "00004": {"absent": [1]}},
+        "objects": {"1": {"name": "disk", "category": "ball"}, "2": {"name": "square", "category": "box"}}}))
+    extractor = build_extractor("baseline")
+    run_video(frames, keys, tmp_path / "run", config, extractor=extractor, formats=["coco"], render=False,
+              progress=False)
+    session = Session(frames, config, extractor=extractor)
+    session.add_mask(0, truth[0])
+    session.add_mask(3, truth[3], objects=[2])
+    session.set_absent(4, 1)
+    session.name_object(1, "disk", "ball")
+    session.name_object(2, "square", "box")
+    list(session.propagate())
+    export_session(session, tmp_path / "export", formats=["coco"], render=False)
+    written = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name not in ("run_info.json", ".complete"))
+    assert written == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png", "00005.png", "coco.json",
+                       "confidence.csv"]
+    for name in written:
+        assert (tmp_path / "export" / name).read_bytes() == (tmp_path / "run" / name).read_bytes(), name
+    rows = (tmp_path / "run" / "confidence.csv").read_text().splitlines()
+    assert [r.split(",")[3] for r in rows[5:]] == ["absent", "absent"]
+    coco = json.loads((tmp_path / "run" / "coco.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["ball", "box"]
+
+
+def test_coco_categories_default_to_one_object_category():
+    from propagate.coco import CocoVideoWriter
+
+    plain = CocoVideoWriter("v", (4, 4), [1, 2]).to_json()
+    assert plain["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}]
+    assert [a["category_id"] for a in plain["annotations"]] == [1, 1]
+    named = CocoVideoWriter("v", (4, 4), [1, 2, 3], {3: "cup", 1: "bottle", 2: "cup"}).to_json()
+    assert named["categories"] == [{"id": 1, "name": "bottle", "supercategory": "bottle"},
+                                   {"id": 2, "name": "cup", "supercategory": "cup"}]
+    assert [a["category_id"] for a in named["annotations"]] == [1, 2, 2]
+
+
+def test_the_overlay_caption_is_one_helper_for_run_demo_and_the_app():
+    from propagate.features.fallback import BASELINE_LABEL, overlay_label
+
+    extractor = build_extractor("baseline")
+    assert overlay_label(extractor) == extractor.describe()
+    extractor.stands_in = True  # as dift_or_baseline marks the baseline it falls back to
+    assert overlay_label(extractor) == f"{extractor.describe()}; {BASELINE_LABEL}"

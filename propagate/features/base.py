@@ -23,6 +23,8 @@ class FeatureExtractor(abc.ABC):
             checks a preset's ``extractor:`` section against its fields and calls ``cls(options_type(**section))``.
         stride: input pixels per feature cell.
         device: where :meth:`extract` returns its features.
+        stands_in: the baseline standing in for DIFT whose weights could not be had
+            (:func:`propagate.features.fallback.dift_or_baseline`); captions say so.
 
     Subclasses implement :meth:`extract` and :meth:`settings`; those whose input must be a multiple of more than
     ``stride`` override :attr:`size_multiple`.
@@ -32,6 +34,7 @@ class FeatureExtractor(abc.ABC):
     options_type: ClassVar[type]
     stride: int
     device: torch.device = torch.device("cpu")
+    stands_in: bool = False
 
     @property
     def size_multiple(self) -> int:

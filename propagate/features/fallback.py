@@ -22,4 +22,13 @@ def dift_or_baseline(config: Config, doing: str = "running") -> tuple[Config, Fe
               flush=True)
         preset = "davis_baseline_interactive" if config.propagation.reuse else "davis_baseline"  # the app's kind
         config = load_config(preset, {"resize": config.to_dict()["resize"]})
-        return config, build_extractor(config.features, config.extractor), BASELINE_LABEL
+        extractor = build_extractor(config.features, config.extractor)
+        extractor.stands_in = True  # said on every overlay (overlay_label)
+        return config, extractor, BASELINE_LABEL
+
+
+def overlay_label(extractor: FeatureExtractor) -> str:
+    """The caption of result overlays, the same in ``run``, ``demo`` and the app's export: the extractor's
+    description, saying so where the baseline stands in for DIFT (:func:`dift_or_baseline`)."""
+    text = extractor.describe()
+    return f"{text}; {BASELINE_LABEL}" if extractor.stands_in else text
