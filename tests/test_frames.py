@@ -149,3 +149,22 @@ def test_the_phase_clock_tells_the_time_left():
     assert clock.eta() == pytest.approx(10.0 / 1 * 29)
     assert clock.text().endswith("about 5 min left")
     assert seen == [("backward", 0, 10), ("backward", 2, 10), ("forward", 1, 30)]
+
+
+def test_a_keyframe_file_on_chosen_frames_holds_its_marks_from_the_next_chosen_frame(tmp_path):
+    """00004.png gives object 1 only; object 2 is gone from 00001 on. With --stride 2 (frames 0, 2, 4), the mark
+    holds from 00002: the results equal a folder of those three frames whose keyframe file marks 00002."""
+    frames, _, masks = write_clip(tmp_path / "clip", num_frames=6, size=(64, 48))
+    runs = {}
+    for name, mark, chosen in (("chosen", "00001", ["--stride", "2"]), ("ref", "00002", [])):
+        keys = tmp_path / f"keys-{name}"
+        keys.mkdir()
+        write_mask(keys / "00000.png", masks[0])
+        write_mask(keys / "00004.png", masks[4])
+        (keys / "keyframes.yaml").write_text(f'frames:\n  "00004": {{objects: [1]}}\n  "{mark}": {{absent: [2]}}\n')
+        video = frames if name == "chosen" else copy_frames(frames, ["00000", "00002", "00004"], tmp_path / "alone")
+        assert main(["run", str(video), "--mask", str(keys), "--out", str(tmp_path / name), *chosen, *SMALL]) == 0
+        runs[name] = pngs(tmp_path / name)
+    assert runs["chosen"] == runs["ref"] and list(runs["ref"]) == ["00000.png", "00002.png", "00004.png"]
+    info = json.loads((tmp_path / "chosen" / "run_info.json").read_text())
+    assert info["partial"] == {"00004": [1]} and info["absent"] == {"00002": [2]}
