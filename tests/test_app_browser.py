@@ -271,13 +271,13 @@ def test_paint_propagate_correct_export_equals_run(page, site, tmp_path, capsys)
     assert key0[int(0.51 * h), int(0.17 * w)] == 1 and key0[int(0.26 * h), int(0.75 * w)] == 2
     assert key0[h - 5, w // 2] == 0 and set(np.unique(key0)) == {0, 1, 2}
 
-    # `propagate run` with the same keyframes (named like frames) writes the same masks
+    # `propagate run` with the same keyframes (named like frames) and the app's preset writes the same masks
     keyframes = tmp_path / "keyframes"
     keyframes.mkdir()
     for index in (0, 4):
         write_mask(keyframes / f"{names[index]}.png", read_mask(exported / f"{names[index]}.png"))
     code = main(["run", str(site["frames"]), "--mask", str(keyframes), "--out", str(tmp_path / "run"), "--no-video",
-                 *SMALL])
+                 "--config", "davis_baseline_interactive", *SMALL])
     assert code == 0, capsys.readouterr().err
     for name in names:
         assert np.array_equal(read_mask(exported / f"{name}.png"), read_mask(tmp_path / "run" / f"{name}.png")), name
