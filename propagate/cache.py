@@ -124,6 +124,7 @@ class FeatureCache:
 
     def _video_dir(self, source: VideoSource) -> Path:
         """The video's folder in the cache; created (with video.json) on first use, checked against the video after."""
+        source = source.whole  # a selection of frames (run --frames/--stride) shares its video's folder
         key = video_key(source)
         if key in self._videos:
             return self._videos[key]

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
@@ -39,8 +40,8 @@ from propagate.propagation import (
     _window_bias,
 )
 
-PAIR_TILE = (12, 16)  # query tile (rows, cols) of the pair scoring: smaller than TILE, less of each matmul wasted
-# outside the windows (measured fastest for radius 10 on a 36x64 grid)
+PAIR_TILE = (6, 8)  # query tile (rows, cols) of the pair scoring: small, so little of each matmul is wasted
+# outside the windows; pairs are scored in batches, so more tiles cost little (measured for radius 10, 36x64 grid)
 PAIR_CANDIDATES = 32  # first cut per query and context frame (at least 2 * topk); widened where a query needs more
 MEMORY_BYTES = 1 * 2**30  # kept candidates held in memory before whole query frames spill to the scratch folder
 
@@ -154,6 +155,7 @@ class CachedPropagator(LabelPropagator):
         super().__init__(cfg, device)
         self.store = store
         self.queue: _FrameQueue | None = None
+        self._fresh: set[tuple[int, int, bool]] = set()  # pairs scored ahead of their frame, not yet used
 
     def start(self, feats: torch.Tensor, labels: torch.Tensor, frame: int = 0) -> None:  # type: ignore[override]
         """Frame ``frame`` (the first keyframe): features ``[C, h, w]`` and labels ``[K, h, w]``."""
@@ -179,9 +181,14 @@ class CachedPropagator(LabelPropagator):
             self.queue._current = frame
         super().replay(feats, labels)
 
-    def step(self, feats: torch.Tensor, push: bool = True, frame: int = -1) -> torch.Tensor:  # type: ignore[override]
+    def step(self, feats: torch.Tensor, push: bool = True, frame: int = -1,  # type: ignore[override]
+             ahead: Sequence[int] = (), features: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
         """Soft labels ``[K, h, w]`` of frame ``frame`` from its features ``[C, h, w]``; it joins the context
-        (unless ``push`` is False: see :meth:`LabelPropagator.step`)."""
+        (unless ``push`` is False: see :meth:`LabelPropagator.step`).
+
+        ``ahead``: the frames to be propagated next, in order, before any keyframe, and ``features(t)`` theirs:
+        when this frame needs a pair the store lacks, those frames' missing pairs are scored with it, in batches
+        (:meth:`_prefetch`; the results are the same, only faster)."""
         if self.queue is None:
             raise RuntimeError("call start() with the first keyframe before step()")
         if frame < 0:
@@ -191,7 +198,7 @@ class CachedPropagator(LabelPropagator):
         if query.shape != queue.keys.shape[1:]:
             raise ValueError(f"features {tuple(feats.shape)} do not match the first keyframe's grid "
                              f"{tuple(queue.keys.shape[1:])}")
-        labels = self._propagate(query, frame)
+        labels = self._propagate(query, frame, ahead if features is not None else (), features)
         if push:
             queue._current = frame
             queue.push(query, labels)
@@ -200,7 +207,8 @@ class CachedPropagator(LabelPropagator):
     def _windowed(self, slot: int) -> bool:
         return self.cfg.window != "none" and (self.cfg.window_first or slot >= self.queue.fixed)  # type: ignore[union-attr]
 
-    def _propagate(self, query: torch.Tensor, frame: int) -> torch.Tensor:
+    def _propagate(self, query: torch.Tensor, frame: int, ahead: Sequence[int] = (),
+                   features: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
         """``[h, w, K]`` soft labels of ``query [h, w, C]``: each context slot's kept candidates, merged."""
         queue = self.queue
         assert queue is not None
@@ -208,13 +216,18 @@ class CachedPropagator(LabelPropagator):
         hw = h * w
         used = queue.fixed + queue.count
         pairs = [(queue.frames[slot], self._windowed(slot)) for slot in range(used)]
+        if features is not None and any(self.store.get(frame, pair) is None for pair in pairs):
+            self._prefetch(frame, query, ahead, features)
         kept: dict[Pair, Kept] = {}
         missing: dict[Pair, int] = {}  # pair -> a slot holding it (copies of a frame share their pair)
         for slot, pair in enumerate(pairs):
             found = kept.get(pair) if pair in kept else self.store.get(frame, pair)
             if found is not None:
+                if pair not in kept and (frame, *pair) in self._fresh:
+                    self._fresh.discard((frame, *pair))  # scored ahead for this frame: counted as computed
+                else:
+                    self.store.reused += 1
                 kept[pair] = found
-                self.store.reused += 1
             elif pair not in missing:
                 missing[pair] = slot
         for windowed in (True, False):
@@ -235,93 +248,148 @@ class CachedPropagator(LabelPropagator):
         return out.view(h, w, -1)
 
     def _pairs(self, query: torch.Tensor, slots: list[int], windowed: bool) -> list[Kept]:
-        """The kept candidates of ``query [h, w, C]`` in each of ``slots`` (all windowed, or none): per query, every
-        key scoring >= that slot's k-th largest -> per slot scores ``[hw, W]`` (-inf padding) and key ids
-        ``[hw, W]`` (``y * w + x``, -1 padding), ids ascending.
-
-        The slots are scored together (one matmul per tile, in bf16 when screening, else in the keys' dtype), which
-        only selects candidates: every key that can reach a slot's top-k under the selection's rounding is
-        rescored alone (one dot product, :func:`_dots`), and the kept set and its scores come from those. So a
-        pair's result does not depend on which other slots were scored with it.
-        """
+        """The kept candidates of ``query [h, w, C]`` in each of ``slots`` of the queue (all windowed, or none)
+        (:func:`score_pairs`)."""
         queue = self.queue
         assert queue is not None
-        _, h, w, c = queue.keys.shape
-        hw, n, k = h * w, len(slots), int(self.cfg.topk)
-        radius = int(self.cfg.radius) if windowed else max(h, w)
-        screen = self.screen and queue.keys_bf16 is not None
-        source = queue.keys_bf16 if screen else queue.keys
-        assert source is not None
         index = torch.tensor(slots, device=query.device)
-        keys_flat = queue.keys.view(-1, c)
-        query_err = _bf16_residual(query.float()) if screen else None
-        unit = {torch.float16: 2.0**-11, torch.bfloat16: BF16_UNIT}.get(queue.keys.dtype, 0.0)
-        dots_err = c * 2.0**-24 * 1.01 + unit  # bound on |a selection score or a rescored one - the exact dot|
-        rows_t, cols_t = PAIR_TILE
-        tiles: list[tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor]] = []
-        widths = torch.ones(n, dtype=torch.long, device=query.device)  # per slot, the most keys a query keeps
-        stripe, stripe_at = None, None
-        for tx0 in range(0, w, cols_t):
-            tx1 = min(w, tx0 + cols_t)
-            rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
-            sw = rx1 - rx0
-            if stripe_at != (rx0, rx1):
-                stripe = source[:, :, rx0:rx1].index_select(0, index).contiguous()  # [n, h, sw, C]
-                stripe_at = (rx0, rx1)
-            assert stripe is not None
-            for ty0 in range(0, h, rows_t):
-                ty1 = min(h, ty0 + rows_t)
-                ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
-                ry = ry1 - ry0
-                q = query[ty0:ty1, tx0:tx1].reshape(-1, c)
-                nq = q.shape[0]
-                region = stripe[:, ry0:ry1].reshape(n, ry * sw, c)  # a view: rows of each slot are contiguous
-                scores = torch.matmul(q.to(torch.bfloat16) if screen else q, region.transpose(1, 2))  # [n, nq, L]
-                if windowed:
-                    geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry, sw)
-                    bias = _window_bias(geometry, self.cfg.window, radius, scores.dtype, query.device)
-                    scores.view(n, nq, ry, sw).add_(bias[None])
-                per_pair = scores.view(n * nq, ry * sw)  # row j * nq + q: query q in slot j
-                m = min(max(PAIR_CANDIDATES, 2 * k), per_pair.shape[1])
-                vals, cols = torch.topk(per_pair, m, dim=1)
-                kth = vals[:, min(k, m) - 1].float()
-                if screen:
-                    assert query_err is not None
-                    key_err = queue.bf16_error.index_select(0, index).repeat_interleave(nq)
-                    q_err = query_err[ty0:ty1, tx0:tx1].reshape(-1).repeat(n)
-                    acc = c * 2.0**-23 + (BF16_UNIT if query.device.type == "cuda" else 0.0)
-                    thr = _screen_threshold(kth, key_err + q_err * (1 + key_err) + acc + 2 * dots_err)
-                else:
-                    thr = kth - 4 * dots_err - 1e-7
-                last = vals[:, m - 1].float()
-                if m < per_pair.shape[1]:
-                    bad = ((last >= thr) & torch.isfinite(last)).nonzero(as_tuple=True)[0]
-                    if len(bad):  # the first cut may miss keys that can reach the top-k: widen those rows
-                        need = int((per_pair[bad].float() >= thr[bad, None]).sum(1).max())
-                        v2, c2 = torch.topk(per_pair[bad], need, dim=1)
-                        vals, cols = _widen(vals, cols, bad, v2, c2)
-                cand_rows, cand_cols = ((vals.float() >= thr[:, None]) & torch.isfinite(vals)).nonzero(as_tuple=True)
-                col = cols[cand_rows, cand_cols]
-                local = (ry0 + col // sw) * w + rx0 + col % sw
-                slot_of = index[torch.div(cand_rows, nq, rounding_mode="floor")]
-                exact = torch.full(vals.shape, -math.inf, dtype=torch.float32, device=query.device)
-                exact[cand_rows, cand_cols] = _dots(keys_flat.index_select(0, slot_of * hw + local),
-                                                    q.index_select(0, cand_rows % nq))
-                ids = torch.full(vals.shape, hw, dtype=torch.long, device=query.device)
-                ids[cand_rows, cand_cols] = local
-                s_kept, i_kept, count = _cut_by_id(exact, ids, k, hw)
-                widths = torch.maximum(widths, count.view(n, nq).max(1).values)
-                tiles.append(((ty0, ty1, tx0, tx1), s_kept.view(n, nq, -1), i_kept.view(n, nq, -1)))
-        results = []
-        for j, width in enumerate(widths.tolist()):
-            scores_out = torch.full((h, w, width), -math.inf, dtype=torch.float32, device=query.device)
-            ids_out = torch.full((h, w, width), -1, dtype=torch.int32, device=query.device)
-            for (ty0, ty1, tx0, tx1), s_t, i_t in tiles:
-                part = min(width, s_t.shape[2])
-                scores_out[ty0:ty1, tx0:tx1, :part] = s_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
-                ids_out[ty0:ty1, tx0:tx1, :part] = i_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
-            results.append((scores_out.view(hw, width).cpu(), ids_out.view(hw, width).cpu()))
-        return results
+        screen = self.screen and queue.keys_bf16 is not None
+        keys = queue.keys.index_select(0, index)
+        chosen = queue.keys_bf16.index_select(0, index) if screen and queue.keys_bf16 is not None else keys
+        key_err = queue.bf16_error.index_select(0, index) if screen else None
+        return score_pairs(query[None], keys, chosen, key_err, windowed, self.cfg)
+
+    def _prefetch(self, frame: int, query: torch.Tensor, ahead: Sequence[int],
+                  features: Callable[[int], torch.Tensor]) -> None:
+        """Score, in batches, the pairs this frame and the frames ``ahead`` (the next ones to be propagated, in
+        order, before any keyframe) will need and the store lacks: the same candidates each step would compute
+        alone, with fewer and larger matmuls. The context ahead is known without labels: the permanent frames
+        stay, and each propagated frame joins the recent ones."""
+        queue = self.queue
+        assert queue is not None
+        fixed = queue.frames[:queue.fixed]
+        recent = [queue.frames[queue.fixed + (queue.next_slot - queue.fixed - queue.count + i) % queue.n_last]
+                  for i in range(queue.count)] if queue.n_last else []
+        needed: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # windowed -> (frame, context frame)
+        seen: set[tuple[int, int, bool]] = set()
+        for t in [frame, *ahead]:
+            for slot, s in enumerate(fixed + recent):
+                windowed = self.cfg.window != "none" and (self.cfg.window_first or slot >= len(fixed))
+                if (t, s, windowed) not in seen and self.store.get(t, (s, windowed)) is None:
+                    seen.add((t, s, windowed))
+                    needed[windowed].append((t, s))
+            recent = (recent + [t])[-self.cfg.n_last_frames:] if self.cfg.n_last_frames else []
+        keys: dict[int, torch.Tensor] = {frame: query}
+
+        def keys_of(t: int) -> torch.Tensor:
+            if t not in keys:
+                slot = queue.frames.index(t) if t in queue.frames else -1
+                keys[t] = queue.keys[slot] if slot >= 0 else self._hwc(features(t).to(self.device))
+            return keys[t]
+
+        for windowed, pairs in needed.items():
+            for b0 in range(0, len(pairs), PAIR_BATCH):
+                batch = pairs[b0:b0 + PAIR_BATCH]
+                queries = torch.stack([keys_of(t) for t, _ in batch])
+                context = torch.stack([keys_of(s) for _, s in batch])
+                chosen, key_err = context, None
+                if self.screen:
+                    chosen = context.to(torch.bfloat16)
+                    key_err = torch.stack([_bf16_residual(c.float()).max() for c in context])
+                for (t, s), kept in zip(batch, score_pairs(queries, context, chosen, key_err, windowed, self.cfg)):
+                    self.store.put(t, (s, windowed), kept)
+                    self.store.computed += 1
+                    self._fresh.add((t, s, windowed))
+
+
+PAIR_BATCH = 16  # pairs scored together when the frames ahead are prefetched
+
+
+def score_pairs(queries: torch.Tensor, keys: torch.Tensor, chosen: torch.Tensor, key_err: torch.Tensor | None,
+                windowed: bool, cfg: PropagationConfig) -> list[Kept]:
+    """The kept candidates of pairs ``j`` = (query frame ``queries[j]``, context frame ``keys[j]``): per query,
+    every key scoring >= that pair's k-th largest -> per pair scores ``[hw, W]`` (-inf padding) and key ids
+    ``[hw, W]`` (``y * w + x``, -1 padding), ids ascending.
+
+    ``queries [n or 1, h, w, C]`` (one frame: shared by every pair), ``keys [n, h, w, C]`` l2-normalised;
+    ``chosen`` the keys the selection scores use (a bf16 copy when screening, with ``key_err [n]`` the largest
+    norm of a key's bf16 rounding residual per frame; else ``keys`` and None). The pairs are scored together (one
+    matmul per tile), which only selects candidates: every key that can reach a pair's top-k under the selection's
+    rounding is rescored alone (one dot product, :func:`_dots`), and the kept set and its scores come from those.
+    So a pair's result does not depend on which other pairs were scored with it.
+    """
+    n, h, w, c = keys.shape
+    n_q = queries.shape[0]
+    hw, k = h * w, int(cfg.topk)
+    radius = int(cfg.radius) if windowed else max(h, w)
+    screen = key_err is not None
+    device = keys.device
+    keys_flat = keys.reshape(n * hw, c)
+    query_err = _bf16_residual(queries.float()) if screen else None  # [n_q, h, w]
+    unit = {torch.float16: 2.0**-11, torch.bfloat16: BF16_UNIT}.get(keys.dtype, 0.0)
+    dots_err = c * 2.0**-24 * 1.01 + unit  # bound on |a selection score or a rescored one - the exact dot|
+    rows_t, cols_t = PAIR_TILE
+    tiles: list[tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor]] = []
+    widths = torch.ones(n, dtype=torch.long, device=device)  # per pair, the most keys a query keeps
+    for tx0 in range(0, w, cols_t):
+        tx1 = min(w, tx0 + cols_t)
+        rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
+        sw = rx1 - rx0
+        stripe = chosen[:, :, rx0:rx1].contiguous()  # [n, h, sw, C]
+        for ty0 in range(0, h, rows_t):
+            ty1 = min(h, ty0 + rows_t)
+            ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
+            ry = ry1 - ry0
+            q = queries[:, ty0:ty1, tx0:tx1].reshape(n_q, -1, c)  # [n_q, nq, C]
+            nq = q.shape[1]
+            region = stripe[:, ry0:ry1].reshape(n, ry * sw, c)  # a view: rows of each frame are contiguous
+            scores = torch.matmul(q.to(torch.bfloat16) if screen else q, region.transpose(1, 2))  # [n, nq, L]
+            if windowed:
+                geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry, sw)
+                bias = _window_bias(geometry, cfg.window, radius, scores.dtype, device)
+                scores.view(n, nq, ry, sw).add_(bias[None])
+            per_pair = scores.view(n * nq, ry * sw)  # row j * nq + q: query q of pair j
+            m = min(max(PAIR_CANDIDATES, 2 * k), per_pair.shape[1])
+            vals, cols = torch.topk(per_pair, m, dim=1)
+            kth = vals[:, min(k, m) - 1].float()
+            if screen:
+                assert query_err is not None and key_err is not None
+                key_e = key_err.repeat_interleave(nq)
+                q_e = query_err[:, ty0:ty1, tx0:tx1].reshape(n_q, -1)
+                q_e = q_e.expand(n, -1).reshape(-1) if n_q == 1 else q_e.reshape(-1)
+                acc = c * 2.0**-23 + (BF16_UNIT if device.type == "cuda" else 0.0)
+                thr = _screen_threshold(kth, key_e + q_e * (1 + key_e) + acc + 2 * dots_err)
+            else:
+                thr = kth - 4 * dots_err - 1e-7
+            last = vals[:, m - 1].float()
+            if m < per_pair.shape[1]:
+                bad = ((last >= thr) & torch.isfinite(last)).nonzero(as_tuple=True)[0]
+                if len(bad):  # the first cut may miss keys that can reach the top-k: widen those rows
+                    need = int((per_pair[bad].float() >= thr[bad, None]).sum(1).max())
+                    v2, c2 = torch.topk(per_pair[bad], need, dim=1)
+                    vals, cols = _widen(vals, cols, bad, v2, c2)
+            cand_rows, cand_cols = ((vals.float() >= thr[:, None]) & torch.isfinite(vals)).nonzero(as_tuple=True)
+            col = cols[cand_rows, cand_cols]
+            local = (ry0 + col // sw) * w + rx0 + col % sw
+            pair_of = torch.div(cand_rows, nq, rounding_mode="floor")
+            q_rows = q.reshape(n_q * nq, c).index_select(0, cand_rows % nq if n_q == 1 else cand_rows)
+            exact = torch.full(vals.shape, -math.inf, dtype=torch.float32, device=device)
+            exact[cand_rows, cand_cols] = _dots(keys_flat.index_select(0, pair_of * hw + local), q_rows)
+            ids = torch.full(vals.shape, hw, dtype=torch.long, device=device)
+            ids[cand_rows, cand_cols] = local
+            s_kept, i_kept, count = _cut_by_id(exact, ids, k, hw)
+            widths = torch.maximum(widths, count.view(n, nq).max(1).values)
+            tiles.append(((ty0, ty1, tx0, tx1), s_kept.view(n, nq, -1), i_kept.view(n, nq, -1)))
+    results = []
+    for j, width in enumerate(widths.tolist()):
+        scores_out = torch.full((h, w, width), -math.inf, dtype=torch.float32, device=device)
+        ids_out = torch.full((h, w, width), -1, dtype=torch.int32, device=device)
+        for (ty0, ty1, tx0, tx1), s_t, i_t in tiles:
+            part = min(width, s_t.shape[2])
+            scores_out[ty0:ty1, tx0:tx1, :part] = s_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
+            ids_out[ty0:ty1, tx0:tx1, :part] = i_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
+        results.append((scores_out.view(hw, width).cpu(), ids_out.view(hw, width).cpu()))
+    return results
 
 
 DOT_CHUNK = 256  # channels per batched dot product: small enough for torch's plain loop kernel (under 400 products)

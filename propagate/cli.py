@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         config = config_from_args(args, "davis")
         summary = run_video(args.video, args.mask, args.out, config, overwrite=args.overwrite,
                             render=not args.no_video, cache=cache, inputs=inputs, formats=formats,
-                            direction=args.direction)
+                            direction=args.direction, frames=args.frames, stride=args.stride)
         print(f"wrote {summary['frames']} masks to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
         if summary["check_first"]:
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         config = config_from_args(args, "jhmdb")
         summary = run_points(args.video, args.points, args.out, config, overwrite=args.overwrite,
                              render=not args.no_video, cache=cache, inputs=inputs, direction=args.direction,
-                             formats=formats)
+                             formats=formats, frames=args.frames, stride=args.stride)
         print(f"wrote keypoints of {summary['frames']} frames to {summary['out']}"
               + (f" and {summary['overlay']}" if summary["overlay"] else "") + f" [{summary['features']}]")
 
@@ -272,8 +272,11 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from propagate.app import serve
+    from propagate.features import preset_name
 
     chosen = args.config or args.features or args.model  # nothing chosen: DIFT if its weights load, else baseline
+    if args.config is None:  # the app's default: the interactive preset of the backbone (davis_sd_interactive)
+        args.config = preset_name("davis", args.features or "dift_sd") + "_interactive"
     serve(config_from_args(args, "davis"), video=args.video, root=args.root, host=args.host, port=args.port,
           max_upload_mb=args.max_upload_mb, fallback=not chosen)
 
@@ -304,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     run.add_argument("--no-video", action="store_true", help="skip the overlay mp4")
     run.add_argument("--cache", help="feature cache folder made by `propagate extract` (refused if settings differ)")
+    run.add_argument("--frames", metavar="A:B", help="read frames A to B-1 only (counted from 0; A: to the end, :B "
+                     "from the start); results keep their frames' names")
+    run.add_argument("--stride", type=int, default=1, help="read every N-th frame of the range (default 1: all)")
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
 

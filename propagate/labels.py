@@ -469,7 +469,7 @@ def decode_mask(
         # channels whose max is 0 stay as they are (DINO leaves them untouched)
         flat = torch.where(top > 0, (flat - lo) / scale, flat)
         up = flat.reshape(up.shape)
-    winner = up.argmax(dim=0)
+    winner = first_argmax(up)
     confidence = _object_confidence(probs, winner)
     index = winner.to(torch.uint8).cpu().numpy()
     if index.shape != tuple(native_hw):
@@ -477,20 +477,35 @@ def decode_mask(
     return index, confidence
 
 
-def _object_confidence(probs: torch.Tensor, winner: torch.Tensor) -> dict[int, float]:
-    """``{object: mean margin}`` of soft labels ``probs [K, H, W]`` over the pixels ``winner [H, W]`` gives it."""
+def first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores [K, H, W]`` -> ``[H, W]`` int64 index of the largest channel, the first on ties: ``argmax(dim=0)``
+    (which it equals), as K - 1 elementwise passes, far faster than torch's reduction across channels on a CPU.
+    Falls back to ``argmax`` where a score is NaN (argmax takes NaN as the largest)."""
     import torch
 
+    if scores.shape[0] == 1 or bool(torch.isnan(scores).any()):
+        return scores.argmax(dim=0)
+    best = scores[0].clone()
+    index = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        index.masked_fill_(scores[k] > best, k)  # strictly greater: an earlier channel keeps a tie
+        torch.maximum(best, scores[k], out=best)
+    return index
+
+
+def _object_confidence(probs: torch.Tensor, winner: torch.Tensor) -> dict[int, float]:
+    """``{object: mean margin}`` of soft labels ``probs [K, H, W]`` over the pixels ``winner [H, W]`` gives it:
+    per pixel, ``probs[obj]`` minus the largest of the other labels there."""
     if probs.shape[0] < 2:
         return {}
-    top2 = torch.topk(probs, 2, dim=0)
     confidence = {}
     for obj in range(1, probs.shape[0]):
         where = winner == obj
         if not bool(where.any()):
             confidence[obj] = 0.0
             continue
-        other = torch.where(top2.indices[0] == obj, top2.values[1], top2.values[0])
-        margin = (probs[obj] - other)[where].double().mean()
+        there = probs[:, where]  # [K, n] the labels at the object's pixels, in row-major order
+        other = there[[j for j in range(there.shape[0]) if j != obj]].max(dim=0).values
+        margin = (there[obj] - other).double().mean()
         confidence[obj] = float(min(1.0, max(0.0, float(margin))))
     return confidence

@@ -26,6 +26,7 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
 from propagate.kinds import NO_RULES, FrameResult, KeyframeRules, LabelKind, MaskKind, PointKind
 from propagate.labels import require_objects
+from propagate.progress import Progress
 from propagate.propagation import LabelPropagator
 from propagate.video import Frame, VideoSource, open_video
 
@@ -237,6 +238,9 @@ def blend_weights(t: int, before: int, after: int, rule: str = "linear") -> tupl
     raise PropagateError(f"keyframes.blend {rule!r}: choose linear or nearest")
 
 
+LOOKAHEAD = 8  # frames ahead whose missing candidate pairs a sweep with a store scores together
+
+
 class Sweep:
     """One direction's pass over a video from its first keyframe, remembering every frame's soft labels so that a
     later pass with other keyframes recomputes only the frames whose result can change.
@@ -299,12 +303,25 @@ class Sweep:
         self._order, self._keys, self._rules, self.used, self.predicted = [], {}, NO_RULES, used, predicted
         propagator = self._propagator()
         frame_of = (lambda t: {"frame": t}) if self.store is not None else (lambda t: {})
+
+        def ahead_of(index: int) -> dict[str, object]:
+            """The frames after ``order[index]`` up to the next keyframe (at most LOOKAHEAD), for the store's
+            batched scoring (:meth:`propagate.candidates.CachedPropagator.step`)."""
+            if self.store is None:
+                return {}
+            ahead = []
+            for u in order[index + 1:index + 1 + LOOKAHEAD]:
+                if u in keyframes:
+                    break
+                ahead.append(u)
+            return {"ahead": ahead, "features": features}
+
         self.propagated = self.affinities = 0
 
         def ruled(t: int) -> bool:  # the keyframe and the rules on frame t are as in the last pass
             return _same_keyframe(keyframes.get(t), earlier.get(t)) and rules.same_at(t, earlier_rules)
 
-        for t in order:
+        for index, t in enumerate(order):
             feats = features(t)
             if t in keyframes:
                 if t not in rules.partial:
@@ -349,10 +366,11 @@ class Sweep:
                     scored = self.store.computed if self.store is not None else 0
                     context = propagator.queue.fixed + propagator.queue.count
                     if rules.absent.get(t):
-                        soft = rules.clear(t, propagator.step(feats, push=False, **frame_of(t)).cpu())
+                        soft = rules.clear(t, propagator.step(feats, push=False, **frame_of(t),
+                                                              **ahead_of(index)).cpu())
                         propagator.replay(feats, soft, **frame_of(t))
                     else:
-                        soft = propagator.step(feats, **frame_of(t)).cpu()
+                        soft = propagator.step(feats, **frame_of(t), **ahead_of(index)).cpu()
                     self.propagated += 1
                     self.affinities += self.store.computed - scored if self.store is not None else context
             self.soft[t] = soft
@@ -379,6 +397,7 @@ def propagate_keyframes(
     blend: str = "linear",
     sweeps: tuple[Sweep, Sweep] | None = None,
     rules: KeyframeRules | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, bool]]:
     """Soft labels of every frame from annotated keyframes, in frame order: ``(frame, labels [K, h, w], keyframe)``.
 
@@ -395,20 +414,37 @@ def propagate_keyframes(
     forward sweep runs first when the last keyframe is partial and the first is not (then every frame is yielded
     once both sweeps are done); where the first and the last keyframes are both partial, the backward sweep starts
     from the last one's objects alone.
+
+    ``progress(phase, done, total)`` (:mod:`propagate.progress`) is called after each frame of a sweep run whole
+    before the first frame is yielded (``backward``; ``forward`` when it runs first), and after each frame yielded
+    (``forward``, or ``decode`` when no forward sweep runs along with the yielding).
     """
     keys = sorted(keyframes)
     forward, backward = resolve_direction(direction, keys, num_frames)
     fwd_sweep, bwd_sweep = sweeps or (Sweep(cfg), Sweep(cfg))
+    report = progress or (lambda phase, done, total: None)
+
+    def whole(phase: str, run: Iterator[tuple[int, torch.Tensor]], total: int) -> list[tuple[int, torch.Tensor]]:
+        """A sweep run to its end, reported frame by frame."""
+        done = []
+        for item in run:
+            done.append(item)
+            report(phase, len(done), total)
+        return done
+
     rules = rules or NO_RULES
     partial = rules.partial
     forward_first = forward and backward and keys[-1] in partial and keys[0] not in partial
     fwd_run: Iterator[tuple[int, torch.Tensor]] | None = None
     if forward_first:
-        fwd_run = iter(list(fwd_sweep.run(range(keys[0], num_frames), features, keyframes, rules)))
+        fwd_run = iter(whole("forward", fwd_sweep.run(range(keys[0], num_frames), features, keyframes, rules),
+                             num_frames - keys[0]))
     back: dict[int, torch.Tensor] = {}
     if backward:
         start = fwd_sweep.used.get(keys[-1]) if forward_first else None
-        back = dict(bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes, rules, start))
+        back = dict(whole("backward", bwd_sweep.run(range(keys[-1], -1, -1), features, keyframes, rules, start),
+                          keys[-1] + 1))
+    phase = "forward" if forward and not forward_first else "decode"
 
     def at_partial(t: int, soft: torch.Tensor) -> torch.Tensor:
         """What a partial keyframe yields: the sweeps' propagated labels there, blended (``soft``: none reach it)."""
@@ -423,9 +459,11 @@ def propagate_keyframes(
         for t in range(num_frames):
             is_key = t in keyframes
             yield t, at_partial(t, back[t]) if is_key and t in partial else back[t], is_key
+            report(phase, t + 1, num_frames)
         return
     for t in range(keys[0]):
         yield t, back[t], False
+        report(phase, t + 1, num_frames)
     if fwd_run is None:
         start = bwd_sweep.used.get(keys[0]) if backward and keys[0] in partial else None
         fwd_run = fwd_sweep.run(range(keys[0], num_frames), features, keyframes, rules, start)
@@ -439,3 +477,4 @@ def propagate_keyframes(
             after = min(k for k in keys if k > t)
             w_fwd, w_bwd = blend_weights(t, before, after, blend)
             yield t, w_fwd * soft + w_bwd * back[t], False
+        report(phase, t + 1, num_frames)

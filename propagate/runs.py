@@ -22,12 +22,12 @@ from propagate.features.fallback import overlay_label
 from propagate.features.stream import FeatureStore, check_processing_size
 from propagate.io import atomic_write_json
 from propagate.keypoints import PointSet
-from propagate.kinds import FrameResult, Given, LabelKind, MaskKind, PointKind, kind_named
+from propagate.kinds import FrameResult, Given, Keyframes, LabelKind, MaskKind, PointKind, kind_named
 from propagate.pipeline import check_length, iter_results, resolve_direction
 from propagate.records import JSON, RUN_INFO, run_record
 from propagate.results import ResultsFolder
 from propagate.session import Session
-from propagate.video import Frame, open_video, processing_size
+from propagate.video import Frame, FrameSelection, VideoSource, open_video, processing_size, select_frames
 from propagate.writers import OVERLAY_MP4, Run, check_formats, chosen
 
 # ---------------------------------------------------------------------------------------------- the run jobs
@@ -85,6 +85,8 @@ def run_labels(
     formats: Sequence[str] = ("png",),
     direction: str | None = None,
     extra: Mapping[str, object] | None = None,
+    frames: str | None = None,
+    stride: int = 1,
 ) -> JSON:
     """The ``propagate run`` job for label kind ``kind`` (:mod:`propagate.kinds`): its files (the writers of
     :mod:`propagate.writers` that serve it: always written, asked for in ``formats``, the overlay if ``render``),
@@ -99,9 +101,15 @@ def run_labels(
 
     Returns a summary: frames written, the kind's facts (:meth:`LabelKind.summary`), output folder, overlay path,
     extractor description, keyframes, and the least confident frames (``check_first``: ``[(frame name, confidence)]``).
+
+    ``frames`` (``"A:B"``) and ``stride`` choose the frames read (:func:`propagate.video.select_frames`): results are
+    named after their frames in the video, keyframes named after frames (a folder, CVAT, a points file's
+    ``keyframes``) must be chosen ones, and a single mask or points file is the first chosen frame's.
     """
-    source = open_video(video)
-    given = kind.read(annotation, source, config)
+    whole = open_video(video)
+    source = select_frames(whole, frames, stride)
+    given = kind.read(annotation, source, config) if source is whole else _read_chosen(kind, annotation, source,
+                                                                                        config, frames, stride)
     codec, keyframes = given.kind, given.frames
     check_length(source)
     direction = direction or config.keyframes.direction
@@ -136,14 +144,64 @@ def run_labels(
     run = Run(Path(), source, codec, codec.tracks(keyframes), text,
               {"keyframes": [source.names[i] for i in keyframes], **(extra or {})},
               spec.objects if spec is not None else {})
+    span = [source.start, source.stop] if isinstance(source, FrameSelection) else [0, len(source)]  # --frames A:B
     count, last, check_first = _write_folder(folder, run, results, formats, render, config, extractor,
                                              **{codec.noun: str(given.path) if given.path is not None else None},
-                                             keyframes=list(keyframes), direction=direction, **more)
+                                             keyframes=[source.source_index(i) for i in keyframes],
+                                             direction=direction, frame_range=span, stride=stride, **more)
     assert last is not None
     out = Path(out_dir)
     return {"frames": count, **codec.summary(last), "out": str(out),
             "overlay": str(out / OVERLAY_MP4) if render else None, "features": text, "keyframes": list(keyframes),
             "check_first": check_first}
+
+
+def _names_frames(annotation: Given) -> bool:
+    """Whether ``annotation`` places keyframes on frames by name or number (a folder of PNGs, a CVAT file, a points
+    JSON with ``keyframes``, ``{frame: mask}``), rather than being one first frame's (a mask or points file)."""
+    if isinstance(annotation, Mapping):
+        return True
+    if not isinstance(annotation, (str, Path)):
+        return False
+    path = Path(annotation)
+    if path.is_dir():
+        return True
+    if path.suffix.lower() in (".xml", ".zip"):  # CVAT (propagate.cvat.is_cvat_file)
+        return True
+    if path.suffix.lower() == ".json" and path.is_file():
+        import json
+
+        try:
+            return "keyframes" in json.loads(path.read_text())
+        except (ValueError, OSError, UnicodeDecodeError):
+            return False  # the points reader gives the error
+    return False
+
+
+def _read_chosen(kind: type[LabelKind], annotation: Given, chosen: VideoSource, config: Config, frames: str | None,
+                 stride: int) -> Keyframes:
+    """``annotation`` read for the frames ``chosen`` (a :class:`propagate.video.FrameSelection`): keyframes named
+    after frames of the video must be chosen frames (renumbered in ``chosen``); one first frame's annotation is the
+    first chosen frame's."""
+    if not _names_frames(annotation):
+        return kind.read(annotation, chosen, config)
+    given = kind.read(annotation, chosen.whole, config)
+    position = {chosen.source_index(i): i for i in range(len(chosen))}
+    skipped = [chosen.whole.names[p] for p in given.frames if p not in position]
+    if skipped:
+        shown = ", ".join(chosen.names[:3]) + (f", ... {chosen.names[-1]}" if len(chosen) > 3 else "")
+        raise PropagateError(f"keyframe {skipped[0]} is not one of the frames read (--frames {frames or ':'} "
+                             f"--stride {stride} reads {shown}): choose a range and stride that include every "
+                             "keyframe")
+    spec = given.file
+    if spec is not None:  # partial keyframes are keyframes (checked above); an absence mark holds from the first
+        absent: dict[int, frozenset[int]] = {}  # chosen frame at or after it on
+        for p, objects in sorted(spec.absent.items()):
+            later = [i for q, i in position.items() if q >= p]
+            if later:
+                absent[min(later)] = absent.get(min(later), frozenset()) | objects
+        spec = replace(spec, partial={position[p]: o for p, o in spec.partial.items()}, absent=absent)
+    return replace(given, frames={position[p]: a for p, a in given.frames.items()}, file=spec)
 
 
 def _write_folder(folder: ResultsFolder, run: Run, results: Iterable[tuple[Frame, FrameResult]],
@@ -164,7 +222,7 @@ def run_video(video: str | Path, mask: str | Path | np.ndarray | Mapping[int, np
               config: Config, *, extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None,
               overwrite: bool = False, render: bool = True, progress: bool = True, label: str | None = None,
               inputs: Sequence[str | Path] = (), formats: Sequence[str] = ("png",),
-              direction: str | None = None) -> JSON:
+              direction: str | None = None, frames: str | None = None, stride: int = 1) -> JSON:
     """The ``propagate run --mask`` job (:func:`run_labels` for masks): one indexed PNG per frame (named like the
     input frames), ``overlay.mp4``, ``confidence.csv``, ``coco.json`` (``formats`` with ``coco``), ``run_info.json``
     and the ``.complete`` manifest, written whole into ``out_dir``.
@@ -177,7 +235,7 @@ def run_video(video: str | Path, mask: str | Path | np.ndarray | Mapping[int, np
     """
     return run_labels(video, MaskKind, mask, out_dir, config, extractor=extractor, cache=cache, overwrite=overwrite,
                       render=render, progress=progress, label=label, inputs=inputs, formats=formats,
-                      direction=direction)
+                      direction=direction, frames=frames, stride=stride)
 
 
 def export_session(session: Session, out_dir: str | Path, *, formats: Sequence[str] = ("png",), render: bool = True,
@@ -201,7 +259,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
                extractor: FeatureExtractor | None = None, cache: FeatureStore | None = None, overwrite: bool = False,
                render: bool = True, progress: bool = True, inputs: Sequence[str | Path] = (),
                extra: Mapping[str, object] | None = None, direction: str | None = None,
-               formats: Sequence[str] = ("png",)) -> JSON:
+               formats: Sequence[str] = ("png",), frames: str | None = None, stride: int = 1) -> JSON:
     """The ``propagate run --points`` job (:func:`run_labels` for points): ``points.json`` (format:
     :mod:`propagate.keypoints`), ``overlay.mp4``, ``coco_keypoints.json`` (``formats`` with ``coco``),
     ``run_info.json`` and the ``.complete`` manifest, written whole into ``out_dir``.
@@ -215,7 +273,7 @@ def run_points(video: str | Path, points: str | Path | PointSet, out_dir: str | 
     """
     return run_labels(video, PointKind, points, out_dir, config, extractor=extractor, cache=cache,
                       overwrite=overwrite, render=render, progress=progress, inputs=inputs, formats=formats,
-                      direction=direction, extra=extra)
+                      direction=direction, extra=extra, frames=frames, stride=stride)
 
 
 # ---------------------------------------------------------------------------------------------- units of work

@@ -32,14 +32,12 @@ not a decode from the video's keyframe before it (which costs up to a group of p
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from propagate.candidates import CandidateStore
 from propagate.config import Config
@@ -50,6 +48,7 @@ from propagate.keypoints import PointSet
 from propagate.kinds import NO_RULES, FrameResult, KeyframeRules, LabelKind, MaskKind, PointKind, Track
 from propagate.labels import VOID, ObjectInfo, default_object, object_ids
 from propagate.pipeline import Sweep, as_source, check_length, propagate_keyframes
+from propagate.progress import Bars, Progress
 from propagate.video import VideoSource, processing_size
 
 MEMORY_BYTES = 4 * 2**30  # features kept in memory before the session spills them to its scratch folder
@@ -154,23 +153,40 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ features, frames
 
-    def extract(self, progress_callback: Callable[[int, int], None] | None = None) -> None:
-        """Compute (or read from the cache) the features of every frame not held yet: the first pass's extraction."""
+    def extract(self, progress_callback: Callable[[int, int], None] | None = None, *,
+                callback: Progress | None = None) -> None:
+        """Compute (or read from the cache) the features of every frame not held yet: the first pass's extraction.
+        ``progress_callback(done, total)``, or ``callback("extract", done, total)`` (:mod:`propagate.progress`), is
+        called after each frame."""
         if all(i in self._features for i in range(self.num_frames)):
             return
         counter = _Counting(self.extractor)
         stream = iter_features(self.source, counter, self.config.resize, self.config.batch_frames, self.cache)
-        with tqdm(total=self.num_frames, desc="extracting features", unit="frame", disable=not self.progress,
-                  leave=False, file=sys.stderr) as bar:
+        report, bars = self._reporter(callback)
+        try:
             for frame, feats in stream:
                 if frame.index not in self._features:
                     self._features.put(frame.index, feats)
                 if frame.index not in self._frames:
                     self._frames.put(frame.index, torch.from_numpy(frame.image))
-                bar.update(1)
+                report("extract", frame.index + 1, self.num_frames)
                 if progress_callback is not None:
                     progress_callback(frame.index + 1, self.num_frames)
+        finally:
+            bars.close()
         self.stats["extractor_frames"] += counter.frames
+
+    def _reporter(self, callback: Progress | None) -> tuple[Progress, Bars]:
+        """A progress callback that shows bars on stderr (if the session was made with ``progress``) and calls
+        ``callback``; and the bars, to clear them if the pass stops early."""
+        bars = Bars(enabled=self.progress)
+
+        def report(phase: str, done: int, total: int) -> None:
+            bars(phase, done, total)
+            if callback is not None:
+                callback(phase, done, total)
+
+        return report, bars
 
     def features(self, index: int) -> torch.Tensor:
         """Features ``[C, h, w]`` of frame ``index`` (every frame's are extracted on first use, then kept)."""
@@ -352,34 +368,44 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ propagation
 
-    def propagate(self, direction: str | None = None) -> Iterator[tuple[int, FrameResult]]:
+    def propagate(self, direction: str | None = None,
+                  callback: Progress | None = None) -> Iterator[tuple[int, FrameResult]]:
         """Yield ``(index, FrameResult)`` for every frame in order, from the current keyframes.
 
         ``direction``: ``auto`` (default: ``config.keyframes.direction``), ``forward``, ``backward`` or ``both``.
         Features are extracted on the first call only; later calls recompute only the frames whose result the
         changed keyframes can change.
+
+        ``callback(phase, done, total)`` is called as each phase advances: ``extract``, ``backward`` (the backward
+        sweep, run whole before the first result), then ``forward`` (``decode`` without a forward sweep) as
+        results are yielded (:mod:`propagate.progress`; :class:`propagate.progress.PhaseClock` gives an ETA).
+        A session made with ``progress=True`` also shows one bar per phase on stderr.
         """
         if not self._annotations:
             raise PropagateError("no keyframe: add a mask (add_mask) or points (add_points) on some frame first")
         direction = direction or self.config.keyframes.direction
-        self.extract()
+        self.extract(callback=callback)
         assert self.codec is not None
         grid_hw = tuple(self.features(self.keyframes[0]).shape[1:])
         labels = self.codec.encode(self._annotations, grid_hw)
         self._rules = self._make_rules(grid_hw)
+        report, bars = self._reporter(callback)
         stream = propagate_keyframes(self.features, self.num_frames, labels, self.config.propagation, direction,
-                                     self.config.keyframes.blend, self._sweeps, self._rules)
+                                     self.config.keyframes.blend, self._sweeps, self._rules, progress=report)
         self.results, self._propagated = {}, dict(self._annotations)
         decoded, self._decoded = self._decoded, {}
-        for index, soft, is_key in stream:
-            earlier = decoded.get(index)
-            if earlier is not None and earlier[0] is soft and not is_key:
-                result = earlier[1]  # a frame a sweep replayed: the same soft labels, so the same result
-            else:
-                result = self._decode(index, soft, is_key)
-            self._decoded[index] = (soft, result)
-            self.results[index] = result
-            yield index, result
+        try:
+            for index, soft, is_key in stream:
+                earlier = decoded.get(index)
+                if earlier is not None and earlier[0] is soft and not is_key:
+                    result = earlier[1]  # a frame a sweep replayed: the same soft labels, so the same result
+                else:
+                    result = self._decode(index, soft, is_key)
+                self._decoded[index] = (soft, result)
+                self.results[index] = result
+                yield index, result
+        finally:
+            bars.close()
         self.stats["propagated_frames"] += sum(s.propagated for s in self._sweeps)
         self.stats["affinities"] += sum(s.affinities for s in self._sweeps)
         if self._candidates is not None:

@@ -68,6 +68,16 @@ class VideoSource:
                 return frame.image
         raise PropagateError(f"frame {index} of {self.path} could not be read: the source ended before it")
 
+    def source_index(self, index: int) -> int:
+        """The position in the whole video of this source's frame ``index`` (itself, except for a
+        :class:`FrameSelection`): what seeds a frame's features and what results report as its index."""
+        return index
+
+    @property
+    def whole(self) -> "VideoSource":
+        """The whole video this source reads from (itself, except for a :class:`FrameSelection`)."""
+        return self
+
     def _check_position(self, index: int) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.names):
             raise PropagateError(f"frame {index!r} is not a frame of {self.path} (0..{len(self.names) - 1})")
@@ -308,6 +318,96 @@ class VideoFileSource(VideoSource):
         except Exception as exc:  # FFmpeg/decord errors, or a stream that ends before the frame
             raise PropagateError(f"video {self.path}: frame {index} cannot be decoded ({_first_line(exc)}): "
                                  "check the file") from None
+
+
+class FrameSelection(VideoSource):
+    """Some frames of a video (``run --frames A:B --stride N``): positions ``A, A+N, ... < B`` of ``source``, read
+    in order and renumbered 0, 1, ...; each keeps its name in the video (results are named after the source
+    frames), and :meth:`source_index` gives its position there. ``fps`` is the video's divided by the stride, so an
+    overlay lasts as long as the frames it shows."""
+
+    def __init__(self, source: VideoSource, start: int, stop: int, stride: int):
+        self.source = source
+        self.start, self.stop, self.stride = start, stop, stride
+        self.positions = list(range(start, stop, stride))
+        self.path = source.path
+        self.names = [source.names[p] for p in self.positions]
+        self.native_size = source.native_size
+        self.fps = source.fps / stride
+
+    @property
+    def whole(self) -> VideoSource:
+        return self.source
+
+    def source_index(self, index: int) -> int:
+        return self.positions[index]
+
+    def __iter__(self) -> Iterator[Frame]:
+        if isinstance(self.source, FolderSource):  # files: read only the chosen ones
+            for index, position in enumerate(self.positions):
+                yield Frame(index, self.names[index], self.source.frame(position))
+            return
+        wanted = iter(enumerate(self.positions))
+        index, position = next(wanted)
+        frames = iter(self.source)
+        try:
+            for frame in frames:  # a video file decodes every frame up to the last chosen one, in order
+                if frame.index == position:
+                    yield Frame(index, self.names[index], frame.image)
+                    step = next(wanted, None)
+                    if step is None:
+                        return
+                    index, position = step
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    def frame(self, index: int) -> np.ndarray:
+        return self.source.frame(self.positions[self._check_position(index)])
+
+
+def parse_frame_range(text: str | None, count: int) -> tuple[int, int]:
+    """``--frames A:B`` -> ``(A, B)``: frames A to B-1 (positions from 0, as in Python; ``A:`` to the end, ``:B``
+    from the start) of a video of ``count`` frames; a PropagateError for anything that is not a non-empty range
+    inside the video."""
+    if text is None:
+        return 0, count
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise PropagateError(f"--frames {text!r}: give a range A:B (frames A to B-1, counted from 0; A: to the end, "
+                             ":B from the start)")
+    try:
+        start = int(parts[0]) if parts[0].strip() else 0
+        stop = int(parts[1]) if parts[1].strip() else count
+    except ValueError:
+        raise PropagateError(f"--frames {text!r}: A and B must be whole numbers, e.g. --frames 10:50") from None
+    if start < 0 or stop < 0:
+        raise PropagateError(f"--frames {text!r}: frames are counted from 0; give A and B between 0 and {count}")
+    if start >= count:
+        raise PropagateError(f"--frames {text!r}: the video has {count} frames (0..{count - 1}), so A must be at most "
+                             f"{count - 1}")
+    if stop > count:
+        raise PropagateError(f"--frames {text!r}: the video has {count} frames, so B must be at most {count} (B is "
+                             "the first frame not read)")
+    if stop <= start:
+        raise PropagateError(f"--frames {text!r} is empty: B must be greater than A (frames A to B-1 are read)")
+    return start, stop
+
+
+def select_frames(source: VideoSource, frames: str | None = None, stride: int = 1) -> VideoSource:
+    """The frames of ``source`` that ``run --frames A:B --stride N`` reads (:class:`FrameSelection`), or ``source``
+    itself when they are all of them; a PropagateError for a bad range or stride."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise PropagateError(f"--stride {stride!r}: give a whole number of at least 1 (1 reads every frame)")
+    start, stop = parse_frame_range(frames, len(source))
+    if (start, stop, stride) == (0, len(source), 1):
+        return source
+    chosen = FrameSelection(source, start, stop, stride)
+    if len(chosen) < 2:
+        raise PropagateError(f"--frames {start}:{stop} --stride {stride} reads 1 frame ({chosen.names[0]}): "
+                             "propagation needs at least 2; widen the range or lower the stride")
+    return chosen
 
 
 def open_video(path: str | Path, reader: str = "auto") -> VideoSource:

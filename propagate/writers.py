@@ -100,14 +100,14 @@ def write_png(run: Run) -> Iterator[FrameWriter]:
 
 @contextlib.contextmanager
 def write_confidence(run: Run) -> Iterator[FrameWriter]:
-    """``confidence.csv``: per frame its index, name, whether it is a keyframe, and each track's confidence
-    (``absent`` for an object marked absent from the frame)."""
+    """``confidence.csv``: per frame its index (in the whole video), name, whether it is a keyframe, and each
+    track's confidence (``absent`` for an object marked absent from the frame)."""
     from propagate.io import atomic_write_text
 
     rows = [["frame", "name", "keyframe", *[f"object_{t}" for t in run.tracks]]]
 
     def write(frame: Frame, result: FrameResult) -> None:
-        rows.append([str(frame.index), frame.name, str(int(result.keyframe)),
+        rows.append([str(run.source.source_index(frame.index)), frame.name, str(int(result.keyframe)),
                      *[confidence_cell(result, t) for t in run.tracks]])
 
     yield write
@@ -154,7 +154,7 @@ def write_points(run: Run) -> Iterator[FrameWriter]:
 
     def write(frame: Frame, result: FrameResult) -> None:
         assert result.xy is not None
-        frames.append({"index": frame.index, "name": frame.name,
+        frames.append({"index": run.source.source_index(frame.index), "name": frame.name,
                        "points": points_record(names, result.xy, kind.confidences(result))})
 
     yield write

@@ -66,10 +66,12 @@ def measure(source: VideoSource, first_mask: np.ndarray, preset: str, extractor:
     counts = {"first": dict(session.stats)}
     mid = session.num_frames // 2
     fixed = correction_of(results[mid])
-    after_first = copy.deepcopy((session._sweeps, session._candidates))  # the state a correction starts from
+    # the state a correction starts from: sweeps, kept candidates and decoded results copied together (one deepcopy
+    # keeps the identity between a sweep's soft labels and the decoded results of them, as in the session itself)
+    after_first = copy.deepcopy((session._sweeps, session._candidates, session._decoded))
     passes = {}
     for direction in ("forward", "both"):
-        session._sweeps, session._candidates = copy.deepcopy(after_first)
+        session._sweeps, session._candidates, session._decoded = copy.deepcopy(after_first)
         before = dict(session.stats)
         session.add_mask(mid, fixed)
         with Clock() as clock:

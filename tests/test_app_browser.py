@@ -333,9 +333,10 @@ def test_paint_propagate_save_correct_absent_undo_export_reload(page, site, tmp_
     coco = json.loads(files["frames_coco.json"])
     assert {c["name"] for c in coco["categories"]} >= {"ball"}, coco["categories"]
 
-    # a Session given the same keyframes (as the project folder keeps them) gives the same masks
+    # a Session given the same keyframes (as the project folder keeps them) and the app's preset (serve's default:
+    # the backbone's interactive preset) gives the same masks
     saved = json.loads((project / "project.json").read_text())
-    config = load_config("davis_baseline", {"resize.short_side": 128, "resize.multiple": 8})
+    config = load_config("davis_baseline_interactive", {"resize.short_side": 128, "resize.multiple": 8})
     with Session(site["frames"], config) as session:
         for i, entry in saved["keyframes"].items():
             session.add_mask(int(i), read_mask(project / entry["file"]), entry["objects"])

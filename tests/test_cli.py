@@ -187,3 +187,30 @@ def test_console_script_prints_no_traceback(tmp_path):
                              "--out", str(tmp_path / "o")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "missing" in result.stderr
+
+
+@pytest.mark.parametrize("flags, preset", [([], "davis_sd_interactive"),
+                                           (["--features", "baseline"], "davis_baseline_interactive"),
+                                           (["--config", "davis_baseline"], "davis_baseline")])
+def test_serve_defaults_to_the_interactive_preset(flags, preset, monkeypatch):
+    import propagate.app
+    from propagate.config import load_config
+
+    seen = {}
+    monkeypatch.setattr(propagate.app, "serve", lambda config, **kwargs: seen.update(config=config, **kwargs))
+    assert main(["serve", *flags]) == 0
+    assert seen["config"].to_dict() == load_config(preset).to_dict()
+    assert seen["fallback"] is (not flags)
+
+
+@pytest.mark.parametrize("preset, fallback", [("davis_sd_interactive", "davis_baseline_interactive"),
+                                              ("davis_sd", "davis_baseline")])
+def test_without_weights_an_interactive_config_falls_back_to_the_interactive_baseline(preset, fallback, tmp_path,
+                                                                                     capsys):
+    from propagate.config import load_config
+    from propagate.features.fallback import dift_or_baseline
+
+    config = load_config(preset, {"extractor.model": str(tmp_path / "no-model"), "resize.short_side": 288})
+    used, extractor, label = dift_or_baseline(config)
+    assert extractor.name == "baseline" and label is not None and "unavailable" in capsys.readouterr().out
+    assert used.to_dict() == load_config(fallback, {"resize.short_side": 288}).to_dict()

@@ -533,6 +533,18 @@ CASES: list[Case] = [
     Case("frames-4x4", lambda w: ["run", w.root / "tiny" / "frames", "--mask", w.root / "tiny" / "first.png",
                                   "--out", w.out, "--features", "baseline", "--no-video"],
          "are 4x4", setup=lambda w: tiny_clip(w, 4)),
+    # --- run --frames A:B --stride N (the clip has 4 frames, 0..3)
+    Case("frames-past-the-end", lambda w: run(w, "--frames", "1:9"), "B must be at most 4"),
+    Case("frames-start-past-the-end", lambda w: run(w, "--frames", "4:"), "A must be at most 3"),
+    Case("frames-empty", lambda w: run(w, "--frames", "3:2"), "is empty"),
+    Case("frames-not-a-range", lambda w: run(w, "--frames", "1-3"), "give a range A:B"),
+    Case("frames-not-numbers", lambda w: run(w, "--frames", "a:b"), "whole numbers"),
+    Case("frames-negative", lambda w: run(w, "--frames=-1:3"), "counted from 0"),
+    Case("stride-zero", lambda w: run(w, "--stride", "0"), "at least 1"),
+    Case("stride-one-frame", lambda w: run(w, "--stride", "4"), "reads 1 frame (00000)"),
+    Case("keyframe-off-the-stride", lambda w: ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE,
+                                               "--stride", "2"], "keyframe 00001 is not one of the frames read",
+         setup=lambda w: [shutil.copy(w.mask, w.file(f"keys/{n}.png", b"")) for n in ("00000", "00001")]),
     Case("keyframe-folder-jpeg", lambda w: ["run", w.frames, "--mask", w.root / "keys", "--out", w.out, *BASE],
          "'00002.jpg', which is not a PNG mask", setup=keyframe_folder_with_jpeg),
     # --- the keyframe folder's file form (issue 18): anything ambiguous is an error

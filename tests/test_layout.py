@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "propagate"
 
 # Floors in pipeline order (STYLE.md, "The house we want"); a module may import its own floor or lower ones.
 FLOORS: list[list[str]] = [
-    ["errors", "options", "config", "metrics", "pck", "io", "device", "lazy"],
+    ["errors", "options", "config", "metrics", "pck", "io", "device", "lazy", "progress"],
     ["records", "results"],  # run records; results folders (checks, staging, the journal, recovery); no torch
     ["video"],
     ["features"],  # every module of the features package: extractors, shared noise, the stream, the fallback

@@ -37,6 +37,7 @@ from propagate.app.layout import Page, brush
 from propagate.app.project import copy_upload, path_key, project_folder, upload_key
 from propagate.app.workspace import Workspace
 from propagate.errors import PropagateError
+from propagate.progress import PhaseClock
 from propagate.video import open_video
 
 PLAY_FPS = 8  # frames a second of Play
@@ -325,20 +326,22 @@ class Handlers:
             total = w.num_frames
             if not w.keyframes:
                 raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
-            extraction = w.extract_in_background()
+            clock = PhaseClock()  # the current phase and its ETA, for the status line
+            extraction = w.extract_in_background(clock)
             while extraction.is_alive():
-                yield f"features: {w.extracted}/{total} frames (once per video), then propagating ...", gr.skip()
+                said = clock.text() if clock.phase == "extract" else f"features: {w.extracted}/{total} frames"
+                yield f"{said} (once per video), then propagating ...", gr.skip()
                 extraction.join(0.5)
             if w.extract_error is not None:
                 raise w.extract_error
-            for r in w.propagate():
+            for r in w.propagate(callback=clock):
                 done += 1
                 now = time.perf_counter()
                 if now - last > 0.25 or done == total:
                     last = now
                     strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, int(w.settings.get(
                         "frame", i)), w.absent())  # type: ignore[call-overload]
-                    yield f"propagating: frame {r.index} ({done}/{total})", strip_html
+                    yield f"propagating: frame {r.index} ({done}/{total}; {clock.text()})", strip_html
             # said by after_run, with the current frame's new result (so the page shows both at once)
             w.run_summary = (f"propagated {done} frames in {time.perf_counter() - start:.1f} s "
                              f"({w.session.stats.get('extractor_frames', '?')} frames' features extracted so far)")

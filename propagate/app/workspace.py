@@ -21,6 +21,7 @@ from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
 from propagate.labels import object_ids
+from propagate.progress import Progress
 from propagate.render import draw_points, overlay_mask
 from propagate.runs import export_session
 from propagate.session import FrameResult, Session
@@ -470,15 +471,21 @@ class Workspace:
 
     # -------------------------------------------------------------------------------------------- propagate, export
 
-    def extract_in_background(self) -> threading.Thread:
-        """Extract every frame's features (once per video) in a thread, counting them in :attr:`extracted` (a
-        failure is kept in :attr:`extract_error`); a second call while it runs returns the same thread."""
+    def extract_in_background(self, callback: Progress | None = None) -> threading.Thread:
+        """Extract every frame's features (once per video) in a thread, counting them in :attr:`extracted` and
+        telling ``callback("extract", done, total)`` (a failure is kept in :attr:`extract_error`); a second call
+        while it runs returns the same thread."""
         if self._extraction is None or not self._extraction.is_alive():
             self.extract_error = None
 
+            def counted(done: int, total: int) -> None:
+                self.extracted = done
+                if callback is not None:
+                    callback("extract", done, total)
+
             def work() -> None:
                 try:
-                    self.session.extract(lambda done, total: setattr(self, "extracted", done))
+                    self.session.extract(counted)
                 except BaseException as exc:  # reported by the page, in its status line
                     self.extract_error = exc
 
@@ -486,14 +493,16 @@ class Workspace:
             self._extraction.start()
         return self._extraction
 
-    def propagate(self) -> Iterator[FrameResult]:
+    def propagate(self, callback: Progress | None = None) -> Iterator[FrameResult]:
         """Propagate from every keyframe (features are extracted on the first call only); results are kept as they
-        stream (a cancelled run keeps what it had); a run to the end is saved into the project folder."""
+        stream (a cancelled run keeps what it had); a run to the end is saved into the project folder.
+        ``callback(phase, done, total)``: see :meth:`propagate.session.Session.propagate`
+        (:class:`propagate.progress.PhaseClock` gives an ETA)."""
         if not self.session.keyframes:
             raise PropagateError("no keyframe yet: paint a mask (or place points) and save it as a keyframe first")
         self.running = True
         try:
-            for _, result in self.session.propagate():
+            for _, result in self.session.propagate(callback=callback):
                 yield result
         finally:
             self.running = False

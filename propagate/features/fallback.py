@@ -12,14 +12,16 @@ BASELINE_LABEL = "BASELINE features (DIFT weights unavailable)"
 
 def dift_or_baseline(config: Config, doing: str = "running") -> tuple[Config, FeatureExtractor, str | None]:
     """``config``'s extractor; where DIFT weights cannot be had, one line says so and the weight-free baseline preset
-    (with the same resize) is used instead. Returns the config in use, the extractor and, for the baseline, the label
-    that says so on videos and pages (None for DIFT)."""
+    (with the same resize; ``davis_baseline_interactive`` for an interactive config, one that keeps candidates) is
+    used instead. Returns the config in use, the extractor and, for the baseline, the label that says so on videos
+    and pages (None for DIFT)."""
     try:
         return config, build_extractor(config.features, config.extractor), None
     except PropagateError as exc:
         print(f"DIFT weights unavailable ({exc}); {doing} the weight-free BASELINE features instead (not DIFT)",
               flush=True)
-        config = load_config("davis_baseline", {"resize": config.to_dict()["resize"]})
+        preset = "davis_baseline_interactive" if config.propagation.reuse else "davis_baseline"  # the app's kind
+        config = load_config(preset, {"resize": config.to_dict()["resize"]})
         extractor = build_extractor(config.features, config.extractor)
         extractor.stands_in = True  # said on every overlay (overlay_label)
         return config, extractor, BASELINE_LABEL

@@ -75,7 +75,7 @@ def iter_features(
         missing = [i for i, f in enumerate(feats) if f is None]
         if missing:
             images = torch.stack([to_tensor(batch[i].image, size) for i in missing])
-            new = extractor.extract(images, [batch[i].index for i in missing])
+            new = extractor.extract(images, [source.source_index(batch[i].index) for i in missing])
             for j, i in enumerate(missing):
                 feats[i] = store.put(source, batch[i], new[j]) if store else new[j]
         for frame, feat in zip(batch, feats):
