@@ -49,6 +49,14 @@ def error_text(exc: PropagateError) -> str:
     return f"**error:** {exc}"
 
 
+def halt(w: Workspace | None, flag: str, said: str) -> str:
+    """Clear the workspace's ``flag`` (``playing``, ``running``: what a stream checks before its next frame); say
+    ``said``."""
+    if w is not None:
+        setattr(w, flag, False)
+    return said
+
+
 def need(w: Workspace | None) -> Workspace:
     if w is None:
         raise PropagateError("no video is open: open a path or upload one first")
@@ -215,9 +223,7 @@ class Handlers:
 
     @staticmethod
     def stop(w: Workspace | None) -> str:
-        if w is not None:
-            w.playing = False
-        return "stopped"
+        return halt(w, "playing", "stopped")
 
     @staticmethod
     def pick_object(o: str, w: Workspace | None) -> Outputs:
@@ -372,9 +378,7 @@ class Handlers:
 
     @staticmethod
     def cancelled(w: Workspace | None) -> str:
-        if w is not None:
-            w.running = False
-        return "propagation cancelled: the frames done so far are kept"
+        return halt(w, "running", "propagation cancelled: the frames done so far are kept")
 
     @staticmethod
     def export_files(w: Workspace | None) -> Outputs:
