@@ -52,10 +52,12 @@ from propagate.labels import (
     decode_mask,
     mask_to_labels,
     object_ids,
+    paint_objects,
     read_keyframe_file,
     read_keyframes,
     remove_small_regions,
     require_objects,
+    without_objects,
 )
 from propagate.render import caption, draw_points, overlay_mask
 from propagate.video import VideoSource, processing_size
@@ -94,7 +96,7 @@ class FrameResult:
             return self
         mask = self.mask
         if mask is not None and np.isin(mask, list(absent)).any():
-            mask = np.where(np.isin(mask, list(absent)), 0, mask).astype(np.uint8)
+            mask = without_objects(mask, absent)
         confidence = {k: v for k, v in self.confidence.items() if k not in absent}
         return FrameResult(self.index, self.name, self.keyframe, mask, self.xy, confidence, self.absent | absent)
 
@@ -317,16 +319,7 @@ class MaskKind(LabelKind):
         else:
             proc_w, proc_h = self.proc_size
             base = decode_mask(soft, (proc_h, proc_w), (h, w), self.minmax_norm)[0]
-        return self._painted(base, annotation, objects, absent)
-
-    @staticmethod
-    def _painted(base: np.ndarray, annotation: np.ndarray, objects: frozenset[int],
-                 absent: frozenset[int]) -> np.ndarray:
-        gone = sorted(objects | absent)
-        out = np.where(np.isin(base, gone), 0, base).astype(np.uint8)
-        given = np.isin(annotation, sorted(objects))
-        out[given] = annotation[given]
-        return out
+        return paint_objects(base, annotation, objects, clear=absent)
 
     def merged_result(self, index: int, name: str, annotation: np.ndarray, objects: frozenset[int],
                       soft: torch.Tensor | None, absent: frozenset[int]) -> FrameResult:
@@ -338,7 +331,7 @@ class MaskKind(LabelKind):
         else:
             decoded = self.decode(index, name, soft)
         assert decoded.mask is not None
-        mask = self._painted(decoded.mask, annotation, objects, absent)
+        mask = paint_objects(decoded.mask, annotation, objects, clear=absent)
         confidence: dict[int | str, float] = {o: c for o, c in decoded.confidence.items() if o not in objects}
         confidence.update({o: 1.0 for o in objects})
         result = FrameResult(index, name, True, mask=mask, confidence=dict(sorted(confidence.items())))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -175,6 +175,22 @@ def remove_small_regions(mask: np.ndarray, min_area: int, keep: Sequence[int] = 
 def object_ids(mask: np.ndarray) -> list[int]:
     """Object indices present in ``mask`` (excluding background 0 and void 255), sorted."""
     return [int(v) for v in np.unique(mask) if v not in (0, VOID)]
+
+
+def without_objects(mask: np.ndarray, objects: Iterable[int]) -> np.ndarray:
+    """A copy of ``mask [H, W]`` uint8 with ``objects`` made background (0)."""
+    return np.where(np.isin(mask, sorted(objects)), 0, mask).astype(np.uint8)
+
+
+def paint_objects(base: np.ndarray, annotation: np.ndarray, objects: Iterable[int],
+                  clear: Iterable[int] = ()) -> np.ndarray:
+    """A copy of ``base [H, W]`` uint8 in which ``objects`` (and ``clear``) are made background, then ``objects`` are
+    painted where ``annotation [H, W]`` holds them: a partial keyframe merged over a frame's other labels."""
+    objects = sorted(objects)
+    out = without_objects(base, [*objects, *clear])
+    given = np.isin(annotation, objects)
+    out[given] = annotation[given]
+    return out
 
 
 def read_keyframes(path: str | Path, names: Sequence[str], size_wh: tuple[int, int]) -> dict[int, np.ndarray]:

@@ -25,14 +25,17 @@ and in the labels that join the context; its results report it absent (:attr:`Fr
 confidence. Objects have names and categories (:attr:`Session.objects`, :meth:`Session.name_object`).
 
 Features are kept in memory up to ``memory_bytes`` (float32, exact); beyond that they go to a scratch folder the
-session creates and removes (:meth:`Session.close`), so results never depend on where features were kept. The frames
-the first pass decodes are kept the same way (``frame_bytes``), so :meth:`Session.image` of any frame is then a read,
-not a decode from the video's keyframe before it (which costs up to a group of pictures: 250 frames in an H.264 file).
+session creates and removes (:meth:`Session.close`), so results never depend on where features were kept. Given
+``frame_bytes`` (the app gives :data:`FRAME_BYTES`), the frames the first pass decodes are kept the same way, so
+:meth:`Session.image` of any frame is then a read, not a decode from the video's keyframe before it (which costs up to
+a group of pictures: 250 frames in an H.264 file); a job that never shows frames keeps none.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -46,18 +49,19 @@ from propagate.features import FeatureExtractor, build_extractor
 from propagate.features.stream import FeatureStore, iter_features
 from propagate.keypoints import PointSet
 from propagate.kinds import NO_RULES, FrameResult, KeyframeRules, LabelKind, MaskKind, PointKind, Track
-from propagate.labels import VOID, ObjectInfo, default_object, object_ids
+from propagate.labels import VOID, ObjectInfo, default_object, object_ids, paint_objects, without_objects
 from propagate.pipeline import Sweep, as_source, check_length, propagate_keyframes
 from propagate.progress import Bars, Progress
 from propagate.video import VideoSource, processing_size
 
 MEMORY_BYTES = 4 * 2**30  # features kept in memory before the session spills them to its scratch folder
-FRAME_BYTES = 1 * 2**30  # decoded frames kept in memory before the session spills them to its scratch folder
+FRAME_BYTES = 1 * 2**30  # the app's frame_bytes: decoded frames kept in memory before spilling to scratch
 
 
 class _FeatureMemory:
     """Features ``[C, h, w]`` (or frames ``[H, W, 3]`` uint8) of every frame, in memory up to a budget, then as files
-    in a scratch folder (named ``prefix``...)."""
+    in a scratch folder (named ``prefix``...). One thread may put while another gets (the app extracts in a
+    thread while the page reads frames): a file appears whole, under its name, or not at all."""
 
     def __init__(self, budget: int, prefix: str = "propagate-session-"):
         self.budget = budget
@@ -65,19 +69,25 @@ class _FeatureMemory:
         self.used = 0
         self.ram: dict[int, torch.Tensor] = {}
         self.scratch: Path | None = None
+        self._lock = threading.Lock()  # one put at a time: one scratch folder, the budget counted once
 
     def __contains__(self, index: int) -> bool:
         return index in self.ram or (self.scratch is not None and (self.scratch / f"{index}.pt").is_file())
 
     def put(self, index: int, feats: torch.Tensor) -> None:
         size = feats.numel() * feats.element_size()
-        if self.used + size <= self.budget:
-            self.ram[index] = feats
-            self.used += size
-            return
-        if self.scratch is None:
-            self.scratch = Path(tempfile.mkdtemp(prefix=self.prefix))
-        torch.save(feats.cpu(), self.scratch / f"{index}.pt")
+        with self._lock:
+            if index in self.ram:
+                return
+            if self.used + size <= self.budget:
+                self.ram[index] = feats
+                self.used += size
+                return
+            if self.scratch is None:
+                self.scratch = Path(tempfile.mkdtemp(prefix=self.prefix))
+            part = self.scratch / f"{index}.pt.part"
+            torch.save(feats.cpu(), part)
+            os.replace(part, self.scratch / f"{index}.pt")
 
     def get(self, index: int) -> torch.Tensor:
         if index in self.ram:
@@ -100,11 +110,12 @@ class Session:
         extractor: a ready extractor; built from ``config`` if None.
         cache: a feature store (:class:`propagate.cache.FeatureCache`) to read features from / write them to.
         memory_bytes: features kept in memory before spilling to a scratch folder.
-        frame_bytes: decoded frames kept in memory (for :meth:`image`) before spilling to a scratch folder.
+        frame_bytes: keep the decoded frames (for :meth:`image`): this many bytes in memory, the rest in a scratch
+            folder; None (default) keeps none (each :meth:`image` seeks).
     """
 
     def __init__(self, video: str | Path | VideoSource, config: Config, *, extractor: FeatureExtractor | None = None,
-                 cache: FeatureStore | None = None, memory_bytes: int = MEMORY_BYTES, frame_bytes: int = FRAME_BYTES,
+                 cache: FeatureStore | None = None, memory_bytes: int = MEMORY_BYTES, frame_bytes: int | None = None,
                  progress: bool = False):
         self.source = as_source(video)
         check_length(self.source)
@@ -123,7 +134,8 @@ class Session:
         self._names: dict[int, ObjectInfo] = {}  # objects named by name_object
         self._rules: KeyframeRules = NO_RULES  # the per-object rules of the latest results
         self._features = _FeatureMemory(memory_bytes)
-        self._frames = _FeatureMemory(frame_bytes, "propagate-frames-")  # [H, W, 3] uint8 as read, for image()
+        # [H, W, 3] uint8 as read, for image(); None: frames are not kept
+        self._frames = None if frame_bytes is None else _FeatureMemory(frame_bytes, "propagate-frames-")
         # with propagation.reuse, both directions keep each frame's top-k candidates (a correction costs a gather)
         self._candidates = CandidateStore() if config.propagation.reuse else None
         self._sweeps = (Sweep(config.propagation, store=self._candidates),
@@ -167,7 +179,7 @@ class Session:
             for frame, feats in stream:
                 if frame.index not in self._features:
                     self._features.put(frame.index, feats)
-                if frame.index not in self._frames:
+                if self._frames is not None and frame.index not in self._frames:
                     self._frames.put(frame.index, torch.from_numpy(frame.image))
                 report("extract", frame.index + 1, self.num_frames)
                 if progress_callback is not None:
@@ -197,8 +209,10 @@ class Session:
 
     def image(self, index: int) -> np.ndarray:
         """Frame ``index`` as ``[H, W, 3]`` uint8 RGB at native size: kept since the first pass read it, or read by
-        seeking (not from frame 0 on) and kept from then on."""
+        seeking (not from frame 0 on) and kept from then on (with ``frame_bytes``; without, always read by seeking)."""
         self._check_index(index)
+        if self._frames is None:
+            return self.source.frame(index)
         if index not in self._frames:
             self._frames.put(index, torch.from_numpy(self.source.frame(index)))
         return self._frames.get(index).numpy().copy()  # a copy: the kept frame stays as read
@@ -206,7 +220,7 @@ class Session:
     def annotation(self, index: int) -> np.ndarray:
         """Keyframe ``index``'s annotation as given: a mask ``[H, W]`` uint8 or points ``[J, 2]`` (read-only)."""
         if index not in self._annotations:
-            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+            raise self._not_a_keyframe(index)
         view = self._annotations[index].view()
         view.flags.writeable = False
         return view
@@ -235,13 +249,10 @@ class Session:
                                  "it is not in the frame with set_absent")
         if self.codec is not None:
             self.codec.joins(codec, index)
-        given = np.isin(checked, named)
         old = self._annotations.get(index)
-        base = np.zeros_like(checked) if old is None else np.where(np.isin(old, named), 0, old).astype(np.uint8)
-        base[given] = checked[given]
         if old is None or index in self._partial:  # a full keyframe stays full
             self._partial[index] = self._partial.get(index, frozenset()) | frozenset(named)
-        self._annotations[index] = base
+        self._annotations[index] = paint_objects(np.zeros_like(checked) if old is None else old, checked, named)
         self.codec = self.codec or codec
         self._drop_marks(index, named)
 
@@ -270,7 +281,7 @@ class Session:
         others, or goes when none is left) and their absence marks there go."""
         if objects is None:
             if index not in self._annotations and index not in self._absent:
-                raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+                raise self._not_a_keyframe(index)
             self._annotations.pop(index, None)
             self._partial.pop(index, None)
             self._absent.pop(index, None)
@@ -286,7 +297,7 @@ class Session:
             if old is not None and gives & set(named):
                 left = sorted(gives - set(named))
                 if left:
-                    self._annotations[index] = np.where(np.isin(old, named), 0, old).astype(np.uint8)
+                    self._annotations[index] = without_objects(old, named)
                     self._partial[index] = frozenset(left)
                 else:
                     del self._annotations[index]
@@ -308,7 +319,7 @@ class Session:
             if index in self._partial and obj in self._partial[index]:
                 self.remove(index, [obj])
             elif index not in self._partial and (old == obj).any():
-                left = np.where(old == obj, 0, old).astype(np.uint8)  # a full keyframe stays full
+                left = without_objects(old, [obj])  # a full keyframe stays full
                 if object_ids(left):
                     self._annotations[index] = left
                 else:  # nothing left on it: the keyframe goes
@@ -319,7 +330,7 @@ class Session:
     def keyframe_objects(self, index: int) -> list[int] | None:
         """The objects keyframe ``index`` gives if it is a partial keyframe; None for a full keyframe."""
         if index not in self._annotations:
-            raise PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
+            raise self._not_a_keyframe(index)
         return sorted(self._partial[index]) if index in self._partial else None
 
     def absent_marks(self) -> dict[int, list[int]]:
@@ -349,6 +360,9 @@ class Session:
             raise PropagateError(f"object {obj}: give a category (a non-empty string), not {category!r}")
         old = self._names.get(obj, default_object(obj))
         self._names[obj] = ObjectInfo(name.strip(), category.strip() if category is not None else old.category)
+
+    def _not_a_keyframe(self, index: int) -> PropagateError:
+        return PropagateError(f"frame {index} is not a keyframe (keyframes: {self.keyframes})")
 
     def _drop_marks(self, index: int, objects: Sequence[int]) -> None:
         marks = self._absent.get(index)
@@ -453,7 +467,8 @@ class Session:
     def close(self) -> None:
         """Remove the scratch folders of spilled features, frames and kept candidates (if any)."""
         self._features.close()
-        self._frames.close()
+        if self._frames is not None:
+            self._frames.close()
         if self._candidates is not None:
             self._candidates.close()
 

@@ -169,6 +169,14 @@ def test_a_new_object_at_a_correction_is_followed_without_extraction(tmp_path, b
     assert iou(second[8] == 2, truth[8] == 2) > 0.6 > iou(first[8] == 2, truth[8] == 2)
 
 
+def test_image_without_frame_bytes_reads_each_frame_and_keeps_none(tmp_path, baseline):
+    frames, _ = entering_clip(tmp_path / "clip", frames=4)
+    session = Session(frames, load_config("davis_baseline", CONFIG), extractor=baseline)  # a job that shows no frame
+    session.extract()
+    assert session._frames is None
+    assert all(np.array_equal(session.image(f.index), f.image) for f in session.source)
+
+
 @pytest.mark.parametrize("frame_bytes", [2**30, 0])  # kept in memory; spilled to the scratch folder
 def test_image_gives_the_frames_as_read_and_keeps_them_whole(tmp_path, baseline, frame_bytes):
     frames, _ = entering_clip(tmp_path / "clip", frames=6)

@@ -20,11 +20,11 @@ from propagate.app.project import Project, load_project, save_project
 from propagate.config import Config
 from propagate.errors import PropagateError
 from propagate.features.base import FeatureExtractor
-from propagate.labels import object_ids
+from propagate.labels import object_ids, paint_objects, without_objects
 from propagate.progress import Progress
 from propagate.render import draw_points, overlay_mask
 from propagate.runs import export_session
-from propagate.session import FrameResult, Session
+from propagate.session import FRAME_BYTES, FrameResult, Session
 from propagate.video import VideoSource
 from propagate.writers import names_for
 
@@ -60,7 +60,7 @@ class Workspace:
     def __init__(self, source: VideoSource, config: Config, extractor: FeatureExtractor, folder: Path, *,
                  project: Path | None = None, video: str = "", upload: bool = False):
         self.source = source
-        self.session = Session(source, config, extractor=extractor)
+        self.session = Session(source, config, extractor=extractor, frame_bytes=FRAME_BYTES)  # scrubbing reads
         self.folder = folder
         self.project = project
         self.video = video or Path(source.path).name
@@ -68,7 +68,6 @@ class Workspace:
         # points placed with the mouse (saved as a keyframe by set_points): frame -> name -> (x, y)
         self.points: dict[int, dict[str, tuple[float, float]]] = {}
         self.exports = 0
-        self._images: dict[int, np.ndarray] = {}
         self.objects: Objects = {1: ("object 1", "object")}  # the objects offered for painting
         self.settings: dict[str, object] = {"frame": 0, "object": 1, "overlay": True}
         self.sent: dict[int, tuple[np.ndarray, bool]] = {}  # frame -> the mask the editor was given, shown or not
@@ -124,12 +123,8 @@ class Workspace:
         return dict(self.restored_absent)
 
     def image(self, index: int) -> np.ndarray:
-        """Frame ``index`` ``[H, W, 3]`` uint8 (the last few are kept: scrubbing back and forth decodes once)."""
-        if index not in self._images:
-            if len(self._images) >= 8:
-                self._images.pop(next(iter(self._images)))
-            self._images[index] = self.session.image(index)
-        return self._images[index]
+        """Frame ``index`` ``[H, W, 3]`` uint8 (the session keeps every frame it decodes: scrubbing decodes once)."""
+        return self.session.image(index)
 
     # -------------------------------------------------------------------------------------------- a frame's labels
 
@@ -154,12 +149,10 @@ class Workspace:
             if objects is None:
                 base = keyframe
             else:
-                given = np.isin(keyframe, objects)
-                base = np.where(np.isin(base, objects), 0, base).astype(np.uint8)
-                base[given] = keyframe[given]
+                base = paint_objects(base, keyframe, objects)
         marks = self.session.absent_marks().get(index) if self.session.kind == "masks" else None
         if marks and np.isin(base, marks).any():
-            base = np.where(np.isin(base, marks), 0, base).astype(np.uint8)
+            base = without_objects(base, marks)
         gone = ~np.isin(base, [0, 255, *self.objects])  # objects deleted since the result was computed
         if gone.any():
             base = np.where(gone, 0, base).astype(np.uint8)
@@ -385,31 +378,26 @@ class Workspace:
 
     def undo(self) -> str:
         """Undo the latest edit (keyframes, absences, objects); return what was undone."""
-        self._idle("undo")
-        if not self.history:
-            raise PropagateError("nothing to undo")
-        edit = self.history.pop()
-        for index, (before, _) in sorted(edit.frames.items()):
-            self._apply(index, before)
-        if edit.objects is not None:
-            self._set_objects(edit.objects[0])
-        self.future.append(edit)
-        self.autosave()
-        return f"undone: {edit.what}"
+        return self._step(self.history, self.future, 0, "undo", "undone")
 
     def redo(self) -> str:
         """Redo the latest undone edit; return what was redone."""
-        self._idle("redo")
-        if not self.future:
-            raise PropagateError("nothing to redo")
-        edit = self.future.pop()
-        for index, (_, after) in sorted(edit.frames.items()):
-            self._apply(index, after)
+        return self._step(self.future, self.history, 1, "redo", "redone")
+
+    def _step(self, source: list[Edit], target: list[Edit], side: int, verb: str, done: str) -> str:
+        """Move the latest edit of ``source`` to ``target``, putting back each frame's and the objects' state on
+        ``side`` of it (0: before the edit, 1: after)."""
+        self._idle(verb)
+        if not source:
+            raise PropagateError(f"nothing to {verb}")
+        edit = source.pop()
+        for index, states in sorted(edit.frames.items()):
+            self._apply(index, states[side])
         if edit.objects is not None:
-            self._set_objects(edit.objects[1])
-        self.history.append(edit)
+            self._set_objects(edit.objects[side])
+        target.append(edit)
         self.autosave()
-        return f"redone: {edit.what}"
+        return f"{done}: {edit.what}"
 
     def _set_objects(self, objects: Objects) -> None:
         self.objects = dict(objects)
