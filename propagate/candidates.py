@@ -9,41 +9,35 @@ again by :func:`propagate.propagation._topk_weights` -- for both ``topk_rule``\\
 union's k-th value is kept.
 
 :class:`CachedPropagator` is a :class:`propagate.propagation.LabelPropagator` told which frame each step is: it
-computes the candidates of the (frame, context frame) pairs the store does not hold yet, one pair at a time, and
-merges. Every pair is computed alone, by the same operations on the same shapes whatever the rest of the context,
-so a pair's kept scores are the same bits in every pass: a pass that reuses them gives exactly the soft labels of a
-pass from scratch. (Against :class:`~propagate.propagation.LabelPropagator`, which scores the whole context in one
-matmul, results agree to float rounding.)
+scores the (frame, context frame) pairs the store does not hold yet and merges. Every pair is scored alone, by the
+same operations on the same shapes whatever the rest of the context (:func:`score_pairs`: its own matmul per query
+tile, in the affinity's dtype, and each query's k-th score found from that pair's scores only), so a pair's kept
+scores are the same bits in every pass: a pass that reuses them gives exactly the soft labels of a pass from
+scratch. (Against :class:`~propagate.propagation.LabelPropagator`, which scores the whole context in one matmul,
+results agree to float rounding.)
 
 The store keeps pairs in memory up to a budget, then spills whole query frames to a scratch folder it creates and
 removes (:meth:`CandidateStore.close`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from propagate.config import PropagationConfig
-from propagate.propagation import (
-    BF16_UNIT,
-    ContextQueue,
-    LabelPropagator,
-    _bf16_residual,
-    _screen_threshold,
-    _topk_weights,
-    _window_bias,
-)
+from propagate.propagation import ContextQueue, LabelPropagator, _topk_weights, _window_bias
 
 PAIR_TILE = (6, 8)  # query tile (rows, cols) of the pair scoring: small, so little of each matmul is wasted
-# outside the windows; pairs are scored in batches, so more tiles cost little (measured for radius 10, 36x64 grid)
-PAIR_CANDIDATES = 32  # first cut per query and context frame (at least 2 * topk); widened where a query needs more
+# outside the windows (measured for radius 10, 36x64 grid)
 MEMORY_BYTES = 1 * 2**30  # kept candidates held in memory before whole query frames spill to the scratch folder
+KEYS_BYTES = 256 * 2**20  # normalised keys of recently used frames kept (beyond it: normalised again when needed)
 
 Pair = tuple[int, bool]  # (context frame, windowed)
 Kept = tuple[torch.Tensor, torch.Tensor]  # scores [hw, W] float32 (-inf padding), key ids [hw, W] int32 (y * w + x)
@@ -55,11 +49,16 @@ class CandidateStore:
     :meth:`close`).
 
     ``computed`` and ``reused`` count the pairs (one frame's affinity to one context frame) scored and taken from
-    the store since the last :meth:`reset_counts`.
+    the store since the last :meth:`reset_counts`. It also keeps the l2-normalised keys of the frames used last
+    (:meth:`keys`, up to ``keys_bytes``), so a later pass does not normalise them again.
     """
 
-    def __init__(self, memory_bytes: int = MEMORY_BYTES, scratch_parent: str | Path | None = None):
+    def __init__(self, memory_bytes: int = MEMORY_BYTES, scratch_parent: str | Path | None = None,
+                 keys_bytes: int = KEYS_BYTES):
         self.memory_bytes = memory_bytes
+        self.keys_bytes = keys_bytes
+        self._keys: OrderedDict[int, torch.Tensor] = OrderedDict()  # frame -> keys [h, w, C], least recent first
+        self._keys_used = 0
         self.scratch_parent = scratch_parent
         self.scratch: Path | None = None
         self._ram: OrderedDict[int, dict[Pair, Kept]] = OrderedDict()  # query frame -> pairs, least recent first
@@ -70,6 +69,20 @@ class CandidateStore:
 
     def reset_counts(self) -> None:
         self.computed = self.reused = 0
+
+    def keys(self, frame: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Frame ``frame``'s normalised keys ``[h, w, C]``: those kept from an earlier call, else ``make()`` (kept
+        in turn; the least recently used go beyond ``keys_bytes``). Callers do not modify them."""
+        if frame in self._keys:
+            self._keys.move_to_end(frame)
+            return self._keys[frame]
+        keys = make()
+        self._keys[frame] = keys
+        self._keys_used += keys.numel() * keys.element_size()
+        while self._keys_used > self.keys_bytes and len(self._keys) > 1:
+            _, old = self._keys.popitem(last=False)
+            self._keys_used -= old.numel() * old.element_size()
+        return keys
 
     @staticmethod
     def _size(pairs: dict[Pair, Kept]) -> int:
@@ -117,6 +130,8 @@ class CandidateStore:
 
     def close(self) -> None:
         """Forget every pair and remove the scratch folder (the one this store created)."""
+        self._keys.clear()
+        self._keys_used = 0
         self._ram.clear()
         self._spilled.clear()
         self.used = 0
@@ -147,12 +162,13 @@ class CachedPropagator(LabelPropagator):
     """A :class:`LabelPropagator` that keeps each (frame, context frame) pair's candidates in ``store`` and reuses
     them (see the module docstring). Every call names its frame (``frame=``): the index the store files it under.
 
-    The bf16 screen, where it is used, is used on every frame (no pause when features are too alike for it:
-    a pair's candidates must not depend on the frames before it).
+    There is no bf16 screen here: scores are computed in the affinity's dtype (``propagation.affinity_dtype``) and
+    used as they are.
     """
 
     def __init__(self, cfg: PropagationConfig, store: CandidateStore, device: str | torch.device | None = None):
         super().__init__(cfg, device)
+        self.screen = False  # scores in the affinity's dtype, each pair alone (see score_pairs)
         self.store = store
         self.queue: _FrameQueue | None = None
         self._fresh: set[tuple[int, int, bool]] = set()  # pairs scored ahead of their frame, not yet used
@@ -164,22 +180,35 @@ class CachedPropagator(LabelPropagator):
         c, h, w = feats.shape
         self.queue = _FrameQueue(self.cfg.n_last_frames, (h, w, c), labels.shape[0], self.device, self.screen,
                                  self.key_dtype)
-        keys, labels_hwk = self._hwc(feats.to(self.device)), labels.to(self.device, torch.float32).permute(1, 2, 0)
+        keys, labels_hwk = self._keys_of(frame, feats), labels.to(self.device, torch.float32).permute(1, 2, 0)
         self.queue._current = frame
         self.queue.set_first(keys, labels_hwk)
         if self.cfg.queue_init == "copies":
             for _ in range(self.cfg.n_last_frames):
                 self.queue.push(keys, labels_hwk)
 
+    def _keys_of(self, frame: int, feats: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Frame ``frame``'s keys ``[h, w, C]`` from its features ``[C, h, w]`` (or a function giving them), kept by
+        the store (:meth:`CandidateStore.keys`; ``frame`` < 0: not kept)."""
+        def make() -> torch.Tensor:
+            return self._hwc((feats() if callable(feats) else feats).to(self.device))
+        return make() if frame < 0 else self.store.keys(frame, make)
+
     def add_keyframe(self, feats: torch.Tensor, labels: torch.Tensor, frame: int = -1) -> None:  # type: ignore[override]
-        if self.queue is not None:
-            self.queue._current = frame
-        super().add_keyframe(feats, labels)
+        queue = self.queue
+        if queue is None:
+            raise RuntimeError("call start() with the first keyframe before add_keyframe()")
+        if labels.shape[0] != queue.labels.shape[-1] or feats.shape[1:] != labels.shape[1:]:
+            raise ValueError(f"keyframe labels {tuple(labels.shape)} do not match the context's "
+                             f"{queue.labels.shape[-1]} labels on the grid of features {tuple(feats.shape)}")
+        queue._current = frame
+        queue.add_fixed(self._keys_of(frame, feats), labels.to(self.device, torch.float32).permute(1, 2, 0))
 
     def replay(self, feats: torch.Tensor, labels: torch.Tensor, frame: int = -1) -> None:  # type: ignore[override]
-        if self.queue is not None:
-            self.queue._current = frame
-        super().replay(feats, labels)
+        if self.queue is None:
+            raise RuntimeError("call start() with frame 0 before replay()")
+        self.queue._current = frame
+        self.queue.push(self._keys_of(frame, feats), labels.to(self.device, torch.float32).permute(1, 2, 0))
 
     def step(self, feats: torch.Tensor, push: bool = True, frame: int = -1,  # type: ignore[override]
              ahead: Sequence[int] = (), features: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
@@ -193,7 +222,7 @@ class CachedPropagator(LabelPropagator):
             raise RuntimeError("call start() with the first keyframe before step()")
         if frame < 0:
             raise ValueError("CachedPropagator.step needs the frame's index (frame=)")
-        query = self._hwc(feats.to(self.device))
+        query = self._keys_of(frame, feats)
         queue = self.queue
         if query.shape != queue.keys.shape[1:]:
             raise ValueError(f"features {tuple(feats.shape)} do not match the first keyframe's grid "
@@ -242,22 +271,15 @@ class CachedPropagator(LabelPropagator):
         scores = torch.cat([kept[pair][0].to(self.device) for pair in pairs], 1)  # [hw, sum W]
         flat = torch.cat([kept[pair][1].to(self.device).long().clamp_(min=0) + slot * hw
                           for slot, pair in enumerate(pairs)], 1)
-        weights = _topk_weights(scores, int(self.cfg.topk), self.cfg.temperature, self.cfg.topk_rule, flat)
         labels_flat = queue.labels.view(-1, queue.labels.shape[-1])
-        out = torch.bmm(weights.unsqueeze(1), labels_flat[flat]).squeeze(1)  # [hw, K]
-        return out.view(h, w, -1)
+        return _merge(scores, flat, labels_flat, self.cfg).view(h, w, -1)
 
     def _pairs(self, query: torch.Tensor, slots: list[int], windowed: bool) -> list[Kept]:
         """The kept candidates of ``query [h, w, C]`` in each of ``slots`` of the queue (all windowed, or none)
         (:func:`score_pairs`)."""
         queue = self.queue
         assert queue is not None
-        index = torch.tensor(slots, device=query.device)
-        screen = self.screen and queue.keys_bf16 is not None
-        keys = queue.keys.index_select(0, index)
-        chosen = queue.keys_bf16.index_select(0, index) if screen and queue.keys_bf16 is not None else keys
-        key_err = queue.bf16_error.index_select(0, index) if screen else None
-        return score_pairs(query[None], keys, chosen, key_err, windowed, self.cfg)
+        return score_pairs([query], [queue.keys[slot] for slot in slots], windowed, self.cfg)
 
     def _prefetch(self, frame: int, query: torch.Tensor, ahead: Sequence[int],
                   features: Callable[[int], torch.Tensor]) -> None:
@@ -284,19 +306,15 @@ class CachedPropagator(LabelPropagator):
         def keys_of(t: int) -> torch.Tensor:
             if t not in keys:
                 slot = queue.frames.index(t) if t in queue.frames else -1
-                keys[t] = queue.keys[slot] if slot >= 0 else self._hwc(features(t).to(self.device))
+                keys[t] = queue.keys[slot] if slot >= 0 else self._keys_of(t, lambda: features(t))
             return keys[t]
 
         for windowed, pairs in needed.items():
             for b0 in range(0, len(pairs), PAIR_BATCH):
                 batch = pairs[b0:b0 + PAIR_BATCH]
-                queries = torch.stack([keys_of(t) for t, _ in batch])
-                context = torch.stack([keys_of(s) for _, s in batch])
-                chosen, key_err = context, None
-                if self.screen:
-                    chosen = context.to(torch.bfloat16)
-                    key_err = torch.stack([_bf16_residual(c.float()).max() for c in context])
-                for (t, s), kept in zip(batch, score_pairs(queries, context, chosen, key_err, windowed, self.cfg)):
+                scored = score_pairs([keys_of(t) for t, _ in batch], [keys_of(s) for _, s in batch], windowed,
+                                     self.cfg)
+                for (t, s), kept in zip(batch, scored):
                     self.store.put(t, (s, windowed), kept)
                     self.store.computed += 1
                     self._fresh.add((t, s, windowed))
@@ -305,132 +323,255 @@ class CachedPropagator(LabelPropagator):
 PAIR_BATCH = 16  # pairs scored together when the frames ahead are prefetched
 
 
-def score_pairs(queries: torch.Tensor, keys: torch.Tensor, chosen: torch.Tensor, key_err: torch.Tensor | None,
-                windowed: bool, cfg: PropagationConfig) -> list[Kept]:
-    """The kept candidates of pairs ``j`` = (query frame ``queries[j]``, context frame ``keys[j]``): per query,
-    every key scoring >= that pair's k-th largest -> per pair scores ``[hw, W]`` (-inf padding) and key ids
-    ``[hw, W]`` (``y * w + x``, -1 padding), ids ascending.
+MERGE_SLACK = 4  # scores beyond the k-th a merge looks at (room for the ties alike frames give; more: whole row)
 
-    ``queries [n or 1, h, w, C]`` (one frame: shared by every pair), ``keys [n, h, w, C]`` l2-normalised;
-    ``chosen`` the keys the selection scores use (a bf16 copy when screening, with ``key_err [n]`` the largest
-    norm of a key's bf16 rounding residual per frame; else ``keys`` and None). The pairs are scored together (one
-    matmul per tile), which only selects candidates: every key that can reach a pair's top-k under the selection's
-    rounding is rescored alone (one dot product, :func:`_dots`), and the kept set and its scores come from those.
-    So a pair's result does not depend on which other pairs were scored with it.
+
+def _merge(scores: torch.Tensor, flat: torch.Tensor, labels: torch.Tensor, cfg: PropagationConfig) -> torch.Tensor:
+    """Soft labels ``[hw, K]`` from the kept candidates of every context frame, side by side: ``scores [hw, n]``
+    (-inf padding), their keys' rows ``flat [hw, n]`` in ``labels [slots * hw, K]``.
+
+    Per query, the top-k scores and a softmax over them, by :func:`propagate.propagation._topk_weights`'s rules,
+    weighing and gathering only the ``k +`` :data:`MERGE_SLACK` largest scores: where more keys tie at the k-th
+    (frames alike, as a still background gives), that query takes its whole row."""
+    k = min(int(cfg.topk), scores.shape[1])
+    m = min(k + MERGE_SLACK, scores.shape[1])
+    vals, at = torch.topk(scores, m, dim=1)  # [hw, m], largest first
+    ids = flat.gather(1, at)
+    weights = _topk_weights(vals, k, cfg.temperature, cfg.topk_rule, ids, ordered=True)
+    out = torch.bmm(weights.unsqueeze(1), labels[ids]).squeeze(1)  # [hw, K]
+    if m < scores.shape[1]:
+        rest = (torch.isfinite(vals[:, -1]) & (vals[:, -1] >= vals[:, k - 1])).nonzero(as_tuple=True)[0]
+        if len(rest):  # keys tied at the k-th value may lie beyond the m looked at
+            row_scores, row_flat = scores[rest], flat[rest]
+            row_weights = _topk_weights(row_scores, k, cfg.temperature, cfg.topk_rule, row_flat)
+            out[rest] = torch.bmm(row_weights.unsqueeze(1), labels[row_flat]).squeeze(1)
+    return out
+
+
+def score_pairs(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tensor], windowed: bool,
+                cfg: PropagationConfig) -> list[Kept]:
+    """The kept candidates of pairs ``j`` = (query frame ``queries[j]``, context frame ``keys[j]``): per query,
+    every key scoring >= that pair's k-th largest score -> per pair scores ``[hw, W]`` float32 (-inf padding) and
+    key ids ``[hw, W]`` int32 (``y * w + x``, -1 padding), ids ascending.
+
+    ``queries``: ``n`` frames ``[h, w, C]``, or one shared by every pair; ``keys``: ``n`` frames ``[h, w, C]``, all
+    l2-normalised, in the affinity's dtype (the scores are computed and compared in it). Each pair's scores come
+    from its own matmuls (one per query tile, on copies made for it: the same call on the same shapes in every
+    pass), and each query's k-th score from them alone (:func:`_kept_in_rows`, row by row), so a pair's result does
+    not depend on which other pairs were scored with it. Tiles whose regions have the same shape are laid out
+    together, so that the selection runs as a few large operations.
     """
-    n, h, w, c = keys.shape
-    n_q = queries.shape[0]
+    n = len(keys)
+    h, w, c = keys[0].shape
     hw, k = h * w, int(cfg.topk)
     radius = int(cfg.radius) if windowed else max(h, w)
-    screen = key_err is not None
-    device = keys.device
-    keys_flat = keys.reshape(n * hw, c)
-    query_err = _bf16_residual(queries.float()) if screen else None  # [n_q, h, w]
-    unit = {torch.float16: 2.0**-11, torch.bfloat16: BF16_UNIT}.get(keys.dtype, 0.0)
-    dots_err = c * 2.0**-24 * 1.01 + unit  # bound on |a selection score or a rescored one - the exact dot|
-    rows_t, cols_t = PAIR_TILE
-    tiles: list[tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor]] = []
-    widths = torch.ones(n, dtype=torch.long, device=device)  # per pair, the most keys a query keeps
-    for tx0 in range(0, w, cols_t):
-        tx1 = min(w, tx0 + cols_t)
-        rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
-        sw = rx1 - rx0
-        stripe = chosen[:, :, rx0:rx1].contiguous()  # [n, h, sw, C]
-        for ty0 in range(0, h, rows_t):
-            ty1 = min(h, ty0 + rows_t)
-            ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
-            ry = ry1 - ry0
-            q = queries[:, ty0:ty1, tx0:tx1].reshape(n_q, -1, c)  # [n_q, nq, C]
-            nq = q.shape[1]
-            region = stripe[:, ry0:ry1].reshape(n, ry * sw, c)  # a view: rows of each frame are contiguous
-            scores = torch.matmul(q.to(torch.bfloat16) if screen else q, region.transpose(1, 2))  # [n, nq, L]
-            if windowed:
-                geometry = (ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry, sw)
-                bias = _window_bias(geometry, cfg.window, radius, scores.dtype, device)
-                scores.view(n, nq, ry, sw).add_(bias[None])
-            per_pair = scores.view(n * nq, ry * sw)  # row j * nq + q: query q of pair j
-            m = min(max(PAIR_CANDIDATES, 2 * k), per_pair.shape[1])
-            vals, cols = torch.topk(per_pair, m, dim=1)
-            kth = vals[:, min(k, m) - 1].float()
-            if screen:
-                assert query_err is not None and key_err is not None
-                key_e = key_err.repeat_interleave(nq)
-                q_e = query_err[:, ty0:ty1, tx0:tx1].reshape(n_q, -1)
-                q_e = q_e.expand(n, -1).reshape(-1) if n_q == 1 else q_e.reshape(-1)
-                acc = c * 2.0**-23 + (BF16_UNIT if device.type == "cuda" else 0.0)
-                thr = _screen_threshold(kth, key_e + q_e * (1 + key_e) + acc + 2 * dots_err)
-            else:
-                thr = kth - 4 * dots_err - 1e-7
-            last = vals[:, m - 1].float()
-            if m < per_pair.shape[1]:
-                bad = ((last >= thr) & torch.isfinite(last)).nonzero(as_tuple=True)[0]
-                if len(bad):  # the first cut may miss keys that can reach the top-k: widen those rows
-                    need = int((per_pair[bad].float() >= thr[bad, None]).sum(1).max())
-                    v2, c2 = torch.topk(per_pair[bad], need, dim=1)
-                    vals, cols = _widen(vals, cols, bad, v2, c2)
-            cand_rows, cand_cols = ((vals.float() >= thr[:, None]) & torch.isfinite(vals)).nonzero(as_tuple=True)
-            col = cols[cand_rows, cand_cols]
-            local = (ry0 + col // sw) * w + rx0 + col % sw
-            pair_of = torch.div(cand_rows, nq, rounding_mode="floor")
-            q_rows = q.reshape(n_q * nq, c).index_select(0, cand_rows % nq if n_q == 1 else cand_rows)
-            exact = torch.full(vals.shape, -math.inf, dtype=torch.float32, device=device)
-            exact[cand_rows, cand_cols] = _dots(keys_flat.index_select(0, pair_of * hw + local), q_rows)
-            ids = torch.full(vals.shape, hw, dtype=torch.long, device=device)
-            ids[cand_rows, cand_cols] = local
-            s_kept, i_kept, count = _cut_by_id(exact, ids, k, hw)
-            widths = torch.maximum(widths, count.view(n, nq).max(1).values)
-            tiles.append(((ty0, ty1, tx0, tx1), s_kept.view(n, nq, -1), i_kept.view(n, nq, -1)))
-    results = []
-    for j, width in enumerate(widths.tolist()):
-        scores_out = torch.full((h, w, width), -math.inf, dtype=torch.float32, device=device)
-        ids_out = torch.full((h, w, width), -1, dtype=torch.int32, device=device)
-        for (ty0, ty1, tx0, tx1), s_t, i_t in tiles:
-            part = min(width, s_t.shape[2])
-            scores_out[ty0:ty1, tx0:tx1, :part] = s_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
-            ids_out[ty0:ty1, tx0:tx1, :part] = i_t[j, :, :part].reshape(ty1 - ty0, tx1 - tx0, part)
-        results.append((scores_out.view(hw, width).cpu(), ids_out.view(hw, width).cpu()))
+    device, dtype = keys[0].device, keys[0].dtype
+    layout = _layout(h, w, radius, PAIR_TILE, PAIR_BLOCK)
+    chunk = max(1, PAIR_SCORE_BYTES // (hw * max(g.length for g in layout.groups) * 4))
+    buffers = []  # per group of tiles: [pairs, tiles, nq, ry * sw_blocks], -inf where no key
+    for g in layout.groups:
+        buffer = torch.empty((min(n, chunk), len(g.tiles), g.nq, g.length), dtype=dtype, device=device)
+        if g.sw_blocks > g.sw:
+            buffer.view(*buffer.shape[:3], -1, g.sw_blocks)[..., g.sw:].fill_(-math.inf)
+        buffers.append(buffer)
+    place = {ti: (gi, at) for gi, g in enumerate(layout.groups) for at, ti in enumerate(g.tiles)}
+    results: list[Kept] = []
+    for j0 in range(0, n, chunk):
+        part = range(j0, min(n, j0 + chunk))
+        stripes: dict[int, torch.Tensor] = {}
+        stripe_at = (-1, -1)
+        # pairs that share a query frame (or a context frame) share its copies
+        query_of = [_first_same(queries, 0 if len(queries) == 1 else j) for j in part]
+        key_of = [_first_same(keys, j) for j in part]
+        for ti, (ty0, ty1, tx0, tx1, ry0, ry1, rx0, rx1) in enumerate(layout.tiles):
+            if (rx0, rx1) != stripe_at:  # tiles come column by column: one stripe of keys at a time
+                stripes = {f: _fresh(keys[f][:, rx0:rx1]) for f in dict.fromkeys(key_of)}  # [h, sw, C] each
+                stripe_at = (rx0, rx1)
+            ry, sw, nq = ry1 - ry0, rx1 - rx0, (ty1 - ty0) * (tx1 - tx0)
+            tile = {f: _fresh(queries[f][ty0:ty1, tx0:tx1]).view(nq, c) for f in dict.fromkeys(query_of)}
+            bias = (_window_bias((ty1 - ty0, tx1 - tx0, ty0 - ry0, tx0 - rx0, ry, sw), cfg.window, radius, dtype,
+                                 device) if windowed else None)  # [nq, ry, sw]
+            gi, at = place[ti]
+            dest = buffers[gi][:, at].view(-1, nq, ry, layout.groups[gi].sw_blocks)[..., :sw]
+            for i in range(len(part)):
+                region = stripes[key_of[i]][ry0:ry1].view(ry * sw, c)
+                dots = torch.mm(tile[query_of[i]], region.t()).view(nq, ry, sw)
+                if bias is None:
+                    dest[i].copy_(dots)
+                else:
+                    torch.add(dots, bias, out=dest[i])
+        kept = []  # per group: scores [pairs, rows, W], ids [pairs, rows, W], count [pairs]
+        for g, buffer in zip(layout.groups, buffers):
+            vals, cols, keep = _kept_in_rows(buffer[:len(part)].view(-1, g.length), k)
+            row_y0, row_x0 = g.ry0.to(device).repeat(len(part)), g.rx0.to(device).repeat(len(part))
+            ids = (row_y0[:, None] + cols // g.sw_blocks) * w + row_x0[:, None] + cols % g.sw_blocks
+            s_kept, i_kept, count = _compact(vals, ids, keep, hw)
+            kept.append((s_kept.view(len(part), -1, s_kept.shape[1]), i_kept.view(len(part), -1, i_kept.shape[1]),
+                         count.view(len(part), -1).max(1).values))
+        widths = torch.stack([most for _, _, most in kept]).max(0).values.clamp(min=1).tolist()
+        for i, width in enumerate(widths):
+            scores_out = torch.full((hw, width), -math.inf, dtype=torch.float32, device=device)
+            ids_out = torch.full((hw, width), -1, dtype=torch.int32, device=device)
+            for g, (s_kept, i_kept, _) in zip(layout.groups, kept):
+                cut = min(width, s_kept.shape[2])
+                qpos = g.qpos.to(device)
+                scores_out[qpos, :cut] = s_kept[i, :, :cut]
+                ids_out[qpos, :cut] = i_kept[i, :, :cut]
+            results.append((scores_out.cpu(), ids_out.cpu()))
     return results
 
 
-DOT_CHUNK = 256  # channels per batched dot product: small enough for torch's plain loop kernel (under 400 products)
+PAIR_SCORE_BYTES = 64 * 2**20  # scores of the pairs scored together (more pairs: in several rounds)
 
 
-def _dots(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """``[n]`` float32 dot products of ``keys [n, C]`` and ``queries [n, C]``, each computed alone: chunks of
-    :data:`DOT_CHUNK` channels, each one sequential sum (torch's loop kernel for small batched matmuls, not a BLAS
-    that may split or reorder by batch size), the chunks added in order -- the same bits whatever else is computed
-    with it."""
-    total = None
-    for c0 in range(0, keys.shape[1], DOT_CHUNK):
-        part = torch.bmm(keys[:, None, c0:c0 + DOT_CHUNK], queries[:, c0:c0 + DOT_CHUNK, None]).view(-1).float()
-        total = part if total is None else total + part
-    assert total is not None
-    return total
+class _Group(NamedTuple):
+    """Query tiles whose regions have the same shape (:func:`_layout`)."""
+
+    tiles: list[int]  # indices into the layout's tiles
+    nq: int  # queries per tile
+    sw: int  # region width, and padded to whole blocks (a block never spans two region rows)
+    sw_blocks: int
+    length: int  # scores per query: region rows * sw_blocks
+    qpos: torch.Tensor  # [tiles * nq] int64: row -> query cell y * w + x
+    ry0: torch.Tensor  # [tiles * nq] int64: row -> its region's first row, first column
+    rx0: torch.Tensor
 
 
-def _widen(vals: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor, v2: torch.Tensor,
-           c2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``rows`` of the first cut ``(vals, cols) [R, m]`` replaced by wider ones ``[len(rows), need]``."""
-    width = max(vals.shape[1], v2.shape[1])
+class _Layout(NamedTuple):
+    """Where a grid's query tiles and their key regions lie (:func:`_layout`)."""
 
-    def pad(a: torch.Tensor, value: float) -> torch.Tensor:
-        return torch.cat([a, a.new_full((a.shape[0], width - a.shape[1]), value)], 1) if a.shape[1] < width else a
-
-    vals, cols = pad(vals, -math.inf).clone(), pad(cols, 0).clone()
-    vals[rows], cols[rows] = pad(v2, -math.inf), pad(c2, 0)
-    return vals, cols
+    tiles: list[tuple[int, int, int, int, int, int, int, int]]  # ty0 ty1 tx0 tx1 ry0 ry1 rx0 rx1, column by column
+    groups: list[_Group]
 
 
-def _cut_by_id(exact: torch.Tensor, ids: torch.Tensor, k: int,
-               sentinel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row keep the scores >= the k-th largest finite one (every finite one if fewer than k), ordered by key id
-    -> scores ``[R, W]`` (-inf padding), ids ``[R, W]`` (-1 padding) and the count kept ``[R]``."""
-    kth = torch.topk(exact, min(k, exact.shape[1]), dim=1).values[:, -1:]
-    keep = (exact >= kth) & torch.isfinite(exact)
+@functools.lru_cache(maxsize=16)
+def _layout(h: int, w: int, radius: int, tile: tuple[int, int], block: int) -> _Layout:
+    """The query tiles of an ``h x w`` grid (column by column), the region of keys each one's windows cover, and
+    the tiles grouped by the shape of their scores."""
+    rows_t, cols_t = tile
+    tiles = []
+    for tx0 in range(0, w, cols_t):
+        tx1 = min(w, tx0 + cols_t)
+        rx0, rx1 = max(0, tx0 - radius), min(w, tx1 + radius)
+        for ty0 in range(0, h, rows_t):
+            ty1 = min(h, ty0 + rows_t)
+            ry0, ry1 = max(0, ty0 - radius), min(h, ty1 + radius)
+            tiles.append((ty0, ty1, tx0, tx1, ry0, ry1, rx0, rx1))
+    shapes: dict[tuple[int, int, int], list[int]] = {}
+    for ti, (ty0, ty1, tx0, tx1, ry0, ry1, rx0, rx1) in enumerate(tiles):
+        shapes.setdefault(((ty1 - ty0) * (tx1 - tx0), ry1 - ry0, rx1 - rx0), []).append(ti)
+    groups = []
+    for (nq, ry, sw), members in shapes.items():
+        sw_blocks = -(-sw // block) * block
+        qpos = []
+        for ti in members:
+            ty0, ty1, tx0, tx1 = tiles[ti][:4]
+            ys, xs = torch.meshgrid(torch.arange(ty0, ty1), torch.arange(tx0, tx1), indexing="ij")
+            qpos.append((ys * w + xs).reshape(-1))
+        ry0 = torch.tensor([tiles[ti][4] for ti in members]).repeat_interleave(nq)
+        rx0 = torch.tensor([tiles[ti][6] for ti in members]).repeat_interleave(nq)
+        groups.append(_Group(members, nq, sw, sw_blocks, ry * sw_blocks, torch.cat(qpos), ry0, rx0))
+    return _Layout(tiles, groups)
+
+
+PAIR_BLOCK = 4  # keys per block of a region row: the k largest block maxima bound where each query's top-k lie
+PAIR_SLACK = 2  # keys beyond k taken from those blocks (more ties at the k-th score: that row is cut again, whole)
+
+
+def _first_same(frames: Sequence[torch.Tensor], j: int) -> int:
+    """The first index of ``frames`` holding the very tensor ``frames[j]``."""
+    return next(i for i in range(j + 1) if frames[i] is frames[j])
+
+
+def _fresh(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``x`` in its own allocation (so a matmul on it sees the same alignment every pass)."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
+def _kept_in_rows(scores: torch.Tensor, k: int,
+                  valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``scores [R, L]`` (-inf: no key; ``L`` a multiple of :data:`PAIR_BLOCK`), the scores >= its k-th
+    largest finite one (every finite one if fewer than k): ``(values [R, m], columns [R, m], kept [R, m] bool)``.
+    Rows not ``valid [R]`` (padding) keep nothing.
+
+    Exact, and cheaper than a top-k over the whole row (:func:`_block_bound`): the k-th largest block maximum is a
+    lower bound of the row's k-th score (k keys reach it), so every key that reaches the k-th score lies in the k
+    blocks with the largest maxima, unless another block's maximum ties the k-th. Rows where one does, or where keys
+    tied at the k-th value run past the :data:`PAIR_SLACK` looked at, take a top-k over the whole row.
+    """
+    rows, length = scores.shape
+    blocks = scores.view(rows, length // PAIR_BLOCK, PAIR_BLOCK).amax(2)  # [R, nb]
+    vals, cols, kth, redo = _block_bound(scores, blocks, k)
+    if valid is not None:
+        redo = redo & valid
+    again = redo.nonzero(as_tuple=True)[0]
+    if len(again):
+        vals, cols, kth = _put_rows((vals, cols, kth), again, _whole_row(scores[again], k))
+    keep = (vals >= kth[:, None]) & torch.isfinite(vals)
+    if valid is not None:
+        keep &= valid[:, None]
+    return vals, cols, keep
+
+
+def _block_bound(scores: torch.Tensor, blocks: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-k of each row of ``scores [R, L]`` looked for in the k blocks (``blocks [R, L / PAIR_BLOCK]``, their
+    maxima) with the largest maxima: ``(values [R, m], columns [R, m], k-th [R], redo [R] bool)``, ``redo`` where
+    that cannot be vouched for (see :func:`_kept_in_rows`)."""
+    rows = scores.shape[0]
+    if blocks.shape[1] <= k:
+        return (scores[:, :0], torch.zeros((rows, 0), dtype=torch.long, device=scores.device), scores[:, 0],
+                torch.ones(rows, dtype=torch.bool, device=scores.device))
+    block_vals, block_ids = torch.topk(blocks, k + 1, dim=1)
+    bound = block_vals[:, k - 1]
+    cols = (block_ids[:, :k, None] * PAIR_BLOCK + torch.arange(PAIR_BLOCK, device=scores.device)).view(rows, -1)
+    width = cols.shape[1]
+    m = min(k + PAIR_SLACK, width)
+    vals, at = torch.topk(scores.gather(1, cols), m, dim=1)
+    cols = cols.gather(1, at)
+    kth = vals[:, k - 1]
+    redo = block_vals[:, k] >= bound
+    if m < width:
+        redo |= vals[:, m - 1] >= kth
+    return vals, cols, kth, redo
+
+
+def _whole_row(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-k of each row of ``scores [R, L]``, every key tied at the k-th kept: ``(values [R, m], columns
+    [R, m], k-th [R])``."""
+    low = torch.topk(scores, min(k, scores.shape[1]), dim=1).values[:, -1:]
+    need = int(((scores >= low) & torch.isfinite(scores)).sum(1).max())
+    vals, cols = torch.topk(scores, max(need, 1), dim=1)
+    return vals, cols, low[:, 0]
+
+
+def _put_rows(into: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: torch.Tensor,
+              part: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor]:
+    """``into`` = (values [R, m], columns [R, m], k-th [R]) with rows ``rows`` replaced by ``part``'s (widened to
+    the wider of the two, -inf padding)."""
+    vals, cols, kth = into
+    width = max(vals.shape[1], part[0].shape[1])
+    vals, cols = _pad(vals, width, -math.inf).clone(), _pad(cols, width, 0).clone()
+    vals[rows], cols[rows] = _pad(part[0], width, -math.inf), _pad(part[1], width, 0)
+    kth = kth.clone()
+    kth[rows] = part[2]
+    return vals, cols, kth
+
+
+def _pad(a: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    """``a [R, W]`` padded with ``value`` to ``[R, width]``."""
+    return torch.cat([a, a.new_full((a.shape[0], width - a.shape[1]), value)], 1) if a.shape[1] < width else a
+
+
+def _compact(vals: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor,
+             sentinel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept ``vals`` and their key ``ids`` (``[R, m]`` each), ordered by id -> scores ``[R, W]`` float32 (-inf
+    padding), ids ``[R, W]`` int32 (-1 padding) and the count kept ``[R]``."""
     count = keep.sum(1)
     width = max(1, int(count.max()))
     order = torch.where(keep, ids, torch.full_like(ids, sentinel)).argsort(dim=1)[:, :width]
     kept = keep.gather(1, order)
-    s = torch.where(kept, exact.gather(1, order), torch.full((), -math.inf, device=exact.device))
+    s = torch.where(kept, vals.gather(1, order).float(), torch.full((), -math.inf, device=vals.device))
     i = torch.where(kept, ids.gather(1, order), torch.full((), -1, dtype=ids.dtype, device=ids.device))
     return s, i.to(torch.int32), count

@@ -174,7 +174,8 @@ def remove_small_regions(mask: np.ndarray, min_area: int, keep: Sequence[int] = 
 
 def object_ids(mask: np.ndarray) -> list[int]:
     """Object indices present in ``mask`` (excluding background 0 and void 255), sorted."""
-    return [int(v) for v in np.unique(mask) if v not in (0, VOID)]
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)) if mask.dtype == np.uint8 else np.unique(mask)
+    return [int(v) for v in present if v not in (0, VOID)]
 
 
 def without_objects(mask: np.ndarray, objects: Iterable[int]) -> np.ndarray:
@@ -479,13 +480,14 @@ def decode_mask(
     if minmax:
         flat = up.reshape(up.shape[0], -1)
         lo = flat.min(dim=1, keepdim=True).values
-        span = flat.max(dim=1, keepdim=True).values - lo
-        scale = torch.where(span > 0, span, torch.ones_like(span))
         top = flat.max(dim=1, keepdim=True).values
+        span = top - lo
+        scale = torch.where(span > 0, span, torch.ones_like(span))
         # channels whose max is 0 stay as they are (DINO leaves them untouched)
         flat = torch.where(top > 0, (flat - lo) / scale, flat)
         up = flat.reshape(up.shape)
-    winner = first_argmax(up)
+    # finite soft labels upsample and normalise to finite scores: no NaN to look for at full size
+    winner = first_argmax(up, finite=bool(torch.isfinite(soft).all()))
     confidence = _object_confidence(probs, winner)
     index = winner.to(torch.uint8).cpu().numpy()
     if index.shape != tuple(native_hw):
@@ -493,13 +495,14 @@ def decode_mask(
     return index, confidence
 
 
-def first_argmax(scores: torch.Tensor) -> torch.Tensor:
+def first_argmax(scores: torch.Tensor, finite: bool = False) -> torch.Tensor:
     """``scores [K, H, W]`` -> ``[H, W]`` int64 index of the largest channel, the first on ties: ``argmax(dim=0)``
     (which it equals), as K - 1 elementwise passes, far faster than torch's reduction across channels on a CPU.
-    Falls back to ``argmax`` where a score is NaN (argmax takes NaN as the largest)."""
+    Falls back to ``argmax`` where a score is NaN (argmax takes NaN as the largest); ``finite``: the caller knows
+    there is none."""
     import torch
 
-    if scores.shape[0] == 1 or bool(torch.isnan(scores).any()):
+    if scores.shape[0] == 1 or (not finite and bool(torch.isnan(scores).any())):
         return scores.argmax(dim=0)
     best = scores[0].clone()
     index = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)

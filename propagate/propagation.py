@@ -135,15 +135,16 @@ class ContextQueue:
 
 
 def _topk_weights(scores: torch.Tensor, topk: int, temperature: float, rule: str = "ties",
-                  key_ids: torch.Tensor | None = None) -> torch.Tensor:
+                  key_ids: torch.Tensor | None = None, ordered: bool = False) -> torch.Tensor:
     """Per row, keep the top-k finite scores; softmax over the kept ones.
 
     ``scores [nq, n_keys]`` with -inf for keys outside the window -> weights of the same shape summing to 1 per row.
     ``rule``: ``ties`` keeps every score >= the k-th largest; ``exact`` keeps exactly k, breaking ties at the k-th
     value by the lowest ``key_ids [nq, n_keys]`` (flat key indices; the row must hold every key tied there).
+    ``ordered``: each row is sorted, largest first (its k-th value is its k-th column).
     """
     k = min(topk, scores.shape[1])
-    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    kth = scores[:, k - 1:k] if ordered else torch.topk(scores, k, dim=1).values[:, -1:]
     # fewer than k keys in the window: the k-th value is -inf and every key in the window is kept
     if rule == "exact":
         keep = _exactly_k(scores, kth, k, key_ids) & torch.isfinite(scores)

@@ -1,6 +1,8 @@
 """Kept candidates: a pass that reuses them gives exactly a fresh pass's soft labels, and both the dense reference's."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from test_propagation import dense_reference, smooth_frames
@@ -85,19 +87,83 @@ def test_kept_candidates_spill_to_a_scratch_folder_and_come_back_the_same(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("screen", ["on", "off"])
-def test_alike_features_widen_the_first_cut(screen, monkeypatch):
-    monkeypatch.setattr(candidates, "PAIR_CANDIDATES", 1)
+@pytest.mark.parametrize("block, slack", [(2, 0), (2, 1), (4, 4)])
+def test_alike_features_and_ties_take_the_whole_row(block, slack, monkeypatch):
+    # near-equal scores, with rows cut again whole (slack 0: every row) or not: the dense reference's result
+    monkeypatch.setattr(candidates, "PAIR_BLOCK", block)
+    monkeypatch.setattr(candidates, "PAIR_SLACK", slack)
     monkeypatch.setattr(candidates, "PAIR_TILE", (5, 4))
     h, w, c = 9, 11, 16
     g = torch.Generator().manual_seed(11)
     frames = torch.randn(c, 1, 1, generator=g) + 0.2 * smooth_frames(6, c, h, w, seed=4)
     keyframes = {0: torch.rand(3, h, w, generator=g), 3: torch.rand(3, h, w, generator=g)}
-    cfg = PropagationConfig(temperature=0.01, topk=5, n_last_frames=2, radius=3, screen=screen)
+    cfg = PropagationConfig(temperature=0.01, topk=5, n_last_frames=2, radius=3)
     got = sweep(frames, keyframes, cfg, CandidateStore())
     for a, b in zip(got, dense_reference(frames, keyframes[0], cfg, {3: keyframes[3]})):
         assert torch.equal(a.argmax(0), b.argmax(0))
         assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("block, slack", [(2, 0), (2, 1), (4, 4), (8, 2)])
+def test_kept_in_rows_keeps_every_score_tied_at_the_kth(block, slack, monkeypatch):
+    # small integer scores: many exact ties, at the k-th value and among block maxima; -inf: keys outside a window
+    monkeypatch.setattr(candidates, "PAIR_BLOCK", block)
+    monkeypatch.setattr(candidates, "PAIR_SLACK", slack)
+    g = torch.Generator().manual_seed(block * 10 + slack)
+    scores = torch.randint(0, 6, (200, 48), generator=g).float()
+    scores[torch.rand(200, 48, generator=g) < 0.3] = -math.inf
+    scores[:5, 7:] = -math.inf  # fewer than k keys: every finite one is kept
+    k = 5
+    vals, cols, keep = candidates._kept_in_rows(scores, k)
+    for row in range(200):
+        finite = scores[row][torch.isfinite(scores[row])]
+        kth = finite.sort(descending=True).values[k - 1] if len(finite) >= k else -math.inf
+        expected = {c for c in range(48) if math.isfinite(scores[row, c]) and scores[row, c] >= kth}
+        got = cols[row][keep[row]].tolist()
+        assert len(got) == len(set(got)) and set(got) == expected
+        assert torch.equal(vals[row][keep[row]], scores[row, cols[row][keep[row]]])
+
+
+@pytest.mark.parametrize("windowed", [True, False])
+def test_a_pair_scores_the_same_alone_or_with_others_and_keeps_its_window_top_k(windowed, monkeypatch):
+    # the store's exactness rests on this: a pair's kept candidates are the same bits whatever it is scored with
+    monkeypatch.setattr(candidates, "PAIR_TILE", (4, 5))
+    h, w, c, k, radius = 11, 13, 16, 5, 3
+    frames = [f.permute(1, 2, 0).contiguous() for f in smooth_frames(6, c, h, w, seed=12)]
+    frames = [torch.nn.functional.normalize(f, dim=-1) for f in frames]
+    cfg = PropagationConfig(temperature=0.1, topk=k, n_last_frames=2, radius=radius, window="square")
+    alone = candidates.score_pairs([frames[5]], [frames[2]], windowed, cfg)[0]
+    crowd = candidates.score_pairs([frames[5], frames[5], frames[1], frames[5]], [frames[0], frames[2], frames[2],
+                                                                              frames[2]], windowed, cfg)
+    for kept in (crowd[1], crowd[3]):
+        assert torch.equal(kept[0], alone[0]) and torch.equal(kept[1], alone[1])
+    # known answer: per query, the keys of its window scoring >= its k-th, by a dense product (well-separated
+    # random features: no near ties for rounding to move)
+    dense = frames[5].view(-1, c) @ frames[2].view(-1, c).T  # [hw, hw]
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    inside = ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
+    dense = torch.where(inside | (not windowed), dense, -math.inf)
+    kth = dense.topk(k, dim=1).values[:, -1:]
+    for q in range(h * w):
+        expected = (dense[q] >= kth[q]).nonzero().view(-1).tolist()
+        ids = alone[1][q][alone[1][q] >= 0].tolist()
+        assert ids == expected  # ascending
+        assert torch.allclose(alone[0][q][:len(ids)], dense[q, ids], atol=1e-6)
+
+
+def test_merge_weighs_the_top_k_of_the_union_as_the_dense_rule_does():
+    g = torch.Generator().manual_seed(3)
+    hw, n, slots, labels_k = 50, 30, 3, 4
+    scores = torch.randint(0, 8, (hw, n), generator=g).float() / 8  # many ties, at the k-th value too
+    scores[torch.rand(hw, n, generator=g) < 0.2] = -math.inf
+    flat = torch.stack([torch.randperm(slots * hw, generator=g)[:n] for _ in range(hw)])
+    labels = torch.rand(slots * hw, labels_k, generator=g)
+    for rule in ("ties", "exact"):
+        cfg = PropagationConfig(temperature=0.2, topk=6, topk_rule=rule)
+        weights = propagation._topk_weights(scores, 6, 0.2, rule, flat)
+        expected = torch.bmm(weights.unsqueeze(1), labels[flat]).squeeze(1)
+        assert torch.allclose(candidates._merge(scores, flat, labels, cfg), expected, atol=1e-6)
 
 
 def test_reduced_precision_affinity_is_close_to_fp32_and_reused_exactly(monkeypatch):
