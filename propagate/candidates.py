@@ -272,7 +272,7 @@ class CachedPropagator(LabelPropagator):
         flat = torch.cat([kept[pair][1].to(self.device).long().clamp_(min=0) + slot * hw
                           for slot, pair in enumerate(pairs)], 1)
         labels_flat = queue.labels.view(-1, queue.labels.shape[-1])
-        return _merge(scores, flat, labels_flat, self.cfg).view(h, w, -1)
+        return _merge(scores, flat, labels_flat, self.cfg, len(pairs)).view(h, w, -1)
 
     def _pairs(self, query: torch.Tensor, slots: list[int], windowed: bool) -> list[Kept]:
         """The kept candidates of ``query [h, w, C]`` in each of ``slots`` of the queue (all windowed, or none)
@@ -285,8 +285,9 @@ class CachedPropagator(LabelPropagator):
                   features: Callable[[int], torch.Tensor]) -> None:
         """Score, in batches, the pairs this frame and the frames ``ahead`` (the next ones to be propagated, in
         order, before any keyframe) will need and the store lacks: the same candidates each step would compute
-        alone, with fewer and larger matmuls. The context ahead is known without labels: the permanent frames
-        stay, and each propagated frame joins the recent ones."""
+        alone (:func:`score_pairs` scores every pair alone), with their top-k selected together and the copies of
+        frames they share made once. The context ahead is known without labels: the permanent frames stay, and
+        each propagated frame joins the recent ones."""
         queue = self.queue
         assert queue is not None
         fixed = queue.frames[:queue.fixed]
@@ -323,18 +324,20 @@ class CachedPropagator(LabelPropagator):
 PAIR_BATCH = 16  # pairs scored together when the frames ahead are prefetched
 
 
-MERGE_SLACK = 4  # scores beyond the k-th a merge looks at (room for the ties alike frames give; more: whole row)
+MERGE_SLACK = 8  # scores beyond the k-th a merge looks at, at least one per context frame (room for the ties
+# alike frames give: a still background scores the same in each of them); more ties there: that row, whole
 
 
-def _merge(scores: torch.Tensor, flat: torch.Tensor, labels: torch.Tensor, cfg: PropagationConfig) -> torch.Tensor:
+def _merge(scores: torch.Tensor, flat: torch.Tensor, labels: torch.Tensor, cfg: PropagationConfig,
+           slots: int = 1) -> torch.Tensor:
     """Soft labels ``[hw, K]`` from the kept candidates of every context frame, side by side: ``scores [hw, n]``
-    (-inf padding), their keys' rows ``flat [hw, n]`` in ``labels [slots * hw, K]``.
+    (-inf padding) of ``slots`` context frames, their keys' rows ``flat [hw, n]`` in ``labels [slots * hw, K]``.
 
     Per query, the top-k scores and a softmax over them, by :func:`propagate.propagation._topk_weights`'s rules,
-    weighing and gathering only the ``k +`` :data:`MERGE_SLACK` largest scores: where more keys tie at the k-th
-    (frames alike, as a still background gives), that query takes its whole row."""
+    weighing and gathering only the ``k + max(`` :data:`MERGE_SLACK` ``, slots)`` largest scores: where more keys
+    tie at the k-th, that query takes its whole row."""
     k = min(int(cfg.topk), scores.shape[1])
-    m = min(k + MERGE_SLACK, scores.shape[1])
+    m = min(k + max(MERGE_SLACK, slots), scores.shape[1])
     vals, at = torch.topk(scores, m, dim=1)  # [hw, m], largest first
     ids = flat.gather(1, at)
     weights = _topk_weights(vals, k, cfg.temperature, cfg.topk_rule, ids, ordered=True)

@@ -164,17 +164,25 @@ def remove_small_regions(mask: np.ndarray, min_area: int, keep: Sequence[int] = 
     for obj in object_ids(mask):
         if obj in keep:
             continue
-        count, regions, stats, _ = cv2.connectedComponentsWithStats((mask == obj).astype(np.uint8), connectivity=8)
+        inside = mask == obj
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # its regions lie in its bounding box
+        count, regions, stats, _ = cv2.connectedComponentsWithStats(inside[box].astype(np.uint8), connectivity=8)
         small = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] < min_area]
         if small:
             out = out.copy() if out is mask else out
-            out[np.isin(regions, small)] = 0
+            out[box][np.isin(regions, small)] = 0
     return out
 
 
 def object_ids(mask: np.ndarray) -> list[int]:
     """Object indices present in ``mask`` (excluding background 0 and void 255), sorted."""
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)) if mask.dtype == np.uint8 else np.unique(mask)
+    if mask.dtype == np.uint8 and mask.ndim == 2 and mask.size:
+        import cv2
+
+        present = np.flatnonzero(cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256])[:, 0])
+    else:
+        present = np.unique(mask)
     return [int(v) for v in present if v not in (0, VOID)]
 
 

@@ -606,3 +606,34 @@ def test_a_cancelled_propagation_then_a_full_one_equals_a_clean_run(tmp_path):
     final = [{r.index: r.mask for r in ws.propagate()} for ws in spaces]
     assert final[0].keys() == final[1].keys() == set(range(6))
     assert all(np.array_equal(final[0][i], final[1][i]) for i in range(6))
+
+
+def test_a_propagation_in_a_thread_reports_the_backward_sweep_and_stops_when_closed(tmp_path):
+    """The page's status line has something to say while the backward sweep runs whole (ticks, with the phase the
+    callback last told); closing the stream (cancel) stops the run there, and a full run afterwards equals a
+    clean one."""
+    from propagate.app.workspace import Workspace
+    from propagate.video import open_video
+
+    frames, _, masks = write_clip(tmp_path / "clip", 6, (192, 128))
+    config = small_config()
+    extractor = build_extractor(config.features, config.extractor)
+    spaces = []
+    for name in ("threaded", "clean"):
+        (tmp_path / name).mkdir()
+        ws = Workspace(open_video(frames), config, extractor, tmp_path / name)
+        ws.set_mask(0, masks[0])
+        ws.set_mask(5, masks[5])
+        spaces.append(ws)
+    clean = {r.index: r.mask for r in spaces[1].propagate()}
+    told: list[str] = []
+    stream = spaces[0].propagate_in_thread(lambda phase, done, total: told.append(phase), tick=0.0)
+    assert next(stream) is None  # nothing yet: the worker is extracting or sweeping backward
+    stream.close()
+    assert not spaces[0].running
+    told.clear()
+    got = list(spaces[0].propagate_in_thread(lambda phase, done, total: told.append(phase), tick=0.0))
+    results = [r for r in got if r is not None]
+    assert [r.index for r in results] == list(range(6))
+    assert all(np.array_equal(r.mask, clean[r.index]) for r in results)
+    assert "backward" in told and told.index("backward") < told.index("forward")

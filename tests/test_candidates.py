@@ -156,6 +156,7 @@ def test_merge_weighs_the_top_k_of_the_union_as_the_dense_rule_does():
     g = torch.Generator().manual_seed(3)
     hw, n, slots, labels_k = 50, 30, 3, 4
     scores = torch.randint(0, 8, (hw, n), generator=g).float() / 8  # many ties, at the k-th value too
+    scores[:20] = torch.randint(0, 2, (20, n), generator=g).float()  # more tied at the k-th than the merge looks at
     scores[torch.rand(hw, n, generator=g) < 0.2] = -math.inf
     flat = torch.stack([torch.randperm(slots * hw, generator=g)[:n] for _ in range(hw)])
     labels = torch.rand(slots * hw, labels_k, generator=g)

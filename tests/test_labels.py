@@ -149,3 +149,23 @@ def test_rgb_mask_with_anti_aliased_edges_is_refused_not_turned_into_objects(tmp
     Image.fromarray(np.repeat(np.repeat(bands, 4, axis=0), 40, axis=1)).save(tmp_path / "many.png")  # flat bands
     with pytest.raises(PropagateError, match="40 colour"):
         read_mask(tmp_path / "many.png")
+
+
+def test_remove_small_regions_equals_a_whole_frame_component_count():
+    import cv2
+
+    from propagate.labels import object_ids, remove_small_regions
+
+    g = np.random.default_rng(5)
+    mask = (g.random((60, 80)) < 0.08).astype(np.uint8) * g.integers(1, 4, (60, 80)).astype(np.uint8)
+    mask[10:30, 20:50] = 2  # one large region among specks of every object
+    mask[0, 0] = 255
+    expected = mask.copy()
+    for obj in (1, 2, 3):
+        count, regions, stats, _ = cv2.connectedComponentsWithStats((mask == obj).astype(np.uint8), connectivity=8)
+        for i in range(1, count):
+            if stats[i, cv2.CC_STAT_AREA] < 4:
+                expected[regions == i] = 0
+    np.testing.assert_array_equal(remove_small_regions(mask, 4), expected)
+    assert object_ids(mask) == [1, 2, 3] and object_ids(mask.astype(np.int32)) == [1, 2, 3]
+    assert object_ids(np.zeros((0, 5), np.uint8)) == []

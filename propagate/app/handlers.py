@@ -340,9 +340,12 @@ class Handlers:
                 extraction.join(0.5)
             if w.extract_error is not None:
                 raise w.extract_error
-            for r in w.propagate(callback=clock):
-                done += 1
+            for r in w.propagate_in_thread(clock):
                 now = time.perf_counter()
+                if r is None:  # a sweep run whole before the first result (the backward one): its phase and ETA
+                    yield f"propagating: {clock.text()}", gr.skip()
+                    continue
+                done += 1
                 if now - last > 0.25 or done == total:
                     last = now
                     strip_html = confidence_strip(w.num_frames, w.confidence(), w.keyframes, int(w.settings.get(

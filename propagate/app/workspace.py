@@ -6,6 +6,7 @@ never visible to another.
 """
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 import zipfile
@@ -32,6 +33,10 @@ from propagate.writers import names_for
 # objects marked absent from it.
 FrameState = tuple[np.ndarray | None, tuple[int, ...] | None, tuple[int, ...]]
 Objects = dict[int, tuple[str, str]]  # object id -> (name, category)
+
+
+class _Stopped(Exception):
+    """A propagation run by :meth:`Workspace.propagate_in_thread` was closed (cancelled) by its page."""
 
 
 @dataclass
@@ -496,6 +501,52 @@ class Workspace:
             self.running = False
         self.restored, self.restored_confidence, self.restored_absent = {}, {}, {}
         self.autosave(results=True)
+
+    def propagate_in_thread(self, callback: Progress | None = None, tick: float = 0.5) -> Iterator[FrameResult | None]:
+        """:meth:`propagate` run in a thread: yields each result as it comes and None every ``tick`` seconds while
+        none does, so a page can refresh its status line (``callback``'s phase and ETA) while a sweep runs whole
+        before the first result, as the backward one does. Closing the iterator (a cancel) stops the propagation
+        at its next frame, keeping the results streamed so far."""
+        out: queue.Queue[tuple[str, FrameResult | BaseException | None]] = queue.Queue()
+        stop = threading.Event()
+
+        def told(phase: str, done: int, total: int) -> None:
+            if stop.is_set():
+                raise _Stopped
+            if callback is not None:
+                callback(phase, done, total)
+
+        def work() -> None:
+            try:
+                for result in self.propagate(callback=told):
+                    out.put(("result", result))
+                    if stop.is_set():
+                        break
+                out.put(("end", None))
+            except _Stopped:
+                out.put(("end", None))
+            except BaseException as exc:  # raised again in the page's thread
+                out.put(("error", exc))
+
+        worker = threading.Thread(target=work, name="propagate-run", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, item = out.get(timeout=tick)
+                except queue.Empty:
+                    yield None
+                    continue
+                if kind == "error":
+                    assert isinstance(item, BaseException)
+                    raise item
+                if kind == "end":
+                    return
+                assert isinstance(item, FrameResult)
+                yield item
+        finally:
+            stop.set()
+            worker.join()
 
     def export(self) -> list[Path]:
         """Write the results in every format of the writer table for masks (PNGs, COCO JSON, CVAT XML, ...) with the
