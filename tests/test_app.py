@@ -4,6 +4,7 @@ the same code through the page)."""
 from __future__ import annotations
 
 import re
+import threading
 import zipfile
 from types import SimpleNamespace
 
@@ -584,8 +585,8 @@ def test_serve_refuses_a_video_outside_root_and_a_missing_root(tmp_path, capsys)
     assert "is not a folder" in capsys.readouterr().err
 
 
-def test_a_cancelled_propagation_then_a_full_one_equals_a_clean_run(tmp_path):
-    """Cancel in the page closes the result stream mid-way; the next propagation must not depend on it."""
+def keyframed_workspaces(tmp_path, names: tuple[str, ...]) -> list:
+    """One workspace per name over the same 6-frame clip, each with keyframes on frames 0 and 5."""
     from propagate.app.workspace import Workspace
     from propagate.video import open_video
 
@@ -593,12 +594,18 @@ def test_a_cancelled_propagation_then_a_full_one_equals_a_clean_run(tmp_path):
     config = small_config()
     extractor = build_extractor(config.features, config.extractor)
     spaces = []
-    for name in ("cancelled", "clean"):
+    for name in names:
         (tmp_path / name).mkdir()
         ws = Workspace(open_video(frames), config, extractor, tmp_path / name)
         ws.set_mask(0, masks[0])
         ws.set_mask(5, masks[5])
         spaces.append(ws)
+    return spaces
+
+
+def test_a_cancelled_propagation_then_a_full_one_equals_a_clean_run(tmp_path):
+    """Cancel in the page closes the result stream mid-way; the next propagation must not depend on it."""
+    spaces = keyframed_workspaces(tmp_path, ("cancelled", "clean"))
     stream = spaces[0].propagate()
     next(stream), next(stream), next(stream)
     stream.close()  # what cancelling does to the generator
@@ -612,27 +619,23 @@ def test_a_propagation_in_a_thread_reports_the_backward_sweep_and_stops_when_clo
     """The page's status line has something to say while the backward sweep runs whole (ticks, with the phase the
     callback last told); closing the stream (cancel) stops the run there, and a full run afterwards equals a
     clean one."""
-    from propagate.app.workspace import Workspace
-    from propagate.video import open_video
-
-    frames, _, masks = write_clip(tmp_path / "clip", 6, (192, 128))
-    config = small_config()
-    extractor = build_extractor(config.features, config.extractor)
-    spaces = []
-    for name in ("threaded", "clean"):
-        (tmp_path / name).mkdir()
-        ws = Workspace(open_video(frames), config, extractor, tmp_path / name)
-        ws.set_mask(0, masks[0])
-        ws.set_mask(5, masks[5])
-        spaces.append(ws)
+    spaces = keyframed_workspaces(tmp_path, ("threaded", "clean"))
     clean = {r.index: r.mask for r in spaces[1].propagate()}
     told: list[str] = []
-    stream = spaces[0].propagate_in_thread(lambda phase, done, total: told.append(phase), tick=0.0)
-    assert next(stream) is None  # nothing yet: the worker is extracting or sweeping backward
+    go = threading.Event()
+
+    def held(phase: str, done: int, total: int) -> None:  # the backward sweep waits until the test says go
+        told.append(phase)
+        if phase == "backward":
+            go.wait(10)
+
+    stream = spaces[0].propagate_in_thread(held, tick=0.02)
+    assert next(stream) is None  # no result while the backward sweep runs: a tick, for the status line
+    go.set()
     stream.close()
     assert not spaces[0].running
     told.clear()
-    got = list(spaces[0].propagate_in_thread(lambda phase, done, total: told.append(phase), tick=0.0))
+    got = list(spaces[0].propagate_in_thread(lambda phase, done, total: told.append(phase), tick=0.02))
     results = [r for r in got if r is not None]
     assert [r.index for r in results] == list(range(6))
     assert all(np.array_equal(r.mask, clean[r.index]) for r in results)
