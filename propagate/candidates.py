@@ -36,6 +36,12 @@ from propagate.propagation import ContextQueue, LabelPropagator, _topk_weights, 
 
 PAIR_TILE = (6, 8)  # query tile (rows, cols) of the pair scoring: small, so little of each matmul is wasted
 # outside the windows (measured for radius 10, 36x64 grid)
+PAIR_BLOCK = 4  # keys per block of a region row: the k largest block maxima bound where each query's top-k lie
+PAIR_SLACK = 2  # keys beyond k taken from those blocks (more ties at the k-th score: that row is cut again, whole)
+PAIR_SCORE_BYTES = 64 * 2**20  # scores of the pairs scored together (more pairs: in several rounds)
+PAIR_BATCH = 16  # pairs scored together when the frames ahead are prefetched
+MERGE_SLACK = 8  # scores beyond the k-th a merge looks at, at least one per context frame (room for the ties
+# alike frames give: a still background scores the same in each of them); more ties there: that row, whole
 MEMORY_BYTES = 1 * 2**30  # kept candidates held in memory before whole query frames spill to the scratch folder
 KEYS_BYTES = 256 * 2**20  # normalised keys of recently used frames kept (beyond it: normalised again when needed)
 
@@ -246,7 +252,7 @@ class CachedPropagator(LabelPropagator):
         used = queue.fixed + queue.count
         pairs = [(queue.frames[slot], self._windowed(slot)) for slot in range(used)]
         if features is not None and any(self.store.get(frame, pair) is None for pair in pairs):
-            self._prefetch(frame, query, ahead, features)
+            self._prefetch(frame, ahead, features)
         kept: dict[Pair, Kept] = {}
         missing: dict[Pair, int] = {}  # pair -> a slot holding it (copies of a frame share their pair)
         for slot, pair in enumerate(pairs):
@@ -281,7 +287,7 @@ class CachedPropagator(LabelPropagator):
         assert queue is not None
         return score_pairs([query], [queue.keys[slot] for slot in slots], windowed, self.cfg)
 
-    def _prefetch(self, frame: int, query: torch.Tensor, ahead: Sequence[int],
+    def _prefetch(self, frame: int, ahead: Sequence[int],
                   features: Callable[[int], torch.Tensor]) -> None:
         """Score, in batches, the pairs this frame and the frames ``ahead`` (the next ones to be propagated, in
         order, before any keyframe) will need and the store lacks: the same candidates each step would compute
@@ -302,13 +308,8 @@ class CachedPropagator(LabelPropagator):
                     seen.add((t, s, windowed))
                     needed[windowed].append((t, s))
             recent = (recent + [t])[-self.cfg.n_last_frames:] if self.cfg.n_last_frames else []
-        keys: dict[int, torch.Tensor] = {frame: query}
-
-        def keys_of(t: int) -> torch.Tensor:
-            if t not in keys:
-                slot = queue.frames.index(t) if t in queue.frames else -1
-                keys[t] = queue.keys[slot] if slot >= 0 else self._keys_of(t, lambda: features(t))
-            return keys[t]
+        def keys_of(t: int) -> torch.Tensor:  # the store keeps them (this frame's, from its step)
+            return self._keys_of(t, lambda: features(t))
 
         for windowed, pairs in needed.items():
             for b0 in range(0, len(pairs), PAIR_BATCH):
@@ -319,13 +320,6 @@ class CachedPropagator(LabelPropagator):
                     self.store.put(t, (s, windowed), kept)
                     self.store.computed += 1
                     self._fresh.add((t, s, windowed))
-
-
-PAIR_BATCH = 16  # pairs scored together when the frames ahead are prefetched
-
-
-MERGE_SLACK = 8  # scores beyond the k-th a merge looks at, at least one per context frame (room for the ties
-# alike frames give: a still background scores the same in each of them); more ties there: that row, whole
 
 
 def _merge(scores: torch.Tensor, flat: torch.Tensor, labels: torch.Tensor, cfg: PropagationConfig,
@@ -378,6 +372,7 @@ def score_pairs(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tensor], w
             buffer.view(*buffer.shape[:3], -1, g.sw_blocks)[..., g.sw:].fill_(-math.inf)
         buffers.append(buffer)
     place = {ti: (gi, at) for gi, g in enumerate(layout.groups) for at, ti in enumerate(g.tiles)}
+    where = [g.qpos.to(device) for g in layout.groups]  # per group, the query cell of each of a pair's rows
     results: list[Kept] = []
     for j0 in range(0, n, chunk):
         part = range(j0, min(n, j0 + chunk))
@@ -415,16 +410,12 @@ def score_pairs(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tensor], w
         for i, width in enumerate(widths):
             scores_out = torch.full((hw, width), -math.inf, dtype=torch.float32, device=device)
             ids_out = torch.full((hw, width), -1, dtype=torch.int32, device=device)
-            for g, (s_kept, i_kept, _) in zip(layout.groups, kept):
+            for qpos, (s_kept, i_kept, _) in zip(where, kept):
                 cut = min(width, s_kept.shape[2])
-                qpos = g.qpos.to(device)
                 scores_out[qpos, :cut] = s_kept[i, :, :cut]
                 ids_out[qpos, :cut] = i_kept[i, :, :cut]
             results.append((scores_out.cpu(), ids_out.cpu()))
     return results
-
-
-PAIR_SCORE_BYTES = 64 * 2**20  # scores of the pairs scored together (more pairs: in several rounds)
 
 
 class _Group(NamedTuple):
@@ -477,10 +468,6 @@ def _layout(h: int, w: int, radius: int, tile: tuple[int, int], block: int) -> _
     return _Layout(tiles, groups)
 
 
-PAIR_BLOCK = 4  # keys per block of a region row: the k largest block maxima bound where each query's top-k lie
-PAIR_SLACK = 2  # keys beyond k taken from those blocks (more ties at the k-th score: that row is cut again, whole)
-
-
 def _first_same(frames: Sequence[torch.Tensor], j: int) -> int:
     """The first index of ``frames`` holding the very tensor ``frames[j]``."""
     return next(i for i in range(j + 1) if frames[i] is frames[j])
@@ -491,11 +478,9 @@ def _fresh(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
 
 
-def _kept_in_rows(scores: torch.Tensor, k: int,
-                  valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _kept_in_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of ``scores [R, L]`` (-inf: no key; ``L`` a multiple of :data:`PAIR_BLOCK`), the scores >= its k-th
     largest finite one (every finite one if fewer than k): ``(values [R, m], columns [R, m], kept [R, m] bool)``.
-    Rows not ``valid [R]`` (padding) keep nothing.
 
     Exact, and cheaper than a top-k over the whole row (:func:`_block_bound`): the k-th largest block maximum is a
     lower bound of the row's k-th score (k keys reach it), so every key that reaches the k-th score lies in the k
@@ -505,14 +490,10 @@ def _kept_in_rows(scores: torch.Tensor, k: int,
     rows, length = scores.shape
     blocks = scores.view(rows, length // PAIR_BLOCK, PAIR_BLOCK).amax(2)  # [R, nb]
     vals, cols, kth, redo = _block_bound(scores, blocks, k)
-    if valid is not None:
-        redo = redo & valid
     again = redo.nonzero(as_tuple=True)[0]
     if len(again):
         vals, cols, kth = _put_rows((vals, cols, kth), again, _whole_row(scores[again], k))
     keep = (vals >= kth[:, None]) & torch.isfinite(vals)
-    if valid is not None:
-        keep &= valid[:, None]
     return vals, cols, keep
 
 
