@@ -640,3 +640,23 @@ def test_a_propagation_in_a_thread_reports_the_backward_sweep_and_stops_when_clo
     assert [r.index for r in results] == list(range(6))
     assert all(np.array_equal(r.mask, clean[r.index]) for r in results)
     assert "backward" in told and told.index("backward") < told.index("forward")
+
+
+def test_cancel_clearing_running_stops_a_threaded_propagation(tmp_path):
+    """The page's cancel clears ``running``: the worker stops at its next frame, even before the stream is closed."""
+    from propagate.app.handlers import Handlers
+
+    ws = keyframed_workspaces(tmp_path, ("halted",))[0]
+    go = threading.Event()
+
+    def held(phase: str, done: int, total: int) -> None:
+        if phase == "backward":
+            go.wait(10)
+
+    stream = ws.propagate_in_thread(held, tick=0.02)
+    assert next(stream) is None
+    assert ws.running
+    Handlers.cancelled(ws)
+    go.set()
+    assert [r for r in stream if r is not None] == []  # stopped in the backward sweep: no result streamed
+    assert not ws.running and ws.results == {}

@@ -50,8 +50,9 @@ def error_text(exc: PropagateError) -> str:
 
 
 def halt(w: Workspace | None, flag: str, said: str) -> str:
-    """Clear the workspace's ``flag`` (``playing``, ``running``: what a stream checks before its next frame); say
-    ``said``."""
+    """Clear the workspace's ``flag`` (``playing``, ``running``) and say ``said``. The button also cancels the
+    stream; a propagation's worker thread checks ``running`` at its next frame (see
+    :meth:`Workspace.propagate_in_thread`)."""
     if w is not None:
         setattr(w, flag, False)
     return said

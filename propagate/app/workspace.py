@@ -230,7 +230,7 @@ class Workspace:
             before = self.state(i)
             mask, objects, marks = before
             if mask is not None and objects is None and (mask == obj).any():  # a full keyframe stays full
-                left = np.where(mask == obj, 0, mask).astype(np.uint8)
+                left = without_objects(mask, [obj])
                 if object_ids(left):
                     self.session.add_mask(i, left)
                 else:
@@ -505,13 +505,13 @@ class Workspace:
     def propagate_in_thread(self, callback: Progress | None = None, tick: float = 0.5) -> Iterator[FrameResult | None]:
         """:meth:`propagate` run in a thread: yields each result as it comes and None every ``tick`` seconds while
         none does, so a page can refresh its status line (``callback``'s phase and ETA) while a sweep runs whole
-        before the first result, as the backward one does. Closing the iterator (a cancel) stops the propagation
-        at its next frame, keeping the results streamed so far."""
+        before the first result, as the backward one does. Closing the iterator, or clearing :attr:`running` (the
+        page's cancel does both), stops the propagation at its next frame, keeping the results streamed so far."""
         out: queue.Queue[tuple[str, FrameResult | BaseException | None]] = queue.Queue()
         stop = threading.Event()
 
         def told(phase: str, done: int, total: int) -> None:
-            if stop.is_set():
+            if stop.is_set() or not self.running:  # closed, or the page's cancel cleared ``running``
                 raise _Stopped
             if callback is not None:
                 callback(phase, done, total)
